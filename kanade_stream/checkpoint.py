@@ -43,6 +43,19 @@ def resolve_release(name_or_path: str | Path, revision: str | None = None) -> tu
     return Path(config), Path(weights)
 
 
+def bundled_ssl_model(folder: Path) -> str | None:
+    """The SSL model a release folder names for itself: a `wavlm/` subfolder, or a path or hub id in
+    `ssl_model.txt` (relative paths are relative to the folder)."""
+    if (folder / "wavlm" / "config.json").is_file():
+        return str(folder / "wavlm")
+    note = folder / "ssl_model.txt"
+    if note.is_file():
+        name = note.read_text().strip()
+        local = folder / name
+        return str(local) if name and local.exists() else name or None
+    return None
+
+
 def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str) -> None:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .audio import AudioError, MelSpectrogram, as_waveform, resample
-from .checkpoint import load_release_weights, resolve_release, save_release
+from .checkpoint import bundled_ssl_model, load_release_weights, resolve_release, save_release
 from .config import SSL_HUB_IDS, KanadeConfig
 from .modules.convnets import GlobalEncoder, PostNet
 from .modules.fsq import FiniteScalarQuantizer
@@ -75,11 +75,13 @@ class KanadeTeacher(nn.Module):
     ) -> "KanadeTeacher":
         """Load a released model: a hub id (e.g. frothywater/kanade-25hz) or a folder holding
         config.yaml + model.safetensors. `ssl_model` overrides the WavLM named by the config
-        (hub id or local transformers folder)."""
+        (hub id or local transformers folder); a `wavlm/` folder or an `ssl_model.txt` inside the
+        release folder names a bundled one."""
         config_path, weights_path = resolve_release(name_or_path, revision)
         config = KanadeConfig.from_yaml(config_path)
-        ssl_name = ssl_model if ssl_model is not None else SSL_HUB_IDS.get(config.ssl_model, config.ssl_model)
-        ssl = SSLFeatureExtractor.from_pretrained(ssl_name, num_layers=config.ssl_output_layer)
+        if ssl_model is None:
+            ssl_model = bundled_ssl_model(config_path.parent) or SSL_HUB_IDS.get(config.ssl_model, config.ssl_model)
+        ssl = SSLFeatureExtractor.from_pretrained(ssl_model, num_layers=config.ssl_output_layer)
         teacher = cls(config, ssl)
         load_release_weights(teacher, weights_path)
         return teacher.to(device).eval()

@@ -1,0 +1,213 @@
+"""Command line: `python -m kanade_stream {demo,tokenize,decode,resynthesize,convert} ...`.
+
+Every command runs on the embedded demo model by default (no download); `--model`, `--ssl-model` and
+`--vocoder` select real weights (hub ids or local folders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .audio import MIX_CHOICES, AudioError, load_audio, save_audio
+from .checkpoint import CheckpointError
+from .config import ConfigError
+from .pretrained import default_teacher, default_vocoder
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
+
+
+def find_audio(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(file, path relative to its input root) for every audio file under the inputs."""
+    found = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            found += [(p, p.relative_to(path)) for p in files]
+        elif path.is_file():
+            found.append((path, Path(path.name)))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    if not found:
+        raise FileNotFoundError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in {', '.join(inputs)}")
+    return found
+
+
+def load_teacher(args):
+    from .teacher import KanadeTeacher
+
+    return KanadeTeacher.from_pretrained(args.model, ssl_model=args.ssl_model, device=args.device)
+
+
+def load_voc(args):
+    from .vocoder import load_vocoder
+
+    return load_vocoder(args.vocoder, device=args.device)
+
+
+def write_wave(path: Path, vocoder, mel: torch.Tensor, sample_rate: int) -> Path:
+    from .vocoder import vocode
+
+    return save_audio(path, vocode(vocoder, mel), sample_rate)
+
+
+def cmd_tokenize(args) -> None:
+    teacher = load_teacher(args)
+    files = find_audio(args.inputs)
+    out = Path(args.out)
+    # longest first keeps padding small inside each batch
+    waves = []
+    for path, rel in tqdm(files, desc="reading", unit="file", disable=len(files) < 2):
+        waves.append((load_audio(path, teacher.sample_rate, mix=args.mix)[0], rel))
+    waves.sort(key=lambda item: -item[0].numel())
+    total_seconds = total_tokens = 0
+    with tqdm(total=len(waves), desc="tokenizing", unit="file", disable=len(waves) < 2) as bar:
+        for start in range(0, len(waves), args.batch_size):
+            batch = waves[start : start + args.batch_size]
+            features = teacher.encode_batch([w for w, _ in batch])
+            for (wave, rel), feat in zip(batch, features):
+                target = out / rel.with_suffix(".npy")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                np.save(target, feat.content_token_indices.cpu().numpy().astype(np.int32))
+                np.save(target.with_suffix(".global.npy"), feat.global_embedding.cpu().numpy().astype(np.float32))
+                total_seconds += wave.numel() / teacher.sample_rate
+                total_tokens += feat.content_token_indices.numel()
+            bar.update(len(batch))
+    print(f"tokenized {len(waves)} file(s), {total_seconds:.1f} s of audio -> {total_tokens} tokens "
+          f"({total_tokens / max(total_seconds, 1e-9):.1f} tokens/s) in {out}/ (<name>.npy tokens, <name>.global.npy speaker)")
+
+
+def cmd_decode(args) -> None:
+    teacher, vocoder = load_teacher(args), load_voc(args)
+    tokens = torch.from_numpy(np.load(args.tokens)).long()
+    global_path = Path(args.global_embedding or Path(args.tokens).with_suffix(".global.npy"))
+    if not global_path.is_file():
+        raise FileNotFoundError(f"no global embedding at {global_path}: pass --global FILE.global.npy")
+    speaker = torch.from_numpy(np.load(global_path)).float()
+    mel = teacher.decode(speaker, content_token_indices=tokens)
+    print(f"wrote {write_wave(Path(args.out), vocoder, mel, teacher.sample_rate)}")
+
+
+def cmd_resynthesize(args) -> None:
+    teacher, vocoder = load_teacher(args), load_voc(args)
+    files = find_audio(args.inputs)
+    single = len(files) == 1 and Path(args.inputs[0]).is_file() and Path(args.out).suffix.lower() == ".wav"
+    for path, rel in tqdm(files, desc="resynthesizing", unit="file", disable=len(files) < 2):
+        wave, _ = load_audio(path, teacher.sample_rate, mix=args.mix)
+        feat = teacher.encode(wave)
+        mel = teacher.decode(feat.global_embedding, content_token_indices=feat.content_token_indices,
+                             target_audio_length=wave.numel())
+        target = Path(args.out) if single else Path(args.out) / rel.with_suffix(".wav")
+        write_wave(target, vocoder, mel, teacher.sample_rate)
+    print(f"resynthesized {len(files)} file(s) into {args.out}")
+
+
+def cmd_convert(args) -> None:
+    teacher, vocoder = load_teacher(args), load_voc(args)
+    source, _ = load_audio(args.source, teacher.sample_rate, mix=args.mix)
+    reference, _ = load_audio(args.ref, teacher.sample_rate, mix=args.mix)
+    mel = teacher.voice_conversion(source, reference)
+    print(f"wrote {write_wave(Path(args.out), vocoder, mel, teacher.sample_rate)} "
+          f"(content of {args.source}, voice of {args.ref})")
+
+
+def cmd_demo(args) -> None:
+    """The whole offline pipeline on the embedded model and two synthetic eSpeak voices."""
+    from .corpus import make_voices, synthesize
+
+    teacher, vocoder = load_teacher(args), load_voc(args)
+    out = Path(args.out)
+    sr = teacher.sample_rate
+    source_voice, reference_voice = make_voices(2, seed=args.seed)
+    source = torch.from_numpy(synthesize(args.text, source_voice, sr))
+    reference = torch.from_numpy(synthesize("A different voice reads this reference sentence aloud.", reference_voice, sr))
+    save_audio(out / "source.wav", source, sr)
+    save_audio(out / "reference.wav", reference, sr)
+
+    start = time.perf_counter()
+    feat = teacher.encode(source)
+    encode_s = time.perf_counter() - start
+    np.save(out / "source.tokens.npy", feat.content_token_indices.numpy().astype(np.int32))
+    mel = teacher.decode(feat.global_embedding, content_token_indices=feat.content_token_indices,
+                         target_audio_length=source.numel())
+    write_wave(out / "resynthesized.wav", vocoder, mel, sr)
+    write_wave(out / "converted.wav", vocoder, teacher.voice_conversion(source, reference), sr)
+
+    seconds = source.numel() / sr
+    tokens = feat.content_token_indices
+    print(f"model: {args.model}\nvocoder: {args.vocoder}")
+    print(f"source: {seconds:.2f} s of '{args.text}' ({source_voice.name}); reference voice: {reference_voice.name}")
+    print(f"tokens: {tokens.numel()} ({tokens.numel() / seconds:.1f}/s, "
+          f"{tokens.numel() * np.log2(teacher.local_quantizer.codebook_size) / seconds:.0f} bit/s), "
+          f"first 12: {tokens[:12].tolist()}")
+    print(f"encode took {encode_s * 1000:.0f} ms on {args.device}")
+    print(f"wrote {out}/source.wav, reference.wav, source.tokens.npy, resynthesized.wav, converted.wav")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kanade_stream", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default=str(default_teacher()),
+                        help="Kanade release: hub id (frothywater/kanade-25hz) or folder (default: embedded demo model)")
+    common.add_argument("--ssl-model", default=None,
+                        help="WavLM hub id or transformers folder (default: the one the model names or bundles)")
+    common.add_argument("--vocoder", default=default_vocoder(),
+                        help="Vocos hub id (charactr/vocos-mel-24khz), Vocos folder, or griffin-lim "
+                             "(default: embedded vocoder, else griffin-lim)")
+    common.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")
+    common.add_argument("--mix", choices=MIX_CHOICES, default=None,
+                        help="how to mix multi-channel files down to mono (required for stereo input)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", parents=[common], help="tokenize, resynthesize and convert synthetic speech")
+    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    p.add_argument("--text", default="The quick brown fox jumps over the lazy dog near the river bank.")
+    p.add_argument("--seed", type=int, default=0, help="which synthetic voices to use")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("tokenize", parents=[common], help="audio file(s) or folder(s) -> tokens (.npy)")
+    p.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder; keeps the input folder structure")
+    p.add_argument("--batch-size", type=int, default=8, help="utterances encoded together (default 8)")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("decode", parents=[common], help="tokens (.npy) + global embedding -> audio")
+    p.add_argument("tokens", help="token file written by `tokenize`")
+    p.add_argument("--global", dest="global_embedding", default=None,
+                   help="speaker embedding (.global.npy; default: next to the tokens)")
+    p.add_argument("--out", required=True, help="output .wav")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("resynthesize", parents=[common], help="audio -> tokens -> audio")
+    p.add_argument("inputs", nargs="+", help="audio files or folders")
+    p.add_argument("--out", required=True, help="output .wav (one input file) or folder")
+    p.set_defaults(func=cmd_resynthesize)
+
+    p = sub.add_parser("convert", parents=[common], help="voice conversion: content of SOURCE, voice of --ref")
+    p.add_argument("source", help="speech whose words and prosody are kept")
+    p.add_argument("--ref", required=True, help="reference clip of the target voice")
+    p.add_argument("--out", required=True, help="output .wav")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        print("error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    torch.set_grad_enabled(False)
+    try:
+        args.func(args)
+    except (AudioError, CheckpointError, ConfigError, FileNotFoundError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

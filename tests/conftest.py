@@ -1,0 +1,29 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+REFERENCE = DATA / "kanade_official_tiny_25hz"
+OFFICIAL_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def reference_teacher():
+    from kanade_stream import KanadeTeacher
+
+    return KanadeTeacher.from_pretrained(REFERENCE, ssl_model=REFERENCE / "wavlm")
+
+
+@pytest.fixture(scope="session")
+def reference_audio():
+    from kanade_stream import load_audio
+
+    source, _ = load_audio(REFERENCE / "input.wav", 24000)
+    reference, _ = load_audio(REFERENCE / "reference.wav", 24000)
+    return source, reference
