@@ -101,12 +101,13 @@ def load_audio(path: str | Path, sample_rate: int | None = None, mix: str | None
     return wave, rate
 
 
-def save_audio(path: str | Path, audio, sample_rate: int) -> Path:
+def save_audio(path: str | Path, audio, sample_rate: int, subtype: str = "FLOAT") -> Path:
+    """Write mono audio; 32-bit float by default so that reading it back gives exactly what was written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
-    sf.write(str(path), np.asarray(audio, dtype=np.float32).reshape(-1), check_sample_rate(sample_rate))
+    sf.write(str(path), np.asarray(audio, dtype=np.float32).reshape(-1), check_sample_rate(sample_rate), subtype=subtype)
     return path
 
 

@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2
     torch.set_grad_enabled(False)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per WavLM load is noise on the command line
     try:
         args.func(args)
     except (AudioError, CheckpointError, ConfigError, FileNotFoundError, OSError) as err:

@@ -22,7 +22,7 @@ def rope_angles(head_dim: int, positions: torch.Tensor, theta: float = 1e4) -> t
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs (x0, x1), (x2, x3) ... of each head. x: (B, T, H, D); cos, sin: (T, D/2)."""
-    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    pairs = x.float().unflatten(-1, (-1, 2))  # (..., D) -> (..., D/2, 2); TorchScript-friendly
     x0, x1 = pairs[..., 0], pairs[..., 1]
     cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
     rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
