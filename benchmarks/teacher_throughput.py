@@ -20,7 +20,7 @@ import torch
 from kanade_stream import KanadeConfig, KanadeTeacher
 from kanade_stream.ssl import SSLFeatureExtractor
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "kanade_25hz_config.yaml"
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "data" / "official_release" / "kanade_25hz_config.yaml"
 
 
 def full_size_teacher(config_path: Path) -> KanadeTeacher:

@@ -5,7 +5,7 @@ import torch
 
 DATA = Path(__file__).parent / "data"
 REFERENCE = DATA / "kanade_official_tiny_25hz"
-OFFICIAL_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "reference"
+OFFICIAL_CONFIGS = DATA / "official_release"  # release configs and parameter lists, copied from the official models
 
 
 @pytest.fixture(autouse=True)
