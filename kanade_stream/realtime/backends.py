@@ -1,0 +1,231 @@
+"""Where the engine's samples come from and go to: arrays/files (tests, offline runs) and PyAudio
+devices (microphone and speakers)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..audio import load_audio, save_audio
+from .engine import AudioEngine
+
+
+class DeviceError(RuntimeError):
+    """An audio device is missing, unusable, or went away mid-stream."""
+
+
+class ArrayBackend:
+    """Feeds an array through the engine in device-sized blocks, collecting what comes out.
+
+    `paced=False` runs as fast as possible and fully deterministic (the worker runs inline after each
+    block); `paced=True` delivers blocks in real time from this thread while the engine's worker
+    thread computes, like a sound card would.
+    """
+
+    def __init__(self, samples: np.ndarray, sample_rate: int, block: int, paced: bool = False):
+        self.samples = np.ascontiguousarray(samples, dtype=np.float32)
+        self.input_rate, self.block, self.paced = int(sample_rate), int(block), paced
+
+    def run(self, engine: AudioEngine, status: Callable[[AudioEngine], None] | None = None) -> np.ndarray | None:
+        produce = engine.output_ring is not None
+        out_block = math.ceil(self.block * (engine.output_rate or self.input_rate) / self.input_rate)
+        out = np.zeros(out_block, dtype=np.float32)
+        collected = []
+        if self.paced:
+            engine.start()
+        start = time.perf_counter()
+        try:
+            for i, pos in enumerate(range(0, len(self.samples), self.block)):
+                if self.paced:  # wait for the moment this block would arrive from a device
+                    delay = start + pos / self.input_rate - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                engine.on_input(self.samples[pos : pos + self.block])
+                if not self.paced:
+                    engine.process_available()
+                if produce:
+                    engine.on_output(out)
+                    collected.append(out.copy())
+                if status is not None and i % 25 == 0:
+                    status(engine)
+            if self.paced:  # let the worker drain what is queued before flushing
+                while len(engine.input_ring) and engine.failed is None:
+                    time.sleep(0.005)
+        finally:
+            engine.stop()
+        if engine.failed is not None:
+            raise engine.failed
+        engine.process_available()
+        engine.finish()
+        if not produce:
+            return None
+        # everything still in the output ring is the tail of the stream
+        rest = np.zeros(len(engine.output_ring), dtype=np.float32)
+        engine.output_ring.read(rest)
+        audio = np.concatenate(collected + [rest])
+        expected = math.ceil(len(self.samples) * engine.output_rate / self.input_rate) + engine.stats.delay_samples
+        return audio[:expected]
+
+
+class FileBackend(ArrayBackend):
+    """wav in -> wav out through the engine."""
+
+    def __init__(self, input_path: str | Path, output_path: str | Path | None, block_ms: float = 10.0,
+                 paced: bool = False, mix: str | None = None):
+        samples, rate = load_audio(input_path, mix=mix)
+        super().__init__(samples.numpy(), rate, max(1, round(rate * block_ms / 1000)), paced)
+        self.output_path = Path(output_path) if output_path is not None else None
+
+    def run(self, engine: AudioEngine, status=None) -> np.ndarray | None:
+        audio = super().run(engine, status)
+        if audio is not None and self.output_path is not None:
+            save_audio(self.output_path, audio, engine.output_rate)
+        return audio
+
+
+class NullBackend(ArrayBackend):
+    """Silence in, output discarded: exercises the engine with no device and no file."""
+
+    def __init__(self, seconds: float, sample_rate: int, block: int):
+        super().__init__(np.zeros(int(seconds * sample_rate), dtype=np.float32), sample_rate, block)
+
+
+# --- PyAudio -----------------------------------------------------------------------------------------
+
+def _pyaudio():
+    try:
+        import pyaudio
+    except ImportError as err:  # pragma: no cover - depends on the system
+        raise DeviceError("PyAudio is not installed: apt-get install portaudio19-dev && pip install pyaudio") from err
+    return pyaudio
+
+
+def list_devices() -> list[dict]:
+    """Every PortAudio device: index, name, channels, default rate, host API."""
+    pyaudio = _pyaudio()
+    pa = pyaudio.PyAudio()
+    try:
+        devices = []
+        for i in range(pa.get_device_count()):
+            info = pa.get_device_info_by_index(i)
+            devices.append(dict(index=i, name=info["name"], inputs=int(info["maxInputChannels"]),
+                                outputs=int(info["maxOutputChannels"]), rate=int(info["defaultSampleRate"]),
+                                host_api=pa.get_host_api_info_by_index(info["hostApi"])["name"]))
+        return devices
+    finally:
+        pa.terminate()
+
+
+def format_devices(devices: list[dict]) -> str:
+    lines = [f"{'index':>5}  {'in':>3} {'out':>3} {'rate':>6}  name"]
+    lines += [f"{d['index']:>5}  {d['inputs']:>3} {d['outputs']:>3} {d['rate']:>6}  {d['name']} ({d['host_api']})"
+              for d in devices]
+    return "\n".join(lines)
+
+
+def find_device(spec: str | int | None, kind: str) -> dict:
+    """A device by index, by (case-insensitive) name substring, or the default one of `kind`."""
+    pyaudio = _pyaudio()
+    channels_key = "inputs" if kind == "input" else "outputs"
+    devices = [d for d in list_devices() if d[channels_key] > 0]
+    if not devices:
+        raise DeviceError(f"no audio {kind} device found (is a sound server running? `--list-devices` shows all)")
+    if spec is None:
+        pa = pyaudio.PyAudio()
+        try:
+            info = pa.get_default_input_device_info() if kind == "input" else pa.get_default_output_device_info()
+        except OSError as err:
+            raise DeviceError(f"no default audio {kind} device: {err}; pick one with --{kind}-device") from err
+        finally:
+            pa.terminate()
+        return next(d for d in devices if d["index"] == info["index"])
+    if str(spec).isdigit():
+        match = [d for d in devices if d["index"] == int(spec)]
+    else:
+        match = [d for d in devices if str(spec).lower() in d["name"].lower()]
+    if not match:
+        raise DeviceError(f"no {kind} device matches {spec!r}; available {kind} devices:\n{format_devices(devices)}")
+    return match[0]
+
+
+class PyAudioBackend:
+    """Microphone -> engine -> speakers, with callbacks that only copy samples."""
+
+    def __init__(self, input_device=None, output_device=None, block_ms: float = 10.0, need_output: bool = True):
+        self.input_info = find_device(input_device, "input")
+        self.output_info = find_device(output_device, "output") if need_output else None
+        self.input_rate = self.input_info["rate"]
+        self.output_rate = self.output_info["rate"] if self.output_info else None
+        self.block = max(1, round(self.input_rate * block_ms / 1000))
+        self.out_block = max(1, round((self.output_rate or self.input_rate) * block_ms / 1000))
+        self.callbacks = {"input": 0, "output": 0}
+        self.device_latency_ms = 0.0
+
+    def run(self, engine: AudioEngine, stop: threading.Event, status: Callable[[AudioEngine], None] | None = None,
+            duration: float | None = None, stall_timeout: float = 2.0) -> None:
+        pyaudio = _pyaudio()
+        out_buffer = np.zeros(self.out_block, dtype=np.float32)
+        out_bytes = memoryview(out_buffer).cast("B").toreadonly()  # handed back to PortAudio, never reallocated
+
+        def on_input(in_data, frame_count, time_info, flags):
+            engine.on_input(np.frombuffer(in_data, dtype=np.float32))
+            self.callbacks["input"] += 1
+            return None, pyaudio.paContinue
+
+        def on_output(in_data, frame_count, time_info, flags):
+            engine.on_output(out_buffer[:frame_count])
+            self.callbacks["output"] += 1
+            return out_bytes[: 4 * frame_count], pyaudio.paContinue
+
+        pa = pyaudio.PyAudio()
+        streams = []
+        try:
+            try:
+                streams.append(pa.open(format=pyaudio.paFloat32, channels=1, rate=self.input_rate, input=True,
+                                       input_device_index=self.input_info["index"],
+                                       frames_per_buffer=self.block, stream_callback=on_input))
+                if self.output_info is not None:
+                    streams.append(pa.open(format=pyaudio.paFloat32, channels=1, rate=self.output_rate, output=True,
+                                           output_device_index=self.output_info["index"],
+                                           frames_per_buffer=self.out_block, stream_callback=on_output))
+            except OSError as err:
+                raise DeviceError(f"cannot open the audio device(s) ({err}); check --input-device/--output-device "
+                                  "and --list-devices") from err
+            self.device_latency_ms = 1000 * sum(
+                s.get_input_latency() if i == 0 else s.get_output_latency() for i, s in enumerate(streams))
+            engine.start()
+            for s in streams:
+                s.start_stream()
+            self._monitor(engine, streams, stop, status, duration, stall_timeout)
+        finally:
+            engine.stop()
+            for s in streams:
+                try:
+                    s.stop_stream()
+                    s.close()
+                except OSError:
+                    pass  # the device may already be gone
+            pa.terminate()
+
+    def _monitor(self, engine, streams, stop, status, duration, stall_timeout):
+        start = last_change = time.monotonic()
+        last_counts = dict(self.callbacks)
+        while not stop.is_set():
+            stop.wait(0.2)
+            now = time.monotonic()
+            if engine.failed is not None:
+                raise engine.failed
+            if self.callbacks != last_counts:
+                last_counts, last_change = dict(self.callbacks), now
+            if not all(s.is_active() for s in streams) or now - last_change > stall_timeout:
+                raise DeviceError(f"the audio device stopped delivering samples (for {now - last_change:.1f} s); "
+                                  "was it unplugged or taken by another program?")
+            if status is not None:
+                status(engine)
+            if duration is not None and now - start >= duration:
+                return
