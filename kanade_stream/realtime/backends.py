@@ -3,7 +3,9 @@ devices (microphone and speakers)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -36,6 +38,8 @@ class ArrayBackend:
         out_block = math.ceil(self.block * (engine.output_rate or self.input_rate) / self.input_rate)
         out = np.zeros(out_block, dtype=np.float32)
         collected = []
+        if produce:
+            engine.on_output(out[:0])  # the output side is ready from the first block on
         if self.paced:
             engine.start()
         start = time.perf_counter()
@@ -105,10 +109,34 @@ def _pyaudio():
     return pyaudio
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """PortAudio probes every host API (ALSA plugins, JACK) and their C libraries print pages of
+    harmless complaints straight to file descriptor 2; real failures still arrive as exceptions."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _open_portaudio():
+    pyaudio = _pyaudio()
+    with _quiet_native_stderr():
+        return pyaudio.PyAudio()
+
+
 def list_devices() -> list[dict]:
     """Every PortAudio device: index, name, channels, default rate, host API."""
-    pyaudio = _pyaudio()
-    pa = pyaudio.PyAudio()
+    pa = _open_portaudio()
     try:
         devices = []
         for i in range(pa.get_device_count()):
@@ -130,13 +158,12 @@ def format_devices(devices: list[dict]) -> str:
 
 def find_device(spec: str | int | None, kind: str) -> dict:
     """A device by index, by (case-insensitive) name substring, or the default one of `kind`."""
-    pyaudio = _pyaudio()
     channels_key = "inputs" if kind == "input" else "outputs"
     devices = [d for d in list_devices() if d[channels_key] > 0]
     if not devices:
         raise DeviceError(f"no audio {kind} device found (is a sound server running? `--list-devices` shows all)")
     if spec is None:
-        pa = pyaudio.PyAudio()
+        pa = _open_portaudio()
         try:
             info = pa.get_default_input_device_info() if kind == "input" else pa.get_default_output_device_info()
         except OSError as err:
@@ -170,7 +197,6 @@ class PyAudioBackend:
             duration: float | None = None, stall_timeout: float = 2.0) -> None:
         pyaudio = _pyaudio()
         out_buffer = np.zeros(self.out_block, dtype=np.float32)
-        out_bytes = memoryview(out_buffer).cast("B").toreadonly()  # handed back to PortAudio, never reallocated
 
         def on_input(in_data, frame_count, time_info, flags):
             engine.on_input(np.frombuffer(in_data, dtype=np.float32))
@@ -180,9 +206,10 @@ class PyAudioBackend:
         def on_output(in_data, frame_count, time_info, flags):
             engine.on_output(out_buffer[:frame_count])
             self.callbacks["output"] += 1
-            return out_bytes[: 4 * frame_count], pyaudio.paContinue
+            # PyAudio insists on an immutable bytes object: the one allocation a callback makes
+            return out_buffer[:frame_count].tobytes(), pyaudio.paContinue
 
-        pa = pyaudio.PyAudio()
+        pa = _open_portaudio()
         streams = []
         try:
             try:

@@ -108,6 +108,8 @@ class AudioEngine:
         self._scratch = np.zeros(self.max_backlog + self.device_block, dtype=np.float32)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._input_started = False
+        self._output_started = output_rate is None  # an encoder has no output side to wait for
 
     @staticmethod
     def _resampler_delay(processor_rate: int | None, output_rate: int) -> int:
@@ -116,10 +118,21 @@ class AudioEngine:
 
     # --- audio-thread side: copies only ------------------------------------------------------------
 
+    # Input and output devices start at slightly different moments. The stream begins when both run:
+    # input that arrives before the output device pulls is pre-roll, and the output plays silence
+    # until the first input; otherwise the primed delay would grow or be eaten before it matters.
+
     def on_input(self, samples: np.ndarray) -> None:
+        if not self._output_started:
+            return
         self.input_ring.write(samples)
+        self._input_started = True
 
     def on_output(self, out: np.ndarray) -> None:
+        self._output_started = True
+        if not self._input_started:
+            out[:] = 0.0
+            return
         self.output_ring.read(out, fill_missing=True)
 
     # --- worker side -------------------------------------------------------------------------------
