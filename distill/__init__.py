@@ -1,0 +1,1 @@
+"""Distillation of the streaming student from the Kanade teacher (python distill/run.py)."""

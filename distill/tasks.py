@@ -1,0 +1,225 @@
+"""What each distillation stage trains, and against which teacher outputs.
+
+Frames line up one to one: training chunks are whole teacher tokens (40 ms), so at 16 kHz the student's
+causal front end makes n // 320 frames and the teacher's padded WavLM ceil(n / 320) = the same number;
+student frame i ends where teacher frame i is centred plus half a hop. Mel frames share the teacher's
+centred 24 kHz / hop 256 grid, and the student's vocoder output sample k is time k.
+
+Stages (each a `training.trainer.Task`, so checkpoints, resume, torchrun and logs come from training):
+    ssl      causal SSL encoder -> the teacher's normalised content features and its global features
+    content  content encoder + FSQ on the teacher's features -> the teacher's pre-rounding FSQ values
+             (so the student's tokens are the teacher's tokens); global encoder -> the teacher's embedding
+    decoder  streaming mel decoder -> the teacher's mel, from teacher tokens and (some batches) student tokens
+    vocoder  streaming vocoder -> the teacher vocoder's audio (or the real audio when there is none)
+    joint    everything but the vocoder, end to end on the student's own features
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kanade_stream.audio import MelSpectrogram
+from kanade_stream.streaming import KanadeStudent
+from kanade_stream.teacher import KanadeTeacher
+from kanade_stream.vocoder import vocode
+from training.trainer import Runtime, Task
+
+STAGE_PARTS = {
+    "ssl": ("frontend", "ssl_lower", "ssl_upper", "content_head", "global_head"),
+    "content": ("content_encoder", "downsample", "quantizer.proj_in", "global_encoder"),
+    "decoder": ("quantizer.proj_out", "mel_prenet", "mel_upsample", "mel_decoder", "mel_postnet"),
+    "vocoder": ("vocoder",),
+    "joint": ("frontend", "ssl_lower", "ssl_upper", "content_head", "global_head", "content_encoder", "downsample",
+              "quantizer", "global_encoder", "mel_prenet", "mel_upsample", "mel_decoder", "mel_postnet"),
+}
+
+
+@dataclass
+class Targets:
+    content: torch.Tensor  # (B, T, C) normalised content features
+    global_features: torch.Tensor  # (B, T, C)
+    bounded: torch.Tensor  # (B, T/2, levels) FSQ values before rounding
+    indices: torch.Tensor  # (B, T/2)
+    global_embedding: torch.Tensor  # (B, G)
+    mel: torch.Tensor  # (B, n_mels, frames)
+    audio: torch.Tensor | None  # (B, samples) what the vocoder should make
+
+
+class TeacherTargets(nn.Module):
+    """The frozen teacher (and its vocoder) computing every target of a batch of 24 kHz chunks."""
+
+    def __init__(self, teacher: KanadeTeacher, vocoder: nn.Module | None):
+        super().__init__()
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.vocoder = vocoder.eval().requires_grad_(False) if vocoder is not None else None
+
+    @torch.no_grad()
+    def forward(self, wave: torch.Tensor, with_audio: bool = False) -> Targets:
+        t = self.teacher
+        content, global_features = t.ssl_features(wave)
+        latent = t.content_latent(content)
+        fsq = t.local_quantizer
+        bounded = fsq.bound(fsq.proj_in(latent))
+        codes = torch.round(bounded) / fsq._half_width
+        indices = fsq.codes_to_indices(codes)
+        g = t.global_encoder(global_features)
+        mel = t.forward_mel(fsq.proj_out(codes), g, t.mel_length(wave.shape[-1]))
+        audio = None
+        if with_audio:
+            audio = vocode(self.vocoder, mel) if self.vocoder is not None else wave
+        return Targets(content, global_features, bounded, indices, g, mel, audio)
+
+
+def level_values(levels: list[int], device) -> list[torch.Tensor]:
+    """The integer values each FSQ dimension rounds to: -L//2 .. L - 1 - L//2 (-4..3 for 8, -2..2 for 5)."""
+    return [torch.arange(level, device=device, dtype=torch.float32) - level // 2 for level in levels]
+
+
+def fsq_losses(student: KanadeStudent, latent: torch.Tensor, target: Targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(MSE of the pre-rounding values, per-level cross-entropy on the rounded values, token agreement)."""
+    fsq = student.quantizer
+    bounded = fsq.bound(fsq.proj_in(latent))
+    n = min(bounded.shape[1], target.bounded.shape[1])
+    bounded, goal = bounded[:, :n], target.bounded[:, :n]
+    mse = F.mse_loss(bounded, goal)
+    ce = bounded.new_zeros(())
+    for d, values in enumerate(level_values(fsq.levels, bounded.device)):
+        # a soft "which level" classifier: closer to a level value = more likely; the teacher's level wins
+        logits = -(bounded[..., d, None] - values) ** 2 * 4.0
+        label = torch.round(goal[..., d]) - values[0]
+        ce = ce + F.cross_entropy(logits.reshape(-1, len(values)), label.long().reshape(-1))
+    agree = (torch.round(bounded) == torch.round(goal)).all(dim=-1).float().mean()
+    return mse, ce / len(fsq.levels), agree
+
+
+def stft_loss(audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution STFT: spectral convergence + log-magnitude L1."""
+    total = audio.new_zeros(())
+    for n_fft, hop in ((512, 128), (1024, 256), (256, 64)):
+        window = torch.hann_window(n_fft, device=audio.device)
+        a = torch.stft(audio, n_fft, hop, window=window, return_complex=True).abs().clamp_min(1e-5)
+        b = torch.stft(target, n_fft, hop, window=window, return_complex=True).abs().clamp_min(1e-5)
+        total = total + torch.linalg.norm(b - a) / torch.linalg.norm(b).clamp_min(1e-5)
+        total = total + F.l1_loss(a.log(), b.log())
+    return total / 3
+
+
+class DistillModel(nn.Module):
+    """A stage's forward pass in one module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, stage: str, student: KanadeStudent, targets: TeacherTargets, losses: dict):
+        super().__init__()
+        self.stage, self.student, self.losses = stage, student, losses
+        self.targets = [targets]  # a list: not a submodule, so DDP and checkpoints skip the teacher
+        c = student.config
+        self.mel = MelSpectrogram(c.sample_rate, 1024, c.hop_length, c.n_mels)
+
+    def student_input(self, wave: torch.Tensor) -> torch.Tensor:
+        from kanade_stream.audio import resample
+
+        return resample(wave, self.student.config.sample_rate, self.student.config.ssl_sample_rate)
+
+    def forward(self, wave: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        s, w = self.student, self.losses
+        target = self.targets[0](wave, with_audio=self.stage == "vocoder")
+        out: dict[str, torch.Tensor] = {"mel_target": target.mel}
+        terms = {}
+        if self.stage in ("ssl", "joint"):
+            content, global_features = s.ssl_features(self.student_input(wave))
+            n = min(content.shape[1], target.content.shape[1])
+            terms["feature_mse"] = (F.mse_loss(content[:, :n], target.content[:, :n]), w.get("content_weight", w.get("feature_weight", 1.0)))
+            terms["global_feature_mse"] = (F.mse_loss(global_features[:, :n], target.global_features[:, :n]),
+                                           w.get("global_weight", 1.0))
+        if self.stage in ("content", "joint"):
+            features = target.content if self.stage == "content" else content
+            gfeatures = target.global_features if self.stage == "content" else global_features
+            latent = s.content_latent(features)
+            mse, ce, agree = fsq_losses(s, latent, target)
+            terms["latent_mse"] = (mse, w.get("latent_weight", 1.0))
+            terms["level_ce"] = (ce, w.get("level_ce_weight", 0.1))
+            out["token_agreement"] = agree.detach()
+            g = s.global_from_features(gfeatures)
+            terms["global_mse"] = (F.mse_loss(g, target.global_embedding), w.get("global_weight", 1.0))
+        if self.stage in ("decoder", "joint"):
+            if self.stage == "joint":
+                embedding, _ = s.quantizer.encode(latent)
+                condition = g
+            else:
+                use_student = torch.rand((), generator=generator).item() < w.get("student_token_prob", 0.0)
+                if use_student:  # the decoder must also cope with the student's (imperfect) tokens
+                    with torch.no_grad():
+                        latent = s.content_latent(target.content)
+                        _, indices = s.quantizer.encode(latent)
+                else:
+                    indices = target.indices
+                embedding = s.quantizer.decode(indices)
+                condition = target.global_embedding
+            mel = s.decode_mel(embedding, condition)
+            m = min(mel.shape[-1], target.mel.shape[-1])
+            terms["mel_l1"] = (F.l1_loss(mel[..., :m], target.mel[..., :m]), w.get("mel_weight", 1.0))
+            out["mel"] = mel[..., :m]
+            out["mel_target"] = target.mel[..., :m]
+        if self.stage == "vocoder":
+            audio = s.vocode(target.mel)
+            goal = target.audio[..., : audio.shape[-1]]
+            mel_a, mel_b = self.mel(audio), self.mel(goal)
+            terms["mel_l1"] = (F.l1_loss(mel_a, mel_b), w.get("mel_weight", 45.0))
+            terms["stft"] = (stft_loss(audio, goal), w.get("stft_weight", 1.0))
+            out["mel"], out["mel_target"] = mel_a, mel_b
+        out["loss"] = sum(value * weight for value, weight in terms.values())
+        for name, (value, _) in terms.items():
+            out[name] = value.detach()
+        return out
+
+
+class DistillTask(Task):
+    """One stage: trains the stage's parts of the student, everything else frozen."""
+
+    def __init__(self, stage: str, runtime: Runtime, settings, student: KanadeStudent, targets: TeacherTargets,
+                 export_fn):
+        super().__init__(runtime, settings)
+        self.phase = stage
+        self.student = student.to(runtime.device)
+        self.models = {"student": self.student}
+        self.model = DistillModel(stage, self.student, targets, dict(settings.losses))
+        self.ddp = runtime.wrap(self.model)
+        self.trainable = [student.get_submodule(name) for name in STAGE_PARTS[stage]]
+        self.student.requires_grad_(False)
+        for part in self.trainable:
+            part.requires_grad_(True)
+        self.add_optimizer("student", [p for part in self.trainable for p in part.parameters()])
+        self.generator = torch.Generator().manual_seed(1234 + runtime.rank)
+        self.export_fn = export_fn
+
+    def train(self) -> None:
+        self.student.eval()
+        for part in self.trainable:
+            part.train()
+
+    def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
+        with self.runtime.autocast():
+            out = self.ddp(batch, self.generator)
+        grad_norm = self.optimize("student", out["loss"])
+        return {k: float(v.detach()) for k, v in out.items() if v.dim() == 0} | {"grad_norm": grad_norm}
+
+    def validate(self, batches):
+        totals, count, pairs = {}, 0, []
+        for wave in batches:
+            out = self.model(wave, torch.Generator().manual_seed(0))
+            n = wave.shape[0]
+            for key, value in out.items():
+                if value.dim() == 0:
+                    totals[key] = totals.get(key, 0.0) + float(value) * n
+            count += n
+            if "mel" in out:
+                pairs += list(zip(out["mel_target"], out["mel"]))
+        return {k: v / count for k, v in totals.items()}, pairs
+
+    def export(self, folder: Path) -> Path:
+        return self.export_fn(self.student, folder)
