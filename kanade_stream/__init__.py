@@ -21,3 +21,14 @@ __all__ = [
     "save_audio",
     "vocode",
 ]
+
+# --- streaming student (issue 5) ---
+from .streaming import (  # noqa: E402
+    KanadeStudent, StreamingConverter, StreamingDecoder, StreamingEncoder, StudentConfig, StudentLoadError,
+    export_student, load_student,
+)
+
+__all__ += [
+    "KanadeStudent", "StreamingConverter", "StreamingDecoder", "StreamingEncoder", "StudentConfig",
+    "StudentLoadError", "export_student", "load_student",
+]

@@ -95,7 +95,7 @@ class _ChannelLayerNorm(nn.Module):
         self.norm = nn.LayerNorm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _channels_last_norm(self.norm, x)
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)  # inline (not the helper) so TorchScript compiles it
 
 
 class PostNet(nn.Module):

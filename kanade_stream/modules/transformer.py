@@ -13,11 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def rope_angles(head_dim: int, positions: torch.Tensor, theta: float = 1e4) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles, each (T, head_dim // 2), for integer `positions` (T,)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].float() / head_dim))
-    angles = torch.outer(positions.float(), inv_freq)
-    return torch.cos(angles), torch.sin(angles)
+def rope_angles(head_dim: int, positions: torch.Tensor, theta: float = 1e4,
+                precision: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, each (T, head_dim // 2) float32, for integer `positions` (T,).
+
+    `precision=torch.float64` computes the angles exactly even for the large positions of a long stream
+    (float32 angles lose ~1e-3 rad at position 3e4); the results are returned as float32 either way.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].to(precision) / head_dim))
+    angles = torch.outer(positions.to(precision), inv_freq)
+    return torch.cos(angles).float(), torch.sin(angles).float()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,148 @@
+"""Per-chunk compute time and real-time factor of the default streaming student (random weights) on this
+CPU, eager vs torch.compile vs TorchScript, for the encoder alone and the full converter, against a naive
+baseline measured in the same run: the full-size bidirectional teacher (reference 25 Hz config + a
+full-size WavLM Base+, random weights) re-run on a 2 s sliding window every 80 ms.
+
+    .venv/bin/python benchmarks/streaming_table.py                 # all threads (2 on the target machine)
+    .venv/bin/python benchmarks/streaming_table.py --threads 1 --modes eager torchscript
+
+RTF = mean compute time per chunk / chunk duration (< 1 keeps up; the goal is <= 0.25 at 80 ms).
+Algorithmic latency = chunk + waits (token completion, interpolation, ISTFT, 48 kHz input resampler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kanade_stream.streaming import KanadeStudent, StreamingConverter, StreamingEncoder, StudentConfig  # noqa: E402
+from kanade_stream.streaming.api import _CoreRunner  # noqa: E402
+from kanade_stream.streaming.pipeline import ConverterCore, EncoderCore  # noqa: E402
+
+REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "kanade_25hz_config.yaml"
+INPUT_RATE = 48000
+
+
+def make_runner(student, pipeline: str, mode: str):
+    core = EncoderCore(student, INPUT_RATE, with_global=True) if pipeline == "encoder" else ConverterCore(student, INPUT_RATE)
+    runner = _CoreRunner(core, mode)
+    state = runner.init_state(1) if pipeline == "encoder" else runner.init_state(torch.randn(1, student.config.global_dim))
+    return runner, state
+
+
+def time_chunks(runner, state, chunk_samples: int, chunks: int, warmup: int = 5) -> list[float]:
+    """Seconds per step over `chunks` pushes of fresh noise (after `warmup` untimed pushes)."""
+    times = []
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for i in range(warmup + chunks):
+            x = torch.randn(1, chunk_samples, generator=gen) * 0.1
+            start = time.perf_counter()
+            out = runner.step(x, state)
+            elapsed = time.perf_counter() - start
+            state = out[-1]
+            if i >= warmup:
+                times.append(elapsed)
+    return times
+
+
+def summarise(times: list[float], chunk_s: float) -> dict:
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    return {"median_ms": 1000 * statistics.median(ordered), "p99_ms": 1000 * p99,
+            "rtf": statistics.fmean(ordered) / chunk_s}
+
+
+def build_teacher():
+    """The full-size teacher with random weights: reference 25 Hz config + WavLM Base+ shapes."""
+    from transformers import WavLMConfig, WavLMModel
+
+    from kanade_stream.config import KanadeConfig
+    from kanade_stream.ssl import SSLFeatureExtractor
+    from kanade_stream.teacher import KanadeTeacher
+
+    config_path = REFERENCE_CONFIG.resolve()
+    if not config_path.is_file():
+        config_path = Path("/work/shared/reference/kanade_25hz_config.yaml")
+    config = KanadeConfig.from_yaml(config_path)
+    torch.manual_seed(0)
+    ssl = SSLFeatureExtractor(WavLMModel(WavLMConfig()), num_layers=config.ssl_output_layer)
+    return KanadeTeacher(config, ssl).eval()
+
+
+def time_teacher(teacher, runs: int, convert: bool) -> list[float]:
+    """One 'chunk' of the naive baseline: the teacher on the last 2 s (24 kHz) every 80 ms."""
+    window = torch.randn(2 * teacher.sample_rate) * 0.1
+    times = []
+    with torch.inference_mode():
+        for i in range(runs + 1):
+            start = time.perf_counter()
+            features = teacher.encode(window)
+            if convert:  # tokens + global of the window -> mel of the window (the vocoder not even counted)
+                teacher.decode(features.global_embedding, features.content_token_indices, target_audio_length=window.numel())
+            if i:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--chunks", type=int, default=100, help="timed pushes per measurement")
+    parser.add_argument("--chunk-ms", type=int, nargs="+", default=[40, 80, 160])
+    parser.add_argument("--modes", nargs="+", default=["eager", "compile", "torchscript"])
+    parser.add_argument("--pipelines", nargs="+", default=["encoder", "converter"])
+    parser.add_argument("--baseline-runs", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+    torch.manual_seed(0)
+    student = KanadeStudent(StudentConfig.default()).eval()
+    print(f"# default student: {student.num_parameters() / 1e6:.1f} M parameters; torch {torch.__version__}, "
+          f"{args.threads} thread(s); input {INPUT_RATE} Hz -> 24 kHz")
+    header = f"{'pipeline':<10} {'mode':<12} {'chunk':>6} {'median ms':>10} {'p99 ms':>8} {'RTF':>6} {'latency ms':>11}"
+    print(header)
+    print("-" * len(header))
+    for pipeline in args.pipelines:
+        for mode in args.modes:
+            runner = None
+            for chunk_ms in args.chunk_ms:
+                chunk_samples = chunk_ms * INPUT_RATE // 1000
+                if runner is None:  # one runner per mode: compile once, reuse for every chunk size
+                    start = time.perf_counter()
+                    runner, state = make_runner(student, pipeline, mode)
+                    time_chunks(runner, state, chunk_samples, 2, warmup=1)
+                    setup = time.perf_counter() - start
+                else:
+                    state = runner.init_state(1) if pipeline == "encoder" else runner.init_state(
+                        torch.randn(1, student.config.global_dim))
+                stats = summarise(time_chunks(runner, state, chunk_samples, args.chunks), chunk_ms / 1000)
+                api = (StreamingEncoder(student, INPUT_RATE, chunk_ms) if pipeline == "encoder"
+                       else StreamingConverter(student, global_embedding=torch.zeros(student.config.global_dim),
+                                               sample_rate=INPUT_RATE, chunk_ms=chunk_ms))
+                print(f"{pipeline:<10} {mode:<12} {chunk_ms:>6} {stats['median_ms']:>10.2f} {stats['p99_ms']:>8.2f} "
+                      f"{stats['rtf']:>6.3f} {api.latency_ms:>11.1f}", flush=True)
+            print(f"#   ({mode} set-up incl. compilation / scripting: {setup:.1f} s)")
+    if args.baseline_runs:
+        teacher = build_teacher()
+        params = sum(p.numel() for p in teacher.parameters()) / 1e6
+        for pipeline in args.pipelines:
+            stats = summarise(time_teacher(teacher, args.baseline_runs, convert=pipeline == "converter"), 0.08)
+            print(f"{pipeline:<10} {'naive':<12} {80:>6} {stats['median_ms']:>10.2f} {stats['p99_ms']:>8.2f} "
+                  f"{stats['rtf']:>6.3f} {'80 *':>11}")
+        print(f"#   naive = full-size teacher ({params:.0f} M parameters incl. WavLM Base+ layers 1-9) on a 2 s window "
+              "every 80 ms (converter row: encode + mel decode, vocoder not counted); * its 80 ms has no right "
+              "context at the window edge, and with RTF > 1 it falls further behind every chunk")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Whole-pipeline streaming steps ("cores"): the student's blocks chained into one
+`step(input, state) -> (output, state)` with a flat tensor state, for the three streaming uses.
+
+- EncoderCore: audio at any input rate -> final tokens (+ content embeddings, + running global embedding)
+- DecoderCore: tokens (or content embeddings) + a global embedding -> 24 kHz audio
+- ConverterCore: audio at any input rate + a global embedding -> converted 24 kHz audio
+
+A core's `step` is what gets compiled (`torch.compile`) or exported (TorchScript, see export.py): its
+scripted form runs without this package. The offline `forward` of a core chains the blocks' offline
+forms; the Python-only helpers (`num_outputs`, `flush_padding`, `latency_ms`, `offline`) hold the
+integer bookkeeping shared by the streaming API and the student's offline methods, so the two agree.
+No `from __future__ import annotations` here: TorchScript reads the annotations.
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .blocks import StreamingResampler
+
+
+def _count(modules: List[nn.Module]) -> List[int]:
+    """Cumulative state offsets of consecutive stages."""
+    offsets = [0]
+    for module in modules:
+        offsets.append(offsets[-1] + len(module.init_state(1)))
+    return offsets
+
+
+class EncoderCore(nn.Module):
+    def __init__(self, student: nn.Module, input_rate: int, with_global: bool = True):
+        super().__init__()
+        c = student.config
+        self.input_rate, self.ssl_rate, self.with_global = int(input_rate), c.ssl_sample_rate, with_global
+        self.ssl_hop, self.downsample_factor, self.token_hop = c.ssl_hop, c.downsample_factor, c.token_hop
+        self.resampler = StreamingResampler(input_rate, c.ssl_sample_rate).to(student.device)
+        self.frontend, self.ssl_lower, self.ssl_upper = student.frontend, student.ssl_lower, student.ssl_upper
+        self.content_head, self.global_head = student.content_head, student.global_head
+        self.content_encoder, self.downsample = student.content_encoder, student.downsample
+        self.quantizer, self.global_encoder = student.quantizer, student.global_encoder
+        o = _count([self.resampler, self.frontend, self.ssl_lower, self.ssl_upper, self.content_encoder, self.downsample])
+        self.o1, self.o2, self.o3, self.o4, self.o5, self.o6 = o[1:]
+
+    @torch.jit.export
+    def init_state(self, batch: int = 1) -> List[Tensor]:
+        state = (self.resampler.init_state(batch) + self.frontend.init_state(batch) + self.ssl_lower.init_state(batch)
+                 + self.ssl_upper.init_state(batch) + self.content_encoder.init_state(batch)
+                 + self.downsample.init_state(batch))
+        if self.with_global:
+            state += self.global_encoder.init_state(batch)
+        return state
+
+    @torch.jit.export
+    def step(self, samples: Tensor, state: List[Tensor]) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        """samples (B, n) at input_rate -> (new final tokens (B, T), their content embeddings (B, T, D), state)."""
+        wave, s_resampler = self.resampler.step(samples, state[: self.o1])
+        frames, s_frontend = self.frontend.step(wave, state[self.o1: self.o2])
+        lower, s_lower = self.ssl_lower.step(frames, state[self.o2: self.o3])
+        upper, s_upper = self.ssl_upper.step(lower, state[self.o3: self.o4])
+        content, s_content = self.content_encoder.step(self.content_head(upper), state[self.o4: self.o5])
+        latent, s_down = self.downsample.step(content.transpose(1, 2), state[self.o5: self.o6])
+        embedding, tokens = self.quantizer.encode(latent.transpose(1, 2))
+        new_state = s_resampler + s_frontend + s_lower + s_upper + s_content + s_down
+        if self.with_global:
+            _, s_global = self.global_encoder.step(self.global_head(lower), state[self.o6:])
+            new_state += s_global
+        return tokens, embedding, new_state
+
+    @torch.jit.export
+    def global_embedding(self, state: List[Tensor]) -> Tensor:
+        """The running global embedding (B, global_dim) of everything pushed so far."""
+        return self.global_encoder.embedding(state[self.o6:])
+
+    def forward(self, samples: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Offline: (B, n) -> (tokens, embeddings, global embedding or None)."""
+        lower = self.ssl_lower(self.frontend(self.resampler(samples)))
+        content = self.content_encoder(self.content_head(self.ssl_upper(lower)))
+        latent = self.downsample(content.transpose(1, 2)).transpose(1, 2)
+        embedding, tokens = self.quantizer.encode(latent)
+        global_embedding: Optional[Tensor] = None
+        if self.with_global and lower.shape[1] > 0:
+            global_embedding = self.global_encoder(self.global_head(lower))
+        return tokens, embedding, global_embedding
+
+    # --- integer bookkeeping (Python only) ---------------------------------------------------------
+
+    @property
+    def delay_seconds(self) -> float:
+        return self.resampler.delay_seconds
+
+    def num_tokens(self, num_samples: int) -> int:
+        """Tokens final after `num_samples` input samples."""
+        return self.resampler.num_outputs(num_samples) // self.ssl_hop // self.downsample_factor
+
+    def samples_for_tokens(self, num_tokens: int) -> int:
+        """Fewest input samples that make `num_tokens` tokens final."""
+        needed = num_tokens * self.token_hop
+        if self.resampler.identity:
+            return needed
+        return -(-needed // self.resampler.new) * self.resampler.orig
+
+    def target_tokens(self, num_samples: int) -> int:
+        """Tokens that cover all of `num_samples` input samples (resampler delay included)."""
+        delayed = (num_samples + self.resampler.width) * self.resampler.new  # in units of 1 / (orig * ssl_rate)
+        return -(-delayed // (self.resampler.orig * self.token_hop)) if num_samples else 0
+
+    def flush_padding(self, num_samples: int) -> int:
+        """Zero samples to append at the end of a stream so that its last tokens become final."""
+        return max(self.samples_for_tokens(self.target_tokens(num_samples)) - num_samples, 0)
+
+    def lag_seconds(self, num_samples: int) -> float:
+        """Input time not yet covered by final tokens after `num_samples` samples."""
+        covered = self.num_tokens(num_samples) * self.token_hop / self.ssl_rate - self.delay_seconds
+        return num_samples / self.input_rate - covered
+
+    def min_global_samples(self) -> int:
+        return self.samples_for_tokens(1) // self.downsample_factor  # one SSL frame
+
+    def offline(self, wave: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """1-D wave -> what push(wave) + flush() of a stream gives: tokens (T,), embeddings (T, D), global."""
+        n = wave.shape[-1]
+        padded = F.pad(wave, (0, self.flush_padding(n)))[None]
+        tokens, embedding, global_embedding = self.forward(padded)
+        target = self.target_tokens(n)
+        return tokens[0, :target], embedding[0, :target], None if global_embedding is None else global_embedding[0]
+
+    def global_only(self, wave: Tensor) -> Tensor:
+        """1-D reference clip (no end padding) -> global embedding (global_dim,)."""
+        lower = self.ssl_lower(self.frontend(self.resampler(wave[None])))
+        return self.global_encoder(self.global_head(lower))[0]
+
+
+class DecoderCore(nn.Module):
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        c = student.config
+        self.output_rate, self.token_samples, self.hop = c.sample_rate, c.token_samples, c.hop_length
+        self.token_rate = float(c.token_rate)
+        self.upsample_factor = c.upsample_factor
+        self.quantizer, self.mel_prenet, self.mel_upsample = student.quantizer, student.mel_prenet, student.mel_upsample
+        self.mel_interpolator, self.mel_decoder = student.mel_interpolator, student.mel_decoder
+        self.mel_postnet, self.vocoder = student.mel_postnet, student.vocoder
+        o = _count([self.mel_prenet, self.mel_interpolator, self.mel_decoder, self.mel_postnet])
+        self.o1, self.o2, self.o3, self.o4 = [1 + x for x in o[1:]]  # state[0] is the condition
+
+    @torch.jit.export
+    def init_state(self, global_embedding: Tensor) -> List[Tensor]:
+        """global_embedding: (B, global_dim); it conditions the whole stream."""
+        batch = global_embedding.shape[0]
+        return ([global_embedding[:, None, :]] + self.mel_prenet.init_state(batch)
+                + self.mel_interpolator.init_state(batch) + self.mel_decoder.init_state(batch)
+                + self.mel_postnet.init_state(batch) + self.vocoder.init_state(batch))
+
+    def _from_mel_latent(self, latent: Tensor, state: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        """Latent on the mel grid (B, C, m) -> audio, through decoder, PostNet and vocoder."""
+        mel, s_decoder = self.mel_decoder.step(latent.transpose(1, 2), state[self.o2: self.o3], state[0])
+        mel, s_postnet = self.mel_postnet.step(mel.transpose(1, 2), state[self.o3: self.o4])
+        audio, s_vocoder = self.vocoder.step(mel, state[self.o4:])
+        return audio, s_decoder + s_postnet + s_vocoder
+
+    @torch.jit.export
+    def step_embedding(self, embedding: Tensor, state: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        """Content embeddings (B, T, token_dim) of new tokens -> (new final audio (B, n), state)."""
+        hidden, s_prenet = self.mel_prenet.step(embedding, state[1: self.o1])
+        latent, s_interp = self.mel_interpolator.step(self.mel_upsample(hidden.transpose(1, 2)), state[self.o1: self.o2])
+        audio, s_rest = self._from_mel_latent(latent, state)
+        return audio, [state[0]] + s_prenet + s_interp + s_rest
+
+    @torch.jit.export
+    def step(self, tokens: Tensor, state: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        """Token indices (B, T) -> (new final audio (B, n), state)."""
+        return self.step_embedding(self.quantizer.decode(tokens), state)
+
+    @torch.jit.export
+    def flush(self, state: List[Tensor], num_mel_frames: int) -> Tuple[Tensor, List[Tensor]]:
+        """End of stream: complete the mel frames up to `num_mel_frames` (holding the last latent frame)."""
+        latent, s_interp = self.mel_interpolator.flush(state[self.o1: self.o2], num_mel_frames)
+        audio, s_rest = self._from_mel_latent(latent, state)
+        return audio, state[: self.o1] + s_interp + s_rest
+
+    def forward(self, embedding: Tensor, global_embedding: Tensor, num_mel_frames: int = -1) -> Tensor:
+        """Offline: (B, T, token_dim) + (B, global_dim) -> audio (B, n)."""
+        latent = self.mel_upsample(self.mel_prenet(embedding).transpose(1, 2))
+        latent = self.mel_interpolator(latent, num_mel_frames).transpose(1, 2)
+        mel = self.mel_decoder(latent, global_embedding[:, None, :]).transpose(1, 2)
+        return self.vocoder(self.mel_postnet(mel))
+
+    # --- integer bookkeeping (Python only) ---------------------------------------------------------
+
+    def num_samples(self, num_tokens: int) -> int:
+        """Audio samples final after `num_tokens` tokens."""
+        mel_frames = self.mel_interpolator.num_outputs(num_tokens * self.upsample_factor)
+        return self.vocoder.istft.num_outputs(mel_frames)
+
+    def flush_mel_frames(self, num_tokens: int) -> int:
+        """Mel frames that make the audio of `num_tokens` tokens complete (num_tokens * token_samples)."""
+        return -(-num_tokens * self.token_samples // self.hop) + self.vocoder.istft.drop_frames
+
+    def lag_seconds(self, num_tokens: int) -> float:
+        return num_tokens / self.token_rate - self.num_samples(num_tokens) / self.output_rate
+
+    def latency_ms(self) -> float:
+        """Worst wait between a token's end and the end of its audio (the interpolation's one latent frame
+        of lookahead and half the ISTFT window, on the mel grid)."""
+        return 1000 * max(self.lag_seconds(t) for t in range(16, 16 + 64))
+
+    def offline(self, embedding: Tensor, global_embedding: Tensor) -> Tensor:
+        """What push(tokens) + flush() of a stream gives: (B, T, D) -> (B, T * token_samples)."""
+        num_tokens = embedding.shape[1]
+        audio = self.forward(embedding, global_embedding, self.flush_mel_frames(num_tokens))
+        return audio[:, : num_tokens * self.token_samples]
+
+
+class ConverterCore(nn.Module):
+    def __init__(self, student: nn.Module, input_rate: int):
+        super().__init__()
+        self.encoder = EncoderCore(student, input_rate, with_global=False)
+        self.decoder = DecoderCore(student)
+        self.input_rate, self.output_rate = int(input_rate), student.config.sample_rate
+        self.n_encoder = len(self.encoder.init_state(1))
+
+    @torch.jit.export
+    def init_state(self, global_embedding: Tensor) -> List[Tensor]:
+        return self.encoder.init_state(global_embedding.shape[0]) + self.decoder.init_state(global_embedding)
+
+    @torch.jit.export
+    def step(self, samples: Tensor, state: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        """samples (B, n) at input_rate -> (new final converted audio (B, m) at output_rate, state)."""
+        _, embedding, s_encoder = self.encoder.step(samples, state[: self.n_encoder])
+        audio, s_decoder = self.decoder.step_embedding(embedding, state[self.n_encoder:])
+        return audio, s_encoder + s_decoder
+
+    def forward(self, samples: Tensor, global_embedding: Tensor) -> Tensor:
+        _, embedding, _ = self.encoder(samples)
+        return self.decoder(embedding, global_embedding)
+
+    # --- integer bookkeeping (Python only) ---------------------------------------------------------
+
+    def num_outputs(self, num_samples: int) -> int:
+        return self.decoder.num_samples(self.encoder.num_tokens(num_samples))
+
+    def target_outputs(self, num_samples: int) -> int:
+        """Output samples covering all input (the input duration plus the resampler delay)."""
+        width = self.encoder.resampler.width
+        return -(-(num_samples + width) * self.output_rate // self.input_rate) if num_samples else 0
+
+    def flush_padding(self, num_samples: int) -> int:
+        target = self.target_outputs(num_samples)
+        tokens = self.encoder.num_tokens(num_samples)
+        while self.decoder.num_samples(tokens) < target:
+            tokens += 1
+        return max(self.encoder.samples_for_tokens(tokens) - num_samples, 0)
+
+    def lag_seconds(self, num_samples: int) -> float:
+        covered = self.num_outputs(num_samples) / self.output_rate - self.encoder.delay_seconds
+        return num_samples / self.input_rate - covered
+
+    def offline(self, wave: Tensor, global_embedding: Tensor) -> Tensor:
+        """1-D source -> what push(source) + flush() of a stream gives (1-D, target_outputs samples)."""
+        n = wave.shape[-1]
+        audio = self.forward(F.pad(wave, (0, self.flush_padding(n)))[None], global_embedding)
+        return audio[0, : self.target_outputs(n)]
+
+
+def chunk_latency_ms(lag_seconds, chunk_samples: int, rate: int, pushes: int = 240) -> float:
+    """Algorithmic latency of pushing `chunk_samples` at a time: the chunk itself plus the worst input
+    time not yet covered by output after a push (steady state, over many pushes)."""
+    worst = max(lag_seconds(k * chunk_samples) for k in range(pushes // 2, pushes))
+    return 1000 * (chunk_samples / rate + max(worst, 0.0))
