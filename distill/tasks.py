@@ -81,8 +81,9 @@ def level_values(levels: list[int], device) -> list[torch.Tensor]:
     return [torch.arange(level, device=device, dtype=torch.float32) - level // 2 for level in levels]
 
 
-def fsq_losses(student: KanadeStudent, latent: torch.Tensor, target: Targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(MSE of the pre-rounding values, per-level cross-entropy on the rounded values, token agreement)."""
+def fsq_losses(student: KanadeStudent, latent: torch.Tensor, target: Targets):
+    """MSE of the pre-rounding values, per-level cross-entropy on the rounded values, and the agreement of
+    whole tokens and of single FSQ levels with the teacher's."""
     fsq = student.quantizer
     bounded = fsq.bound(fsq.proj_in(latent))
     n = min(bounded.shape[1], target.bounded.shape[1])
@@ -94,8 +95,8 @@ def fsq_losses(student: KanadeStudent, latent: torch.Tensor, target: Targets) ->
         logits = -(bounded[..., d, None] - values) ** 2 * 4.0
         label = torch.round(goal[..., d]) - values[0]
         ce = ce + F.cross_entropy(logits.reshape(-1, len(values)), label.long().reshape(-1))
-    agree = (torch.round(bounded) == torch.round(goal)).all(dim=-1).float().mean()
-    return mse, ce / len(fsq.levels), agree
+    same = torch.round(bounded) == torch.round(goal)
+    return mse, ce / len(fsq.levels), same.all(dim=-1).float().mean(), same.float().mean()
 
 
 def stft_loss(audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -140,10 +141,10 @@ class DistillModel(nn.Module):
             features = target.content if self.stage == "content" else content
             gfeatures = target.global_features if self.stage == "content" else global_features
             latent = s.content_latent(features)
-            mse, ce, agree = fsq_losses(s, latent, target)
+            mse, ce, agree, level_agree = fsq_losses(s, latent, target)
             terms["latent_mse"] = (mse, w.get("latent_weight", 1.0))
             terms["level_ce"] = (ce, w.get("level_ce_weight", 0.1))
-            out["token_agreement"] = agree.detach()
+            out["token_agreement"], out["level_agreement"] = agree.detach(), level_agree.detach()
             g = s.global_from_features(gfeatures)
             terms["global_mse"] = (F.mse_loss(g, target.global_embedding), w.get("global_weight", 1.0))
         if self.stage in ("decoder", "joint"):

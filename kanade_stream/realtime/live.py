@@ -64,6 +64,8 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     parser.add_argument("--paced", action="store_true", help="file mode: feed the file in real time")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (device mode)")
     parser.add_argument("--summary-json", default=None, help="also write the exit summary as JSON to this file")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the model (default 1: on a busy laptop more threads mostly wait)")
     parser.add_argument("--quiet", action="store_true", help="no live status line")
     return parser
 
@@ -114,8 +116,11 @@ def run(mode: str, argv: list[str] | None = None) -> int:
 
 
 def _run(mode: str, args) -> dict:
+    import torch
+
     from ..streaming import StreamingConverter, StreamingEncoder
 
+    torch.set_num_threads(max(1, args.threads))
     student = _load_student(args.model)
     file_mode = args.input is not None
     if file_mode:
@@ -142,6 +147,9 @@ def _run(mode: str, args) -> dict:
             if not args.quiet:
                 print(" ".join(str(v) for v in values), flush=True)
 
+    # one chunk of silence first: the first call pays for allocations and kernel selection
+    processor.push(np.zeros(round(input_rate * args.chunk_ms / 1000) * 2, dtype=np.float32))
+    processor.reset()
     engine = AudioEngine(
         processor, input_rate, output_rate, device_block=backend.block,
         processor_rate=getattr(processor, "output_rate", None),
