@@ -140,6 +140,8 @@ def cmd_demo(args) -> None:
     write_wave(out / "resynthesized.wav", vocoder, mel, sr)
     write_wave(out / "converted.wav", vocoder, teacher.voice_conversion(source, reference), sr)
 
+    streaming = _demo_streaming(out, source, reference, sr, args.chunk_ms)
+
     seconds = source.numel() / sr
     tokens = feat.content_token_indices
     print(f"model: {args.model}\nvocoder: {args.vocoder}")
@@ -149,6 +151,30 @@ def cmd_demo(args) -> None:
           f"first 12: {tokens[:12].tolist()}")
     print(f"encode took {encode_s * 1000:.0f} ms on {args.device}")
     print(f"wrote {out}/source.wav, reference.wav, source.tokens.npy, resynthesized.wav, converted.wav")
+    if streaming:
+        print(streaming)
+
+
+def _demo_streaming(out: Path, source: torch.Tensor, reference: torch.Tensor, rate: int, chunk_ms: int) -> str | None:
+    """The embedded streaming student converting the source through the real-time engine (file mode)."""
+    from .pretrained import EMBEDDED_STUDENT
+    from .realtime.backends import ArrayBackend
+    from .realtime.engine import AudioEngine
+    from .streaming import StreamingConverter, load_student
+
+    if not (EMBEDDED_STUDENT / "model.safetensors").is_file():
+        return None
+    torch.set_num_threads(1)  # what the live demo uses
+    converter = StreamingConverter(load_student(EMBEDDED_STUDENT), reference=reference.numpy(), sample_rate=rate,
+                                   chunk_ms=chunk_ms)
+    block = rate // 100  # 10 ms device buffers
+    engine = AudioEngine(converter, rate, converter.output_rate, device_block=block, chunk_samples=rate * chunk_ms // 1000)
+    audio = ArrayBackend(source.numpy(), rate, block).run(engine)
+    save_audio(out / "streamed_conversion.wav", audio[engine.stats.delay_samples :], converter.output_rate)
+    s = engine.stats
+    return (f"streaming student ({chunk_ms} ms chunks, 1 thread): algorithmic latency {converter.latency_ms:.0f} ms, "
+            f"compute per chunk p50 {s.compute_ms(0.5):.1f} ms / p99 {s.compute_ms(0.99):.1f} ms, "
+            f"real-time factor {s.real_time_factor:.2f} -> {out}/streamed_conversion.wav")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     p.add_argument("--text", default="The quick brown fox jumps over the lazy dog near the river bank.")
     p.add_argument("--seed", type=int, default=0, help="which synthetic voices to use")
+    p.add_argument("--chunk-ms", type=int, default=80, help="chunk of the streaming student (40, 80, 160)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("tokenize", parents=[common], help="audio file(s) or folder(s) -> tokens (.npy)")
