@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kanade_stream.streaming import KanadeStudent, StreamingConverter, StreamingEncoder, StudentConfig  # noqa: E402
 from kanade_stream.streaming.api import _CoreRunner  # noqa: E402
 from kanade_stream.streaming.pipeline import ConverterCore, EncoderCore  # noqa: E402
 
-REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "kanade_25hz_config.yaml"
+REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "data" / "official_release" / "kanade_25hz_config.yaml"
 INPUT_RATE = 48000
 
 
@@ -63,19 +64,10 @@ def summarise(times: list[float], chunk_s: float) -> dict:
 
 def build_teacher():
     """The full-size teacher with random weights: reference 25 Hz config + WavLM Base+ shapes."""
-    from transformers import WavLMConfig, WavLMModel
+    from teacher_throughput import full_size_teacher  # benchmarks/ is on the path when run as a script
 
-    from kanade_stream.config import KanadeConfig
-    from kanade_stream.ssl import SSLFeatureExtractor
-    from kanade_stream.teacher import KanadeTeacher
-
-    config_path = REFERENCE_CONFIG.resolve()
-    if not config_path.is_file():
-        config_path = Path("/work/shared/reference/kanade_25hz_config.yaml")
-    config = KanadeConfig.from_yaml(config_path)
     torch.manual_seed(0)
-    ssl = SSLFeatureExtractor(WavLMModel(WavLMConfig()), num_layers=config.ssl_output_layer)
-    return KanadeTeacher(config, ssl).eval()
+    return full_size_teacher(REFERENCE_CONFIG)
 
 
 def time_teacher(teacher, runs: int, convert: bool) -> list[float]:

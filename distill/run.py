@@ -133,6 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="start over, deleting what --out holds")
     p.add_argument("--eval-only", action="store_true", help="only write the evaluation report of <out>/export")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (on a shared or busy CPU, 1 is often much faster than several)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -223,6 +225,8 @@ def main(argv=None) -> int:
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     runtime = None
     start = time.time()
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     try:
         settings = apply_overrides(load_settings(args.config), args, stages)
         runtime = init_runtime(settings.precision, args.device)
