@@ -131,7 +131,8 @@ def _voice_conversion(student: KanadeStudent, teacher: KanadeTeacher, clips) -> 
              if clips[i][0]["speaker"] != clips[j][0]["speaker"]][: len(clips)]
     if not pairs:
         return {"voice_conversion": "needs held-out clips from two speakers"}
-    to_ref, to_src, content = [], [], []
+    to_ref, to_src, content, content_levels = [], [], [], []
+    levels = teacher.local_quantizer.levels
     for (_, source), (_, reference) in pairs:
         converted = student.convert(source, reference, sample_rate=rate)
         n = min(converted.numel(), source.numel())
@@ -139,12 +140,15 @@ def _voice_conversion(student: KanadeStudent, teacher: KanadeTeacher, clips) -> 
         converted_tokens = teacher.encode(converted[:n].cpu()).content_token_indices
         k = min(source_tokens.numel(), converted_tokens.numel())
         content.append(float((source_tokens[:k] == converted_tokens[:k]).float().mean()))
+        content_levels.append(float((_digits(source_tokens[:k].cpu(), levels) ==
+                                     _digits(converted_tokens[:k].cpu(), levels)).float().mean()))
         if encoder is not None:
             as16 = lambda w: resample(w.cpu().float(), rate, 16000).numpy()  # noqa: E731 - Resemblyzer takes 16 kHz
             e_conv, e_src, e_ref = (encoder.embed_utterance(as16(w)) for w in (converted[:n], source, reference))
             to_ref.append(_cosine(e_conv, e_ref))
             to_src.append(_cosine(e_conv, e_src))
-    result = {"vc_pairs": len(pairs), "vc_content_token_agreement": float(np.mean(content))}
+    result = {"vc_pairs": len(pairs), "vc_content_token_agreement": float(np.mean(content)),
+              "vc_content_level_agreement": float(np.mean(content_levels))}
     if encoder is not None:
         result.update(vc_similarity_to_reference=float(np.mean(to_ref)), vc_similarity_to_source=float(np.mean(to_src)),
                       speaker_encoder="resemblyzer (GE2E, pretrained weights from its PyPI wheel)")
