@@ -1,0 +1,318 @@
+"""Teacher training (training/): data, phase 1, GAN phase 2, vocoder, checkpoints, resume, torchrun.
+
+Tiny models, 1 s chunks and a 12-clip embedded corpus keep the whole file to about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # training/ is a folder of the repository, not part of the installed package
+    sys.path.insert(0, str(REPO))
+
+from kanade_stream.checkpoint import CheckpointError
+from kanade_stream.corpus import build_corpus
+from kanade_stream.teacher import KanadeTeacher
+from kanade_stream.vocoder import load_vocoder, vocode
+from training import run as run_mod
+from training.checkpoint import read_checkpoint
+from training.data import (ChunkDataset, DataError, build_manifest, collate, filter_clips, load_data, read_chunk,
+                           split_train_val)
+from training.logs import mel_panel, write_png
+from training.settings import load_settings, resolve_ssl_model
+from training.trainer import Runtime, lr_factor
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small embedded corpus: 4 eSpeak voices x 3 sentences (~2.4 s each), one voice held out."""
+    out = tmp_path_factory.mktemp("corpus")
+    build_corpus(out, n_speakers=4, utterances_per_speaker=3, held_out_speakers=1)
+    return out
+
+
+def tiny_settings(out: Path, data: Path, steps: int = 6, **phase_overrides):
+    settings = load_settings("tiny")
+    settings.out = str(out)
+    settings.data.path = str(data)
+    settings.data.chunk_seconds = 1.0
+    settings.data.batch_size = 4
+    settings.data.num_workers = 0
+    settings.data.val_clips = 3
+    for name in ("phase1", "phase2", "vocoder"):
+        ps = settings.phase(name)
+        ps.steps, ps.val_every, ps.ckpt_every, ps.log_every = steps, 1000, 1000, 2
+        ps.chunk_seconds = None
+        for key, value in phase_overrides.items():
+            setattr(ps, key, value)
+    return settings
+
+
+def fit(settings, phases=("phase1",), **kwargs):
+    return run_mod.run(settings, list(phases), Runtime(), progress=False, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_manifest_of_a_libritts_like_folder(tmp_path):
+    root = tmp_path / "LibriTTS"
+    rng = np.random.default_rng(0)
+    for split, speaker, chapter in (("train-clean-100", "19", "198"), ("train-clean-100", "26", "495"),
+                                    ("dev-clean", "84", "121")):
+        folder = root / split / speaker / chapter
+        folder.mkdir(parents=True)
+        stem = f"{speaker}_{chapter}_000001_000000"
+        sf.write(folder / f"{stem}.wav", rng.normal(0, 0.1, 16000).astype(np.float32), 16000)
+        (folder / f"{stem}.normalized.txt").write_text("Hello there.")
+        (folder / f"{stem}.original.txt").write_text("Hello there!")
+    (root / "train-clean-100" / "19" / "198" / "broken.wav").write_bytes(b"RIFF not audio at all")
+    manifest = build_manifest(root, write_to=tmp_path / "manifest.jsonl")
+    assert manifest.skipped == {"unreadable": 1}
+    by_speaker = {r["speaker"]: r for r in manifest.records}
+    assert set(by_speaker) == {"19", "26", "84"}
+    assert by_speaker["84"]["split"] == "heldout" and by_speaker["19"]["split"] == "train"
+    assert by_speaker["19"]["text"] == "Hello there." and by_speaker["19"]["sample_rate"] == 16000
+    assert by_speaker["19"]["duration"] == pytest.approx(1.0)
+    again = load_data(tmp_path / "manifest.jsonl")
+    assert [r["path"] for r in again.records] == [r["path"] for r in manifest.records]
+    train, val, how = split_train_val(again)
+    assert {r["speaker"] for r in val} == {"84"} and "heldout" in how
+    # 16 kHz audio comes out as 24 kHz chunks, padded at the end when the clip is shorter
+    wave = read_chunk(by_speaker["19"], 36000, 24000, None)
+    assert wave.shape == (36000,) and wave[24100:].abs().max() == 0 and wave[:20000].abs().max() > 0
+
+
+def test_corpus_manifest_split_and_chunks(corpus):
+    manifest = load_data(corpus)
+    train, val, how = split_train_val(manifest)
+    assert len(train) == 9 and len(val) == 3 and "heldout" in how
+    dataset = ChunkDataset(train, 24000, seed=1)
+    a, b = dataset[(0, 2)], dataset[(0, 2)]
+    assert torch.equal(a[0], b[0]) and a[1] == 0 and a[0].shape == (24000,)
+    assert not torch.equal(dataset[(1, 2)][0], a[0])  # another epoch, another chunk
+
+
+def test_empty_unreadable_and_short_data_are_clear(tmp_path, corpus):
+    with pytest.raises(DataError, match="no audio files"):
+        build_manifest(tmp_path)
+    (tmp_path / "bad.wav").write_bytes(b"\0" * 100)
+    with pytest.raises(DataError, match="could be read"):
+        build_manifest(tmp_path)
+    records = split_train_val(load_data(corpus))[0]
+    kept, counts = filter_clips(records, chunk_seconds=10.0, short_clips="skip")
+    assert kept == [] and counts == {"shorter_than_chunk_skipped": 9}
+    kept, counts = filter_clips(records, chunk_seconds=10.0, short_clips="pad", min_seconds=0.5)
+    assert len(kept) == 9 and counts == {"padded": 9}
+    # a clip that became unreadable after the manifest was made is replaced and counted, not fatal
+    broken = dict(records[0], path=str(tmp_path / "bad.wav"))
+    dataset = ChunkDataset([broken] + records[1:], 24000)
+    wave, failures = collate([dataset[(0, 0)], dataset[(0, 1)]])
+    assert wave.shape == (2, 24000) and failures == 1
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path, corpus, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_mod.main(["--data", str(empty), "--out", str(tmp_path / "o1"), "--no-progress"]) == 2
+    assert "no audio files" in capsys.readouterr().err
+    # short clips with the skip policy: nothing left to train on
+    config = tmp_path / "skip.yaml"
+    config.write_text("data: {short_clips: skip, batch_size: 2, num_workers: 0}\nssl_model: embedded\n"
+                      "phase1: {steps: 1}\n")
+    assert run_mod.main(["--config", str(config), "--data", str(corpus), "--out", str(tmp_path / "o3"),
+                         "--chunk-seconds", "30", "--phase", "1", "--no-progress"]) == 2
+    assert "no training clip is long enough" in capsys.readouterr().err
+    assert run_mod.main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "no training config" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------
+# phase 1
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_lr_schedule_matches_the_recipe():
+    settings = load_settings("kanade_25hz")
+    optim = settings.phase1.optim
+    assert (optim.lr, optim.betas, optim.weight_decay, optim.warmup, optim.grad_clip) == (2e-4, (0.9, 0.99), 1e-4,
+                                                                                        0.1, 1.0)
+    assert lr_factor(0, 1000, optim) == pytest.approx(0.1)
+    assert lr_factor(100, 1000, optim) == pytest.approx(1.0)
+    assert lr_factor(550, 1000, optim) == pytest.approx(0.55)
+    assert lr_factor(1000, 1000, optim) == pytest.approx(0.1)
+    assert settings.phase1.losses == {"ssl_weight": 30.0, "mel_weight": 30.0}
+    assert settings.phase2.losses == {"mel_weight": 30.0, "adv_weight": 1.0, "fm_weight": 10.0}
+    assert load_settings("kanade_12hz").model["init_args"]["config"]["downsample_factor"] == 4
+
+
+@pytest.mark.slow
+def test_phase1_learns_and_exports_the_same_tokens(tmp_path, corpus):
+    settings = tiny_settings(tmp_path / "run", corpus, steps=30)
+    settings.phase1.optim.lr = 2e-3
+    result = fit(settings)["phase1"]
+    assert result.completed and result.step == 30
+    first, last = result.first_val["mel_l1"], result.val["mel_l1"]
+    assert last < 0.9 * first, (first, last)  # held-out voice, 30 steps of batch 4 x 1 s
+    assert 0 < result.val["codebook_usage"] <= 1 and result.val["perplexity"] > 1
+    # logs, plots, checkpoint, export
+    folder = tmp_path / "run" / "phase1"
+    assert (folder / "logs" / "train.csv").read_text().count("\n") == 16
+    assert len(list((folder / "plots").glob("step_0000030_clip*.png"))) == 3
+    export = tmp_path / "run" / "export"
+    ssl_model = (export / "ssl_model.txt").read_text().strip()
+    assert ssl_model == resolve_ssl_model("embedded")
+    loaded = KanadeTeacher.from_pretrained(export, ssl_model=ssl_model)
+    trained = result.models["teacher"].eval()
+    wave = read_chunk(load_data(corpus).split("heldout")[0], 48000, 24000, None)
+    ours, theirs = trained.encode(wave), loaded.encode(wave)
+    assert torch.equal(ours.content_token_indices, theirs.content_token_indices)
+    assert torch.allclose(ours.global_embedding, theirs.global_embedding)
+    assert torch.allclose(trained.decode(ours.global_embedding, ours.content_token_indices),
+                          loaded.decode(theirs.global_embedding, theirs.content_token_indices))
+    # the self-contained copy of the tiny WavLM loads too
+    KanadeTeacher.from_pretrained(export, ssl_model=export / "wavlm")
+
+    # phase 2 (GAN, encoder frozen) and the vocoder continue from there
+    settings.phase2.optim.lr = 1e-3
+    results = fit(settings, phases=("phase2", "vocoder"))
+    phase2, vocoder = results["phase2"], results["vocoder"]
+    assert phase2.completed and vocoder.completed
+    before = KanadeTeacher.from_pretrained(folder / "export", ssl_model=ssl_model).state_dict()
+    after = phase2.models["teacher"].state_dict()
+    assert all(torch.equal(before[k], after[k].cpu()) for k in before if k.startswith(("local_", "global_encoder")))
+    assert not torch.equal(before["mel_postnet.convolutions.0.0.weight"], after["mel_postnet.convolutions.0.0.weight"])
+    assert vocoder.val["mel_l1"] < vocoder.first_val["mel_l1"]
+    vocos = load_vocoder(export / "vocoder")
+    audio = vocode(vocos, loaded.decode(theirs.global_embedding, theirs.content_token_indices))
+    assert audio.shape == (48128,) and torch.isfinite(audio).all()
+    # fine-tuning a released Vocos (here: the one just trained) works the same way
+    tuned = fit(tiny_settings(tmp_path / "tune", corpus, steps=2), phases=("vocoder",), init=str(export / "vocoder"))
+    assert tuned["vocoder"].first_val["mel_l1"] == pytest.approx(vocoder.val["mel_l1"], rel=1e-4)
+    # everything finished: --resume has nothing left to do
+    assert fit(settings, phases=("phase1", "phase2", "vocoder"), resume="auto") == {}
+
+
+# --------------------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_stop_and_resume_gives_the_same_weights(tmp_path, corpus):
+    straight = fit(tiny_settings(tmp_path / "a", corpus, steps=6))["phase1"]
+    settings = tiny_settings(tmp_path / "b", corpus, steps=6)
+    first = fit(settings, stop_after=3)["phase1"]
+    assert not first.completed and first.step == 3
+    state = read_checkpoint(tmp_path / "b" / "phase1" / "checkpoints" / "last.pt")
+    assert state["step"] == 3 and state["data"] == {"epoch": 1, "batch_in_epoch": 1}  # 9 clips / 4 = 2 batches
+    resumed = fit(settings, resume="auto")["phase1"]
+    assert resumed.completed and resumed.step == 6
+    a, b = straight.models["teacher"].state_dict(), resumed.models["teacher"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # without --resume an existing run is not overwritten by accident
+    with pytest.raises(run_mod.RunError, match="--resume"):
+        fit(settings)
+
+
+def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path, corpus, capsys):
+    settings = tiny_settings(tmp_path / "c", corpus, steps=4)
+    fit(settings, stop_after=2)
+    last = tmp_path / "c" / "phase1" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    key = "local_encoder.input_proj.weight" if "local_encoder.input_proj.weight" in state["models"]["teacher"] else \
+        next(k for k in state["models"]["teacher"] if k.startswith("mel_prenet") and k.endswith("weight"))
+    state["models"]["teacher"][key] = torch.zeros(3, 3)
+    torch.save(state, tmp_path / "mismatched.pt")
+    with pytest.raises(CheckpointError, match="mis-shaped"):
+        fit(settings, resume=str(tmp_path / "mismatched.pt"))
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk
+    args = ["--data", str(corpus), "--out", str(tmp_path / "c"), "--phase", "1", "--steps", "4", "--batch-size", "4",
+            "--chunk-seconds", "1", "--num-workers", "0", "--resume", "--no-progress"]
+    assert run_mod.main(args) == 2
+    assert "corrupt or incomplete" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="not a kanade-stream training checkpoint"):
+        torch.save({"hello": 1}, tmp_path / "foreign.pt")
+        read_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_png_writer(tmp_path):
+    mel = torch.linspace(-10, 2, 100 * 30).reshape(100, 30)
+    image = mel_panel([mel, mel])
+    assert image.shape == (2 * 100 * 2 + 2, 60, 3) and image.dtype == np.uint8
+    data = write_png(tmp_path / "mel.png", image).read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
+
+
+# --------------------------------------------------------------------------------------------------------
+# torchrun
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run(tmp_path, corpus):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "training" / "run.py"), "--phase", "1", "--data", str(corpus), "--out", str(out),
+           "--steps", "3", "--batch-size", "4", "--chunk-seconds", "1", "--num-workers", "0", "--device", "cpu",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:  # a hung job: end torchrun and both ranks, not just the launcher
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "2 process(es)" in stderr
+    done = json.loads((out / "phase1" / "done.json").read_text())
+    assert done["step"] == 3 and "mel_l1" in done["val"]
+    state = read_checkpoint(out / "phase1" / "checkpoints" / "last.pt")
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert (out / "export" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, corpus):
+
+    out = tmp_path / "int"
+    args = ["--phase", "1", "--data", str(corpus), "--out", str(out), "--steps", "2000", "--batch-size", "4",
+            "--chunk-seconds", "1", "--num-workers", "1", "--log-every", "1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "training" / "run.py"), *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        log_file = out / "phase1" / "logs" / "train.csv"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if log_file.is_file() and log_file.read_text().count("\n") >= 3:
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C in a terminal: the loader worker gets it too
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "interrupted at step" in stdout + stderr and "--resume" in stdout + stderr
+    state = read_checkpoint(out / "phase1" / "checkpoints" / "last.pt")
+    assert 2 <= state["step"] < 2000
+    settings = tiny_settings(out, corpus, steps=2000)
+    resumed = fit(settings, resume="auto", stop_after=state["step"] + 2)["phase1"]
+    assert resumed.step == state["step"] + 2

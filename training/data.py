@@ -1,0 +1,420 @@
+"""Training data: manifests of audio folders, random fixed-length chunks at 24 kHz, sharded loading.
+
+A manifest is a JSON-lines file, one utterance a line, in the same form as the embedded corpus
+(`kanade_stream.corpus`): {"path" (relative to the manifest's folder), "speaker", "split" ("train" or
+"heldout"), "text", "duration" (seconds), "sample_rate"}.
+
+- `build_manifest(folder)` scans a folder recursively (LibriTTS `speaker/chapter/file.wav`, the embedded
+  corpus `split/speaker/file.wav`, or any `speaker/file.wav` tree); unreadable files are skipped and
+  counted, never fatal.
+- `ChunkDataset` serves one random chunk (5.76 s by default) per clip, resampled to 24 kHz and mixed to
+  mono. The chunk offset is a pure function of (seed, epoch, clip index), so a run is reproducible and
+  resumable no matter how many loader workers there are.
+- Clips shorter than a chunk: policy "pad" (default) zero-pads them at the end; policy "skip" leaves them
+  out. Clips shorter than `min_seconds` are always left out. Both are counted and reported.
+- `ShardedSampler` is a `DistributedSampler` that yields (epoch, index) pairs and can start in the middle
+  of an epoch, so `--resume` continues on exactly the batches that were next.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from kanade_stream.audio import resample
+
+log = logging.getLogger("training")
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+# transcript side files, most specific first (LibriTTS has .normalized.txt and .original.txt)
+TRANSCRIPT_SUFFIXES = (".normalized.txt", ".txt", ".original.txt")
+# path components that mark held-out material in a folder without a manifest
+HELDOUT_DIRS = {"heldout", "held_out", "held-out", "dev", "val", "valid", "validation", "test",
+                "dev-clean", "dev-other", "test-clean", "test-other"}
+MANIFEST_NAME = "manifest.jsonl"
+SHORT_CLIP_POLICIES = ("pad", "skip")
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message says what was found and what to change."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# manifests
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Manifest:
+    """Utterances (absolute paths) plus what was left out while building or filtering."""
+
+    records: list[dict]
+    root: Path
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def split(self, name: str) -> list[dict]:
+        return [r for r in self.records if r["split"] == name]
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted({r["speaker"] for r in self.records})
+
+
+def _speaker_of(rel: Path) -> str:
+    """Speaker from the folder structure: the outermost folder whose name prefixes the file name
+    (LibriTTS `19/198/19_198_000000_000000.wav`, the corpus `train/spk03/spk03_0001.wav`), else the
+    folder the file is in, else "unknown" for files at the top."""
+    parents = rel.parts[:-1]
+    stem = rel.name
+    for part in parents:
+        if part.lower() not in HELDOUT_DIRS and stem.startswith(part + "_"):
+            return part
+    meaningful = [p for p in parents if p.lower() not in HELDOUT_DIRS and p.lower() not in ("train", "wavs", "wav")]
+    return meaningful[-1] if meaningful else "unknown"
+
+
+def _transcript_of(path: Path) -> str:
+    for suffix in TRANSCRIPT_SUFFIXES:
+        side = path.with_name(path.name[: -len(path.suffix)] + suffix)
+        if side.is_file():
+            try:
+                return side.read_text(encoding="utf-8", errors="replace").strip()
+            except OSError:
+                return ""
+    return ""
+
+
+def build_manifest(folder: str | os.PathLike, write_to: str | os.PathLike | None = None) -> Manifest:
+    """Scan `folder` recursively for audio; unreadable files are skipped with a count.
+
+    The split is "heldout" for files under a dev/test/heldout folder, else "train". Returns the manifest
+    with absolute paths; `write_to` also writes it as JSON lines with paths relative to `folder`.
+    """
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {root}: point --data at a folder of "
+                        "speech (e.g. LibriTTS) or a manifest.jsonl, or leave it out for the embedded corpus")
+    records, unreadable = [], []
+    for path in files:
+        try:
+            info = sf.info(str(path))
+            if info.frames <= 0 or info.samplerate <= 0:
+                raise RuntimeError("no samples")
+        except (sf.LibsndfileError, RuntimeError, OSError) as err:
+            unreadable.append(f"{path}: {err}")
+            continue
+        rel = path.relative_to(root)
+        records.append({
+            "path": str(path),
+            "speaker": _speaker_of(rel),
+            "split": "heldout" if any(p.lower() in HELDOUT_DIRS for p in rel.parts[:-1]) else "train",
+            "text": _transcript_of(path),
+            "duration": round(info.frames / info.samplerate, 4),
+            "sample_rate": int(info.samplerate),
+        })
+    if unreadable:
+        log.warning("skipped %d unreadable audio file(s) under %s, e.g. %s", len(unreadable), root,
+                    "; ".join(unreadable[:3]))
+    if not records:
+        raise DataError(f"none of the {len(files)} audio files under {root} could be read, e.g. {unreadable[0]}")
+    manifest = Manifest(records, root, {"unreadable": len(unreadable)} if unreadable else {})
+    if write_to is not None:
+        write_manifest(manifest, write_to)
+    return manifest
+
+
+def write_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for r in manifest.records:
+        entry = dict(r)
+        entry["path"] = os.path.relpath(r["path"], path.parent.resolve())
+        lines.append(json.dumps(entry, ensure_ascii=False))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """A manifest.jsonl (paths relative to its folder, or absolute). Lines whose file is missing are skipped
+    with a count; a malformed line is an error naming the line."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}")
+    records, missing = [], 0
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            audio = Path(entry["path"])
+            entry = {
+                "path": str(audio if audio.is_absolute() else (path.parent / audio).resolve()),
+                "speaker": str(entry.get("speaker", "unknown")),
+                "split": str(entry.get("split", "train")),
+                "text": str(entry.get("text", "")),
+                "duration": float(entry["duration"]),
+                "sample_rate": int(entry["sample_rate"]),
+            }
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{path}:{number}: not a manifest line ({err!r}); expected JSON with path, speaker, "
+                            "split, duration, sample_rate") from err
+        if entry["split"] not in ("train", "heldout"):
+            raise DataError(f"{path}:{number}: split must be 'train' or 'heldout', got {entry['split']!r}")
+        if not Path(entry["path"]).is_file():
+            missing += 1
+            continue
+        records.append(entry)
+    if missing:
+        log.warning("%s: skipped %d line(s) whose audio file is missing", path, missing)
+    if not records:
+        raise DataError(f"{path} lists no existing audio files")
+    return Manifest(records, path.parent, {"missing": missing} if missing else {})
+
+
+def load_data(data: str | os.PathLike | None, cache_dir: str | os.PathLike | None = None) -> Manifest:
+    """`--data`: None = the embedded eSpeak corpus; a manifest file; a folder with a manifest.jsonl; or a
+    folder of audio (scanned, and the manifest cached in `cache_dir` when given)."""
+    if data is None:
+        from kanade_stream.corpus import ensure_default_corpus
+
+        info = ensure_default_corpus()
+        log.info("data: the embedded eSpeak corpus at %s", info.out_dir)
+        return read_manifest(info.manifest)
+    path = Path(data).expanduser()
+    if path.is_file():
+        return read_manifest(path)
+    if not path.exists():
+        raise DataError(f"--data {data}: no such file or folder")
+    if (path / MANIFEST_NAME).is_file():
+        return read_manifest(path / MANIFEST_NAME)
+    write_to = Path(cache_dir) / MANIFEST_NAME if cache_dir is not None else None
+    if write_to is not None and write_to.is_file():  # scanned before (e.g. a resumed run): reuse
+        cached = read_manifest(write_to)
+        root = str(path.resolve())
+        if all(r["path"].startswith(root + os.sep) for r in cached.records):
+            log.info("data: reusing the manifest of %s in %s (delete it to rescan)", path, write_to)
+            return cached
+    manifest = build_manifest(path, write_to=write_to)
+    if write_to is not None:
+        log.info("data: %d clips under %s (manifest written to %s)", len(manifest.records), path, write_to)
+    return manifest
+
+
+def split_train_val(manifest: Manifest, heldout_speakers: int = 2) -> tuple[list[dict], list[dict], str]:
+    """Training and validation records. Validation is on held-out voices: the manifest's "heldout" split,
+    else the last `heldout_speakers` speakers (sorted by name), else (one speaker only) every 10th clip."""
+    train, val = manifest.split("train"), manifest.split("heldout")
+    if val and train:
+        return train, val, "the manifest's heldout split"
+    records = manifest.records
+    speakers = sorted({r["speaker"] for r in records})
+    if len(speakers) > heldout_speakers >= 1:
+        held = set(speakers[-heldout_speakers:])
+        return ([r for r in records if r["speaker"] not in held], [r for r in records if r["speaker"] in held],
+                f"held-out speakers {sorted(held)}")
+    if len(records) < 2:
+        raise DataError(f"only {len(records)} usable clip(s): need at least 2 (one to train, one to validate)")
+    val = records[::10] if len(records) >= 10 else records[-1:]
+    chosen = {id(r) for r in val}
+    return [r for r in records if id(r) not in chosen], val, "every 10th clip (one speaker only: not held-out voices)"
+
+
+def filter_clips(records: list[dict], chunk_seconds: float, short_clips: str = "pad",
+                 min_seconds: float = 0.5) -> tuple[list[dict], dict[str, int]]:
+    """Drop clips too short to use. Returns the kept records and counts of what was done."""
+    if short_clips not in SHORT_CLIP_POLICIES:
+        raise DataError(f"short_clips must be one of {SHORT_CLIP_POLICIES}, got {short_clips!r}")
+    kept, counts = [], {"too_short": 0, "padded": 0, "shorter_than_chunk_skipped": 0}
+    for r in records:
+        if r["duration"] < min_seconds:
+            counts["too_short"] += 1
+        elif r["duration"] < chunk_seconds:
+            if short_clips == "skip":
+                counts["shorter_than_chunk_skipped"] += 1
+            else:
+                counts["padded"] += 1
+                kept.append(r)
+        else:
+            kept.append(r)
+    return kept, {k: v for k, v in counts.items() if v}
+
+
+# --------------------------------------------------------------------------------------------------------
+# chunks
+# --------------------------------------------------------------------------------------------------------
+
+
+def read_chunk(record: dict, num_samples: int, sample_rate: int, offset: float | None) -> torch.Tensor:
+    """`num_samples` at `sample_rate` from the clip, mono, zero-padded at the end if the clip is shorter.
+    `offset` in [0, 1] places the chunk within the clip (None or 0 = the start). Only the needed part of
+    the file is read."""
+    source_rate = int(record["sample_rate"])
+    margin = 0 if source_rate == sample_rate else 64  # resampling filter edge, trimmed below
+    need = math.ceil(num_samples * source_rate / sample_rate) + margin
+    with sf.SoundFile(record["path"]) as f:
+        total = f.frames
+        start = int(round((offset or 0.0) * max(total - need, 0)))
+        f.seek(start)
+        data = f.read(need, dtype="float32", always_2d=True)
+    if data.shape[0] == 0:
+        raise RuntimeError("no samples read")
+    wave = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0].copy())
+    wave = resample(wave, source_rate, sample_rate)[:num_samples]
+    if not torch.isfinite(wave).all():
+        raise RuntimeError("NaN or infinite samples")
+    if wave.numel() < num_samples:
+        wave = torch.nn.functional.pad(wave, (0, num_samples - wave.numel()))
+    return wave.contiguous()
+
+
+class ChunkDataset(Dataset):
+    """One random chunk per clip and epoch. Items are keyed (epoch, index); see `ShardedSampler`.
+
+    A clip that cannot be read is replaced by the next readable one (up to 8 tries) and the failure is
+    reported in the item, so the trainer can count it; it never stops training.
+    """
+
+    MAX_TRIES = 8
+
+    def __init__(self, records: list[dict], chunk_samples: int, sample_rate: int = 24000, seed: int = 0,
+                 random_offset: bool = True):
+        if not records:
+            raise DataError("no clips to train on")
+        self.records, self.chunk_samples, self.sample_rate = records, int(chunk_samples), int(sample_rate)
+        self.seed, self.random_offset = int(seed), random_offset
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        failures = 0
+        for attempt in range(self.MAX_TRIES):
+            i = (index + attempt) % len(self.records)
+            offset = None
+            if self.random_offset:
+                offset = float(np.random.default_rng([self.seed, epoch, i]).random())
+            try:
+                return read_chunk(self.records[i], self.chunk_samples, self.sample_rate, offset), failures
+            except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
+                failures += 1
+                log.warning("cannot read %s (%s); using another clip", self.records[i]["path"], err)
+        raise DataError(f"{self.MAX_TRIES} clips in a row could not be read (last: {self.records[i]['path']}); "
+                        "check the data folder")
+
+
+def collate(items) -> tuple[torch.Tensor, int]:
+    waves, failures = zip(*items)
+    return torch.stack(waves), int(sum(failures))
+
+
+class ShardedSampler(DistributedSampler):
+    """DistributedSampler over (epoch, index) keys that can start `start` samples into its shard."""
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.start:]
+        self.start = 0
+        return iter([(self.epoch, i) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    # Ctrl-C goes to the whole process group; the main process handles it and saves a checkpoint, so the
+    # loader workers must not die of it first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class BatchStream:
+    """Endless batches over epochs, remembering (epoch, batches done in the epoch) for checkpoints."""
+
+    def __init__(self, dataset: ChunkDataset, batch_size: int, num_workers: int = 0, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, pin_memory: bool = False):
+        self.sampler = ShardedSampler(dataset, world_size, rank, seed)
+        self.batch_size = batch_size
+        self.batches_per_epoch = self.sampler.num_samples // batch_size
+        if self.batches_per_epoch == 0:
+            raise DataError(
+                f"{len(dataset)} training clips give {self.sampler.num_samples} per process, fewer than the batch "
+                f"size per process {batch_size} (world size {world_size}): use more data or a smaller --batch-size")
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
+                                 collate_fn=collate, drop_last=True, pin_memory=pin_memory,
+                                 worker_init_fn=_ignore_sigint if num_workers else None)
+        self.epoch, self.batch_in_epoch = 0, 0
+        self._iterator = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        self._iterator = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, int]:
+        if self._iterator is None:
+            self.sampler.set_position(self.epoch, self.batch_in_epoch * self.batch_size)
+            self._iterator = iter(self.loader)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+            return next(self)
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch >= self.batches_per_epoch:  # the epoch is done: next call starts the next one
+            self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+        return batch
+
+
+def validation_batches(records: list[dict], chunk_samples: int, sample_rate: int, max_clips: int,
+                       batch_size: int) -> list[torch.Tensor]:
+    """Fixed validation chunks: the middle of up to `max_clips` clips, taken round-robin over speakers."""
+    by_speaker: dict[str, list[dict]] = {}
+    for r in records:
+        by_speaker.setdefault(r["speaker"], []).append(r)
+    queues = [list(v) for _, v in sorted(by_speaker.items())]
+    chosen = []
+    while queues and len(chosen) < max_clips:
+        for q in list(queues):
+            if q and len(chosen) < max_clips:
+                chosen.append(q.pop(0))
+            if not q:
+                queues.remove(q)
+    waves, unreadable = [], 0
+    for r in chosen:
+        try:
+            waves.append(read_chunk(r, chunk_samples, sample_rate, 0.5))
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError):
+            unreadable += 1
+    if unreadable:
+        log.warning("validation: skipped %d unreadable clip(s)", unreadable)
+    if not waves:
+        raise DataError("no readable validation clips")
+    return [torch.stack(waves[i:i + batch_size]) for i in range(0, len(waves), batch_size)]
