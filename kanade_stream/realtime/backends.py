@@ -191,21 +191,32 @@ class PyAudioBackend:
         self.block = max(1, round(self.input_rate * block_ms / 1000))
         self.out_block = max(1, round((self.output_rate or self.input_rate) * block_ms / 1000))
         self.callbacks = {"input": 0, "output": 0}
-        self.device_latency_ms = 0.0
+        self.device_latency_ms = 0.0  # PortAudio's figure when the streams open
+        self.measured_device_latency = np.zeros(2)  # seconds, input and output, from callback times
 
     def run(self, engine: AudioEngine, stop: threading.Event, status: Callable[[AudioEngine], None] | None = None,
             duration: float | None = None, stall_timeout: float = 2.0) -> None:
         pyaudio = _pyaudio()
         out_buffer = np.zeros(self.out_block, dtype=np.float32)
 
+        # what the driver says, per callback: how long ago the input was captured, how long until the
+        # output is heard (PortAudio stream times); the largest seen is the device part of the latency
+        measured = self.measured_device_latency
+
         def on_input(in_data, frame_count, time_info, flags):
             engine.on_input(np.frombuffer(in_data, dtype=np.float32))
             self.callbacks["input"] += 1
+            captured = time_info.get("input_buffer_adc_time", 0.0)
+            if captured > 0:
+                measured[0] = max(measured[0], time_info["current_time"] - captured)
             return None, pyaudio.paContinue
 
         def on_output(in_data, frame_count, time_info, flags):
             engine.on_output(out_buffer[:frame_count])
             self.callbacks["output"] += 1
+            heard = time_info.get("output_buffer_dac_time", 0.0)
+            if heard > 0:
+                measured[1] = max(measured[1], heard - time_info["current_time"])
             # PyAudio insists on an immutable bytes object: the one allocation a callback makes
             return out_buffer[:frame_count].tobytes(), pyaudio.paContinue
 

@@ -7,7 +7,7 @@ can never stall the audio device. The worker feeds whatever input has arrived to
 processor (a `StreamingConverter`, or a `StreamingEncoder` whose results go to `on_result`).
 
 Latency is fixed at start: the output ring is primed with `delay_samples` of silence, enough to cover
-the processor's chunk and lookahead plus one device buffer, so from then on output sample k is the
+the processor's chunk and lookahead, its compute time (half a chunk by default) and one device buffer, so from then on output sample k is the
 processed input sample k - delay_samples. When compute falls behind, the input backlog is cut back to
 one chunk (the dropped samples are counted) and the output ring is never allowed to hold more than the
 fixed delay plus one buffer: latency stays bounded, and every sample dropped or played as silence is
@@ -77,12 +77,15 @@ class AudioEngine:
         processor_rate: int | None = None,
         chunk_samples: int | None = None,
         max_backlog_ms: float = 400.0,
+        compute_margin_ms: float | None = None,
         ring_seconds: float = 4.0,
         on_result: Callable[[object], None] | None = None,
     ):
         """`input_rate`/`output_rate`: device rates (output None for an encoder). `device_block`:
         frames per device callback. `processor_rate`: the rate of what `processor.push` returns (it is
-        resampled to `output_rate`). `chunk_samples`: the processor's chunk at the input rate."""
+        resampled to `output_rate`). `chunk_samples`: the processor's chunk at the input rate.
+        `compute_margin_ms`: time allowed for computing a chunk before its output is due (default half a
+        chunk, the budget a real-time model should keep at p99); slower chunks are counted underruns."""
         self.processor = processor
         self.input_rate, self.output_rate = int(input_rate), output_rate
         self.device_block = int(device_block)
@@ -100,8 +103,11 @@ class AudioEngine:
                 import soxr  # streaming, state-carrying resampler for the device side
 
                 self._resampler = soxr.ResampleStream(processor_rate, output_rate, 1, dtype="float32")
-            # chunk + lookahead of the processor, plus one device buffer of arrival jitter
-            delay = math.ceil((processor.latency_ms / 1000 + self.device_block / input_rate) * output_rate)
+            # chunk + lookahead of the processor, its compute time, and one device buffer of arrival jitter
+            if compute_margin_ms is None:
+                compute_margin_ms = 500.0 * self.chunk_samples / input_rate
+            delay = math.ceil((processor.latency_ms / 1000 + compute_margin_ms / 1000 + self.device_block / input_rate)
+                              * output_rate)
             delay += self._resampler_delay(processor_rate, output_rate)
             self.output_ring.write(np.zeros(delay, dtype=np.float32))
         self.stats = EngineStats(self.input_rate, output_rate, delay)

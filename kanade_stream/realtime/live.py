@@ -181,9 +181,13 @@ def _run(mode: str, args) -> dict:
         **engine.xruns(),
     )
     if not file_mode:
-        summary["device_latency_ms"] = round(backend.device_latency_ms, 2)
-        # what a listener can expect at most: engine delay + device buffers + one device block each way
-        summary["latency_bound_ms"] = round(engine.stats.latency_ms + backend.device_latency_ms + 2 * args.block_ms, 2)
+        driver_in, driver_out = (1000 * backend.measured_device_latency).tolist()
+        summary["device_latency_ms"] = round(backend.device_latency_ms, 2)  # PortAudio's figure at open
+        summary["driver_latency_ms"] = [round(driver_in, 2), round(driver_out, 2)]  # worst seen in callbacks
+        # what a listener can expect at most: engine delay + the larger of the two device figures + one
+        # device block each way (callback granularity)
+        device = max(backend.device_latency_ms, driver_in + driver_out)
+        summary["latency_bound_ms"] = round(engine.stats.latency_ms + device + 2 * args.block_ms, 2)
         summary["input_device"] = backend.input_info["name"]
         if backend.output_info:
             summary["output_device"] = backend.output_info["name"]
