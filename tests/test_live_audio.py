@@ -29,15 +29,30 @@ REPO = Path(__file__).resolve().parents[1]
 RATE = 44100
 
 
-@pytest.fixture(scope="module")
-def pulse(tmp_path_factory):
+def start_pulse(runtime: Path, modules: list[str]):
+    """A private PulseAudio daemon (its own socket and runtime folder); returns (process, client env)."""
     if shutil.which("pulseaudio") is None or shutil.which("parecord") is None:
         pytest.skip("PulseAudio is not installed (apt-get install pulseaudio; .ci/run does)")
-    runtime = tmp_path_factory.mktemp("pulse")
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), PULSE_RUNTIME_PATH=str(runtime),
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_RUNTIME_DIR=str(runtime), PULSE_RUNTIME_PATH=str(runtime),
                HOME=str(runtime), PULSE_SERVER=f"unix:{runtime}/native")
-    modules = [
-        f"module-native-protocol-unix socket={runtime}/native auth-anonymous=1",
+    modules = [f"module-native-protocol-unix socket={runtime}/native auth-anonymous=1"] + modules
+    cmd = ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "--log-target=stderr",
+           "--system=false", "--use-pid-file=false"] + [f"--load={m}" for m in modules]
+    log = open(runtime / "pulse.log", "w")
+    daemon = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(100):
+        if subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode == 0:
+            return daemon, env
+        if daemon.poll() is not None:
+            pytest.fail(f"PulseAudio did not start:\n{(runtime / 'pulse.log').read_text()}")
+        time.sleep(0.1)
+    daemon.kill()
+    pytest.fail("PulseAudio did not answer within 10 s")
+
+
+@pytest.fixture(scope="module")
+def pulse(tmp_path_factory):
+    daemon, env = start_pulse(tmp_path_factory.mktemp("pulse"), [
         "module-null-sink sink_name=vc_in channels=1 rate=44100",
         "module-null-sink sink_name=mix channels=2 rate=44100 channel_map=front-left,front-right",
         "module-remap-sink sink_name=mix_left master=mix channels=1 master_channel_map=front-left "
@@ -45,24 +60,10 @@ def pulse(tmp_path_factory):
         "module-remap-sink sink_name=mix_right master=mix channels=1 master_channel_map=front-right "
         "channel_map=mono remix=no",
         "module-combine-sink sink_name=feed slaves=vc_in,mix_left channels=1",
-    ]
-    cmd = ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "--log-target=stderr",
-           "--system=false", "--use-pid-file=false"] + [f"--load={m}" for m in modules]
-    log = open(runtime / "pulse.log", "w")
-    daemon = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(100):
-        if subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode == 0:
-            break
-        if daemon.poll() is not None:
-            pytest.fail(f"PulseAudio did not start:\n{(runtime / 'pulse.log').read_text()}")
-        time.sleep(0.1)
-    else:
-        daemon.kill()
-        pytest.fail("PulseAudio did not answer within 10 s")
+    ])
     yield env
     daemon.terminate()
     daemon.wait(timeout=10)
-    log.close()
 
 
 def envelope(x: np.ndarray, hop: int = 441) -> np.ndarray:
@@ -119,3 +120,19 @@ def test_live_vc_through_pulseaudio(pulse, tmp_path):
     # one envelope frame of measurement resolution
     assert measured_ms <= summary["latency_bound_ms"] + 10.0
     assert summary["input_overrun"] == 0
+
+
+def test_sound_server_vanishing_mid_stream_ends_cleanly(tmp_path):
+    daemon, env = start_pulse(tmp_path, ["module-null-sink sink_name=s1"])
+    sf.write(tmp_path / "ref.wav", synthesize("The reference voice speaks for two seconds.", make_voices(1)[0], RATE), RATE)
+    app = subprocess.Popen(
+        [sys.executable, str(REPO / "demos" / "live_vc.py"), "--ref", str(tmp_path / "ref.wav"), "--input-device",
+         "pulse", "--output-device", "pulse", "--duration", "60", "--quiet"],
+        env=dict(env, PULSE_SOURCE="s1.monitor", PULSE_SINK="s1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    time.sleep(4)  # streaming
+    daemon.kill()  # the "device" goes away
+    daemon.wait(timeout=10)
+    out, err = app.communicate(timeout=60)
+    assert app.returncode == 1
+    assert "error: the audio" in err and "Traceback" not in err

@@ -260,8 +260,10 @@ class PyAudioBackend:
                 raise engine.failed
             if self.callbacks != last_counts:
                 last_counts, last_change = dict(self.callbacks), now
-            if not all(s.is_active() for s in streams) or now - last_change > stall_timeout:
-                raise DeviceError(f"the audio device stopped delivering samples (for {now - last_change:.1f} s); "
+            if not all(s.is_active() for s in streams):
+                raise DeviceError("the audio stream stopped: was the device unplugged, or its sound server stopped?")
+            if now - last_change > stall_timeout:
+                raise DeviceError(f"the audio device delivered no samples for {now - last_change:.1f} s; "
                                   "was it unplugged or taken by another program?")
             if status is not None:
                 status(engine)
