@@ -231,12 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "batch_size", 1) < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2
-    torch.set_grad_enabled(False)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per WavLM load is noise on the command line
     try:
-        args.func(args)
+        with torch.no_grad():  # scoped: main() is also called in-process (tests, scripts)
+            args.func(args)
     except (AudioError, CheckpointError, ConfigError, FileNotFoundError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -115,7 +115,7 @@ def test_live_vc_through_pulseaudio(pulse, tmp_path):
         b = b - b.mean()
         scores.append(float(np.dot(a[: len(b)], b) / (np.linalg.norm(a[: len(b)]) * np.linalg.norm(b) + 1e-9)))
     measured_ms = 10.0 * int(np.argmax(scores))
-    assert max(scores) > 0.3, f"output loudness does not follow the input (best correlation {max(scores):.2f})"
+    assert max(scores) > 0.3, f"output loudness does not follow the input (best correlation {max(scores):.2f}): {summary}"
     print(f"measured latency {measured_ms:.0f} ms, reported bound {summary['latency_bound_ms']} ms, summary {summary}")
     # one envelope frame of measurement resolution
     assert measured_ms <= summary["latency_bound_ms"] + 10.0

@@ -368,7 +368,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, desc=self.task.phase, dynamic_ncols=True,
                    disable=not (self.progress and runtime.is_main), mininterval=1.0)
         interrupted = False
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, torch.enable_grad():  # whatever grad mode the caller left on
             while self.step < total:
                 batch, failures = next(self.stream)
                 self.data_failures += failures

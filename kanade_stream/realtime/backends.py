@@ -192,31 +192,40 @@ class PyAudioBackend:
         self.out_block = max(1, round((self.output_rate or self.input_rate) * block_ms / 1000))
         self.callbacks = {"input": 0, "output": 0}
         self.device_latency_ms = 0.0  # PortAudio's figure when the streams open
-        self.measured_device_latency = np.zeros(2)  # seconds, input and output, from callback times
+        # seconds, from callback times: input latency, output latency, longest input gap, longest output gap
+        self.measured_device_latency = np.zeros(4)
 
     def run(self, engine: AudioEngine, stop: threading.Event, status: Callable[[AudioEngine], None] | None = None,
             duration: float | None = None, stall_timeout: float = 2.0) -> None:
         pyaudio = _pyaudio()
         out_buffer = np.zeros(self.out_block, dtype=np.float32)
 
-        # what the driver says, per callback: how long ago the input was captured, how long until the
-        # output is heard (PortAudio stream times); the largest seen is the device part of the latency
+        # What the driver says, per callback (PortAudio stream times): how long ago the input was captured,
+        # how long until the output is heard, and the longest gap between callbacks on each side (samples
+        # arriving in bursts wait that long). The worst of each is the device part of the latency.
         measured = self.measured_device_latency
+        last = np.zeros(2)
 
         def on_input(in_data, frame_count, time_info, flags):
             engine.on_input(np.frombuffer(in_data, dtype=np.float32))
             self.callbacks["input"] += 1
-            captured = time_info.get("input_buffer_adc_time", 0.0)
+            now, captured = time_info["current_time"], time_info.get("input_buffer_adc_time", 0.0)
             if captured > 0:
-                measured[0] = max(measured[0], time_info["current_time"] - captured)
+                measured[0] = max(measured[0], now - captured)
+            if last[0] > 0:
+                measured[2] = max(measured[2], now - last[0])
+            last[0] = now
             return None, pyaudio.paContinue
 
         def on_output(in_data, frame_count, time_info, flags):
             engine.on_output(out_buffer[:frame_count])
             self.callbacks["output"] += 1
-            heard = time_info.get("output_buffer_dac_time", 0.0)
+            now, heard = time_info["current_time"], time_info.get("output_buffer_dac_time", 0.0)
             if heard > 0:
-                measured[1] = max(measured[1], heard - time_info["current_time"])
+                measured[1] = max(measured[1], heard - now)
+            if last[1] > 0:
+                measured[3] = max(measured[3], now - last[1])
+            last[1] = now
             # PyAudio insists on an immutable bytes object: the one allocation a callback makes
             return out_buffer[:frame_count].tobytes(), pyaudio.paContinue
 

@@ -181,13 +181,16 @@ def _run(mode: str, args) -> dict:
         **engine.xruns(),
     )
     if not file_mode:
-        driver_in, driver_out = (1000 * backend.measured_device_latency).tolist()
+        driver_in, driver_out, gap_in, gap_out = (1000 * backend.measured_device_latency).tolist()
         summary["device_latency_ms"] = round(backend.device_latency_ms, 2)  # PortAudio's figure at open
-        summary["driver_latency_ms"] = [round(driver_in, 2), round(driver_out, 2)]  # worst seen in callbacks
-        # what a listener can expect at most: engine delay + the larger of the two device figures + one
-        # device block each way (callback granularity)
+        # worst seen in the callbacks: input and output buffering, longest gaps between callbacks
+        summary["driver_latency_ms"] = [round(driver_in, 2), round(driver_out, 2)]
+        summary["callback_gap_ms"] = [round(gap_in, 2), round(gap_out, 2)]
+        # what a listener can expect at most: engine delay + device buffering + the callback gaps (a sample
+        # arriving in a burst waits up to one gap for its callback on each side)
         device = max(backend.device_latency_ms, driver_in + driver_out)
-        summary["latency_bound_ms"] = round(engine.stats.latency_ms + device + 2 * args.block_ms, 2)
+        gaps = max(gap_in, args.block_ms) + max(gap_out, args.block_ms)
+        summary["latency_bound_ms"] = round(engine.stats.latency_ms + device + gaps, 2)
         summary["input_device"] = backend.input_info["name"]
         if backend.output_info:
             summary["output_device"] = backend.output_info["name"]
