@@ -16,9 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from training.settings import DataSettings, OptimSettings, PhaseSettings, SettingsError, _merge
+from training.settings import DataSettings, OptimSettings, PhaseSettings, SettingsError, read_recipe
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "tiny.yaml"
@@ -65,17 +63,7 @@ class DistillSettings:
 
 def load_settings(path: str | Path | None = None) -> DistillSettings:
     """A recipe file, or a bare name of one in distill/configs/."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file() and (CONFIG_DIR / f"{path}.yaml").is_file():
-        path = CONFIG_DIR / f"{path}.yaml"
-    if not path.is_file():
-        choices = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise SettingsError(f"no distillation config {path} (built-in: {choices})")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SettingsError(f"{path} is not valid YAML: {err}") from err
-    settings = _merge(DistillSettings(), data, path.name)
+    settings = read_recipe(path, DistillSettings(), CONFIG_DIR, DEFAULT_CONFIG, "distillation")
     check_settings(settings)
     return settings
 

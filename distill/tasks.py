@@ -16,7 +16,6 @@ Stages (each a `training.trainer.Task`, so checkpoints, resume, torchrun and log
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -1,3 +1,4 @@
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,24 @@ def reference_audio():
     source, _ = load_audio(REFERENCE / "input.wav", 24000)
     reference, _ = load_audio(REFERENCE / "reference.wav", 24000)
     return source, reference
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Streaming steps are small: one thread avoids OpenMP contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def student():
+    """A tiny streaming student with random (non-trivial) weights."""
+    from kanade_stream.streaming import KanadeStudent, StudentConfig
+    from kanade_stream.streaming.testing import randomize
+
+    torch.manual_seed(0)
+    return randomize(KanadeStudent(StudentConfig.tiny())).eval()

@@ -1,7 +1,5 @@
 """Distillation: every stage learns, tokens move towards the teacher's, students save and resume exactly."""
 
-import dataclasses
-
 import pytest
 import torch
 

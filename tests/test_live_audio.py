@@ -88,7 +88,12 @@ def test_live_vc_through_pulseaudio(pulse, tmp_path):
     recorder = subprocess.Popen(
         ["parecord", "--device=mix.monitor", "--channels=2", f"--rate={RATE}", "--format=float32le",
          "--file-format=wav", str(tmp_path / "mix.wav")], env=pulse)
-    time.sleep(1.5)  # model loaded, streams running
+    # wait until the demo says its streams run (a cold start compiles and loads for a while)
+    for line in app.stderr:
+        if line.startswith("streaming:"):
+            break
+    else:
+        pytest.fail(f"live_vc.py ended before streaming: {app.wait()}")
     subprocess.run(["paplay", "--device=feed", str(tmp_path / "speech.wav")], env=pulse, check=True, timeout=60)
     out, err = app.communicate(timeout=120)
     recorder.terminate()
@@ -130,7 +135,10 @@ def test_sound_server_vanishing_mid_stream_ends_cleanly(tmp_path):
          "pulse", "--output-device", "pulse", "--duration", "60", "--quiet"],
         env=dict(env, PULSE_SOURCE="s1.monitor", PULSE_SINK="s1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
-    time.sleep(4)  # streaming
+    for line in app.stderr:
+        if line.startswith("streaming:"):
+            break
+    time.sleep(1)  # a moment of streaming
     daemon.kill()  # the "device" goes away
     daemon.wait(timeout=10)
     out, err = app.communicate(timeout=60)

@@ -6,26 +6,18 @@ import pytest
 import torch
 
 from kanade_stream.audio import AudioError
-from kanade_stream.streaming import KanadeStudent, StreamingConverter, StreamingDecoder, StreamingEncoder, StudentConfig
+from kanade_stream.streaming import StreamingConverter, StreamingDecoder, StreamingEncoder
 from kanade_stream.streaming.blocks import state_numel
 from kanade_stream.streaming.pipeline import ConverterCore, DecoderCore, EncoderCore
-from kanade_stream.streaming.testing import assert_close, cuttings, randomize
+from kanade_stream.streaming.testing import assert_close, cuttings
+
+from .conftest import one_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    # streaming steps are small: one thread avoids OpenMP contention on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.inference_mode():
+    with one_thread(), torch.inference_mode():
         yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def student():
-    torch.manual_seed(0)
-    return randomize(KanadeStudent(StudentConfig.tiny())).eval()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +29,7 @@ def wave48():
 
 def _core_stream(core, init, x, sizes, flush_padding=None):
     state = core.init_state(init)
-    outs, start = [], 0
+    outs = []
     pieces = [x[start:start + s] for start, s in zip(np.cumsum([0] + sizes[:-1]).tolist(), sizes)]
     if flush_padding is not None:
         pieces.append(torch.zeros(flush_padding))

@@ -10,17 +10,15 @@ from kanade_stream.streaming.blocks import (
 )
 from kanade_stream.streaming.testing import assert_close, cuttings, run_stream
 
+from .conftest import one_thread
+
 torch.manual_seed(0)
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread_no_grad():
-    # streaming steps are small: one thread avoids OpenMP contention on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.no_grad():
+    with one_thread(), torch.no_grad():
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("kernel,stride", [(7, 1), (10, 5), (2, 2), (4, 4), (1, 1)])

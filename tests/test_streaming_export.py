@@ -1,7 +1,6 @@
 """Compiled and TorchScript forms of the streaming steps compute the same as eager, for any cutting; the
 TorchScript file runs in a process that never imports kanade_stream."""
 
-import json
 import subprocess
 import sys
 import warnings
@@ -10,24 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from kanade_stream.streaming import KanadeStudent, StreamingConverter, StreamingEncoder, StudentConfig
+from kanade_stream.streaming import StreamingConverter, StreamingEncoder
 from kanade_stream.streaming.export import compile_step, export_student, load_metadata, script_core
 from kanade_stream.streaming.pipeline import ConverterCore, DecoderCore, EncoderCore
-from kanade_stream.streaming.testing import assert_close, cuttings, randomize
+from kanade_stream.streaming.testing import assert_close, cuttings
+
+from .conftest import one_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def student():
-    torch.manual_seed(0)
-    return randomize(KanadeStudent(StudentConfig.tiny())).eval()
+    with one_thread():
+        yield
 
 
 def _stream(step, state, pieces):

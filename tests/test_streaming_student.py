@@ -7,22 +7,15 @@ import torch
 
 from kanade_stream.modules.fsq import FiniteScalarQuantizer
 from kanade_stream.streaming import KanadeStudent, StudentConfig, StudentLoadError, load_student
-from kanade_stream.streaming.testing import assert_close, randomize
+from kanade_stream.streaming.testing import assert_close
+
+from .conftest import one_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.inference_mode():
+    with one_thread(), torch.inference_mode():
         yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def student():
-    torch.manual_seed(0)
-    return randomize(KanadeStudent(StudentConfig.tiny())).eval()
 
 
 def test_rates_and_presets():

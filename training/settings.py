@@ -124,22 +124,27 @@ def _merge(default, data, where: str):
     return dataclasses.replace(default, **updates)
 
 
-def load_settings(path: str | Path | None = None) -> RunSettings:
-    """Read a recipe; a bare name ("tiny", "kanade_25hz") means training/configs/<name>.yaml."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file() and (CONFIG_DIR / f"{path}.yaml").is_file():
-        path = CONFIG_DIR / f"{path}.yaml"
+def read_recipe(path: str | Path | None, default, config_dir: Path, default_path: Path, what: str):
+    """The dataclass `default` updated from a YAML recipe; a bare name means <config_dir>/<name>.yaml."""
+    path = Path(path) if path is not None else default_path
+    if not path.is_file() and (config_dir / f"{path}.yaml").is_file():
+        path = config_dir / f"{path}.yaml"
     if not path.is_file():
-        choices = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise SettingsError(f"no training config {path} (built-in: {choices})")
+        choices = ", ".join(sorted(p.stem for p in config_dir.glob("*.yaml")))
+        raise SettingsError(f"no {what} config {path} (built-in: {choices})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise SettingsError(f"{path} is not valid YAML: {err}") from err
     try:
-        settings = _merge(RunSettings(), data, path.name)
+        return _merge(default, data, path.name)
     except TypeError as err:
         raise SettingsError(f"{path}: {err}") from err
+
+
+def load_settings(path: str | Path | None = None) -> RunSettings:
+    """Read a recipe; a bare name ("tiny", "kanade_25hz") means training/configs/<name>.yaml."""
+    settings = read_recipe(path, RunSettings(), CONFIG_DIR, DEFAULT_CONFIG, "training")
     check_settings(settings)
     return settings
 

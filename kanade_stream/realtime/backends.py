@@ -196,7 +196,8 @@ class PyAudioBackend:
         self.measured_device_latency = np.zeros(4)
 
     def run(self, engine: AudioEngine, stop: threading.Event, status: Callable[[AudioEngine], None] | None = None,
-            duration: float | None = None, stall_timeout: float = 2.0) -> None:
+            duration: float | None = None, stall_timeout: float = 2.0,
+            on_start: Callable[[], None] | None = None) -> None:
         pyaudio = _pyaudio()
         out_buffer = np.zeros(self.out_block, dtype=np.float32)
 
@@ -248,6 +249,8 @@ class PyAudioBackend:
             engine.start()
             for s in streams:
                 s.start_stream()
+            if on_start is not None:
+                on_start()
             self._monitor(engine, streams, stop, status, duration, stall_timeout)
         finally:
             engine.stop()

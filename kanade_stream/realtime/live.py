@@ -163,7 +163,10 @@ def _run(mode: str, args) -> dict:
         if file_mode:
             backend.run(engine, status)
         else:
-            backend.run(engine, stop, status, duration=args.duration)
+            output = f" -> {backend.output_info['name']}" if backend.output_info else ""
+            started_line = f"streaming: {backend.input_info['name']}{output}, {args.chunk_ms} ms chunks (Ctrl-C stops)"
+            backend.run(engine, stop, status, duration=args.duration,
+                        on_start=lambda: print(started_line, file=sys.stderr, flush=True))
     finally:
         signal.signal(signal.SIGINT, previous)
         if not args.quiet:

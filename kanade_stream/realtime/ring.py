@@ -60,12 +60,28 @@ def _discard(counters, keep):
     return dropped
 
 
+def _compile_kernels() -> None:
+    """Compile the copies now, not in the first audio callback: numba compiles on first call (seconds,
+    holding the interpreter lock), which would stall a live stream right at its start."""
+    buffer, counters, samples = np.zeros(4, np.float32), np.zeros(4, np.int64), np.zeros(2, np.float32)
+    _publish(counters, WRITTEN, _write(buffer, counters, samples))
+    frozen = np.frombuffer(samples.tobytes(), np.float32)  # what a PyAudio callback hands over: read-only
+    _publish(counters, WRITTEN, _write(buffer, counters, frozen))
+    _publish(counters, READ, _read(buffer, counters, samples, True))
+    _discard(counters, 0)
+
+
 class RingBuffer:
     """Fixed-capacity sample FIFO for one producer thread and one consumer thread."""
+
+    _compiled = False
 
     def __init__(self, capacity: int):
         if capacity < 1:
             raise ValueError(f"ring buffer capacity must be at least 1 sample, got {capacity}")
+        if not RingBuffer._compiled:
+            _compile_kernels()
+            RingBuffer._compiled = True
         self._buffer = np.zeros(int(capacity), dtype=np.float32)
         self._counters = np.zeros(4, dtype=np.int64)
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modules.convnets import AttentiveStatsPooling, ConvNeXtBlock, PostNet
-from ..modules.transformer import AdaLNZero, Attention, FeedForward, apply_rope, rope_angles
+from ..modules.transformer import AdaLNZero, Attention, FeedForward, rope_angles
 
 
 class StreamingModule(nn.Module):
