@@ -100,6 +100,15 @@ class _Stream:
         """Tokens per second."""
         return float(self.student.config.token_rate)
 
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency: the chunk plus every wait inside the pipeline (`self.core` of a subclass)."""
+        return chunk_latency_ms(self.core.lag_seconds, self.chunk_samples, self.sample_rate)
+
+    @property
+    def state(self) -> list[torch.Tensor]:
+        return list(self._state)
+
     def _take_chunks(self, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(whole chunks to run now, remainder to keep) of pending + samples."""
         pending = torch.cat([self._pending, samples])
@@ -128,14 +137,6 @@ class StreamingEncoder(_Stream):
         self._pending = torch.zeros(0)
         self._samples_in = self._tokens_out = 0
         self._finished = False
-
-    @property
-    def latency_ms(self) -> float:
-        return chunk_latency_ms(self.core.lag_seconds, self.chunk_samples, self.sample_rate)
-
-    @property
-    def state(self) -> list[torch.Tensor]:
-        return list(self._state)
 
     def _run(self, samples: torch.Tensor) -> torch.Tensor:
         if samples.numel() == 0:
@@ -207,14 +208,6 @@ class StreamingConverter(_Stream):
         self._pending = torch.zeros(0)
         self._samples_in = self._samples_out = 0
         self._finished = False
-
-    @property
-    def latency_ms(self) -> float:
-        return chunk_latency_ms(self.core.lag_seconds, self.chunk_samples, self.sample_rate)
-
-    @property
-    def state(self) -> list[torch.Tensor]:
-        return list(self._state)
 
     def _run(self, samples: torch.Tensor) -> np.ndarray:
         if samples.numel() == 0:
