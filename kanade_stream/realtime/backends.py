@@ -150,6 +150,8 @@ def list_devices() -> list[dict]:
 
 
 def format_devices(devices: list[dict]) -> str:
+    if not devices:
+        return "no audio devices found: is a sound server (PulseAudio, PipeWire) or ALSA device available?"
     lines = [f"{'index':>5}  {'in':>3} {'out':>3} {'rate':>6}  name"]
     lines += [f"{d['index']:>5}  {d['inputs']:>3} {d['outputs']:>3} {d['rate']:>6}  {d['name']} ({d['host_api']})"
               for d in devices]
