@@ -257,3 +257,20 @@ def test_latency(student):
         emitted += conv.push(torch.zeros(3840)).size
         assert emitted == core.num_outputs(3840 * k)
         assert core.lag_seconds(3840 * k) * 1000 <= conv.latency_ms - 80 + 1e-9
+
+
+def test_ten_minutes_of_audio_keep_the_state_size_and_stay_finite(student):
+    """A literal 10-minute stream (in 10 s pushes): state size fixed from the first push on, outputs finite,
+    positions counted exactly."""
+    conv = StreamingConverter(student, reference=torch.randn(student.config.global_dim), sample_rate=16000,
+                              chunk_ms=80)
+    rng = torch.Generator().manual_seed(0)
+    sizes, produced = set(), 0
+    for _ in range(60):
+        out = conv.push(torch.randn(160000, generator=rng) * 0.1)
+        assert np.isfinite(out).all()
+        produced += len(out)
+        sizes.add(tuple(tuple(t.shape) for t in conv.state))
+    assert len(sizes) == 1
+    # 600 s in: everything but the pipeline's fixed lag has come out
+    assert abs(produced / conv.output_rate - 600.0) < 0.2
