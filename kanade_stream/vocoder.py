@@ -55,6 +55,7 @@ def load_vocoder(name_or_path: str | Path = DEFAULT_VOCODER, device: str | torch
 def vocode(vocoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
     """Log-mel (n_mels, frames) or (B, n_mels, frames) -> waveform (samples,) or (B, samples)."""
     single = mel.dim() == 2
-    device = next(vocoder.parameters(), torch.empty(0)).device if any(True for _ in vocoder.parameters()) else "cpu"
+    anchor = next(vocoder.parameters(), None)  # Griffin-Lim has no parameters: it runs on the CPU
+    device = anchor.device if anchor is not None else "cpu"
     wave = vocoder.decode((mel[None] if single else mel).float().to(device))
     return wave[0] if single else wave
