@@ -3,6 +3,7 @@ is a weight-free fallback so that everything runs with no download (clearly lowe
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -55,7 +56,7 @@ def load_vocoder(name_or_path: str | Path = DEFAULT_VOCODER, device: str | torch
 def vocode(vocoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
     """Log-mel (n_mels, frames) or (B, n_mels, frames) -> waveform (samples,) or (B, samples)."""
     single = mel.dim() == 2
-    anchor = next(vocoder.parameters(), None)  # Griffin-Lim has no parameters: it runs on the CPU
+    anchor = next(itertools.chain(vocoder.parameters(), vocoder.buffers()), None)  # Griffin-Lim: buffers only
     device = anchor.device if anchor is not None else "cpu"
     wave = vocoder.decode((mel[None] if single else mel).float().to(device))
     return wave[0] if single else wave
