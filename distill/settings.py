@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.settings import DataSettings, OptimSettings, PhaseSettings, SettingsError, read_recipe
+from training.settings import DataSettings, OptimSettings, PhaseSettings, SettingsError, check_phases, read_recipe
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "tiny.yaml"
@@ -69,13 +69,9 @@ def load_settings(path: str | Path | None = None) -> DistillSettings:
 
 
 def check_settings(settings: DistillSettings) -> None:
+    check_phases(settings, STAGES)
     for stage in STAGES:
-        s = settings.phase(stage)
-        if int(s.steps) < 1:
-            raise SettingsError(f"{stage}.steps must be >= 1, got {s.steps}")
         seconds = settings.chunk_seconds(stage)
         # chunks of whole teacher tokens (40 ms), so teacher and student frames line up one to one
-        if abs(seconds * 25 - round(seconds * 25)) > 1e-9 or seconds <= 0:
+        if abs(seconds * 25 - round(seconds * 25)) > 1e-9:
             raise SettingsError(f"{stage}: chunk_seconds must be a positive multiple of 0.04 s, got {seconds}")
-    if settings.precision not in ("auto", "fp32", "bf16"):
-        raise SettingsError(f"precision must be auto, fp32 or bf16, got {settings.precision!r}")

@@ -150,7 +150,13 @@ def load_settings(path: str | Path | None = None) -> RunSettings:
 
 
 def check_settings(settings: RunSettings) -> None:
-    for phase in PHASES:
+    check_phases(settings, PHASES)
+
+
+def check_phases(settings, phases) -> None:
+    """Steps, warm-up, batch size and chunk length of each phase, and the precision, of a recipe (training's
+    or distillation's: anything with .phase(name), .batch_size(name), .chunk_seconds(name), .precision)."""
+    for phase in phases:
         p = settings.phase(phase)
         if int(p.steps) < 1:
             raise SettingsError(f"{phase}.steps must be >= 1, got {p.steps}")
