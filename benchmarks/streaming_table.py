@@ -14,32 +14,29 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from kanade_stream.streaming import KanadeStudent, StreamingConverter, StreamingEncoder, StudentConfig  # noqa: E402
-from kanade_stream.streaming.api import _CoreRunner  # noqa: E402
-from kanade_stream.streaming.pipeline import ConverterCore, EncoderCore  # noqa: E402
+from kanade_stream.streaming import KanadeStudent, StreamingConverter, StreamingEncoder, StudentConfig
+from kanade_stream.streaming.api import CoreRunner
+from kanade_stream.streaming.pipeline import ConverterCore, EncoderCore
 
 REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "data" / "official_release" / "kanade_25hz_config.yaml"
 INPUT_RATE = 48000
 
 
 def make_runner(student, pipeline: str, mode: str):
+    """(runner, fresh state, condition): the condition is a target voice for the converter, None for the encoder."""
     core = EncoderCore(student, INPUT_RATE, with_global=True) if pipeline == "encoder" else ConverterCore(student, INPUT_RATE)
-    runner = _CoreRunner(core, mode)
-    state = runner.init_state(1) if pipeline == "encoder" else runner.init_state(torch.randn(1, student.config.global_dim))
-    return runner, state
+    runner = CoreRunner(core, mode)
+    condition = None if pipeline == "encoder" else torch.randn(1, student.config.global_dim)
+    return runner, runner.init_state(1), condition
 
 
-def time_chunks(runner, state, chunk_samples: int, chunks: int, warmup: int = 5) -> list[float]:
+def time_chunks(runner, state, condition, chunk_samples: int, chunks: int, warmup: int = 5) -> list[float]:
     """Seconds per step over `chunks` pushes of fresh noise (after `warmup` untimed pushes)."""
     times = []
     gen = torch.Generator().manual_seed(0)
@@ -47,9 +44,8 @@ def time_chunks(runner, state, chunk_samples: int, chunks: int, warmup: int = 5)
         for i in range(warmup + chunks):
             x = torch.randn(1, chunk_samples, generator=gen) * 0.1
             start = time.perf_counter()
-            out = runner.step(x, state)
+            _, state = runner.step(x, state, condition)
             elapsed = time.perf_counter() - start
-            state = out[-1]
             if i >= warmup:
                 times.append(elapsed)
     return times
@@ -111,14 +107,12 @@ def main(argv=None) -> None:
                 chunk_samples = chunk_ms * INPUT_RATE // 1000
                 if runner is None:  # one runner per mode: compile once, reuse for every chunk size
                     start = time.perf_counter()
-                    runner, state = make_runner(student, pipeline, mode)
-                    time_chunks(runner, state, chunk_samples, 2, warmup=1)
+                    runner, state, condition = make_runner(student, pipeline, mode)
+                    time_chunks(runner, state, condition, chunk_samples, 2, warmup=1)
                     setup = time.perf_counter() - start
-                else:
-                    state = runner.init_state(1) if pipeline == "encoder" else runner.init_state(
-                        torch.randn(1, student.config.global_dim))
-                stats = summarise(time_chunks(runner, state, chunk_samples, args.chunks), chunk_ms / 1000)
-                api = (StreamingEncoder(student, INPUT_RATE, chunk_ms) if pipeline == "encoder"
+                state = runner.init_state(1)
+                stats = summarise(time_chunks(runner, state, condition, chunk_samples, args.chunks), chunk_ms / 1000)
+                api = (StreamingEncoder(student, sample_rate=INPUT_RATE, chunk_ms=chunk_ms) if pipeline == "encoder"
                        else StreamingConverter(student, global_embedding=torch.zeros(student.config.global_dim),
                                                sample_rate=INPUT_RATE, chunk_ms=chunk_ms))
                 print(f"{pipeline:<10} {mode:<12} {chunk_ms:>6} {stats['median_ms']:>10.2f} {stats['p99_ms']:>8.2f} "

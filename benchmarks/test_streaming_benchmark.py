@@ -10,17 +10,12 @@ p99, real-time factors and torch.compile, use benchmarks/streaming_table.py.
 """
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from streaming_table import INPUT_RATE, build_teacher, make_runner  # benchmarks/ is on sys.path under pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from streaming_table import INPUT_RATE, build_teacher, make_runner  # noqa: E402
-
-from kanade_stream.streaming import KanadeStudent, StudentConfig  # noqa: E402
+from kanade_stream.streaming import KanadeStudent, StudentConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,13 +34,12 @@ def student():
     return KanadeStudent(StudentConfig.default()).eval()
 
 
-def _bench_step(benchmark, runner, state, chunk_samples):
+def _bench_step(benchmark, runner, state, condition, chunk_samples):
     x = torch.randn(1, chunk_samples) * 0.1
     holder = {"state": state}
 
     def step():
-        out = runner.step(x, holder["state"])
-        holder["state"] = out[-1]
+        _, holder["state"] = runner.step(x, holder["state"], condition)
 
     with torch.inference_mode():
         for _ in range(3):
@@ -57,17 +51,17 @@ def _bench_step(benchmark, runner, state, chunk_samples):
 @pytest.mark.parametrize("pipeline", ["encoder", "converter"])
 @pytest.mark.parametrize("mode", ["eager", "torchscript"])
 def test_student_step(benchmark, student, pipeline, mode, chunk_ms):
-    runner, state = make_runner(student, pipeline, mode)
+    runner, state, condition = make_runner(student, pipeline, mode)
     benchmark.group = f"{pipeline} {chunk_ms} ms"
     benchmark.extra_info["chunk_ms"] = chunk_ms
-    _bench_step(benchmark, runner, state, chunk_ms * INPUT_RATE // 1000)
+    _bench_step(benchmark, runner, state, condition, chunk_ms * INPUT_RATE // 1000)
 
 
 @pytest.mark.parametrize("chunk_ms", [80])
 def test_student_converter_compiled(benchmark, student, chunk_ms):
-    runner, state = make_runner(student, "converter", "compile")
+    runner, state, condition = make_runner(student, "converter", "compile")
     benchmark.group = f"converter {chunk_ms} ms"
-    _bench_step(benchmark, runner, state, chunk_ms * INPUT_RATE // 1000)
+    _bench_step(benchmark, runner, state, condition, chunk_ms * INPUT_RATE // 1000)
 
 
 def test_naive_teacher_window(benchmark):

@@ -7,7 +7,7 @@ import torch
 
 from kanade_stream.audio import AudioError
 from kanade_stream.streaming import StreamingConverter, StreamingDecoder, StreamingEncoder
-from kanade_stream.streaming.blocks import state_numel
+from kanade_stream.modules.streaming import StreamingModule, copy_state, describe_state, state_numel
 from kanade_stream.streaming.pipeline import ConverterCore, DecoderCore, EncoderCore
 from kanade_stream.streaming.testing import assert_close, cuttings
 
@@ -27,16 +27,15 @@ def wave48():
     return (0.3 * torch.sin(2 * torch.pi * 220 * t) + 0.05 * torch.randn(14000, generator=g)).float()
 
 
-def _core_stream(core, init, x, sizes, flush_padding=None):
-    state = core.init_state(init)
+def _core_stream(core, x, sizes, flush_padding=None, condition=None):
+    state = core.init_state(1)
     outs = []
     pieces = [x[start:start + s] for start, s in zip(np.cumsum([0] + sizes[:-1]).tolist(), sizes)]
     if flush_padding is not None:
         pieces.append(torch.zeros(flush_padding))
     for piece in pieces:
-        out = core.step(piece[None], state)
-        state = out[-1]
-        outs.append(out[0])
+        out, state = core.step(piece[None], state, condition)
+        outs.append(out)
     return torch.cat(outs, 1)[0], state
 
 
@@ -53,9 +52,9 @@ def test_encoder_core_any_cutting(student, wave48, rate):
     tokens, embedding, global_embedding = core.offline(wave)
     assert tokens.numel() == core.target_tokens(wave.numel()) > 0
     for sizes in _cuts(wave.numel()):
-        streamed, state = _core_stream(core, 1, wave, sizes, core.flush_padding(wave.numel()))
+        streamed, state = _core_stream(core, wave, sizes, core.flush_padding(wave.numel()))
         assert torch.equal(streamed[: tokens.numel()], tokens)
-        assert_close(core.global_embedding(state)[0], global_embedding)
+        assert_close(state[core.global_key][0], global_embedding)
 
 
 def test_converter_and_decoder_core_any_cutting(student, wave48):
@@ -64,19 +63,51 @@ def test_converter_and_decoder_core_any_cutting(student, wave48):
     expected = core.offline(wave48, g)
     assert expected.numel() == core.target_outputs(wave48.numel())
     for sizes in _cuts(wave48.numel(), seed=3):
-        streamed, _ = _core_stream(core, g, wave48, sizes, core.flush_padding(wave48.numel()))
+        streamed, _ = _core_stream(core, wave48, sizes, core.flush_padding(wave48.numel()), condition=g)
         assert_close(streamed[: expected.numel()], expected)
     decoder = DecoderCore(student)
     tokens = torch.randint(0, 12800, (1, 23))
     expected = decoder(student.quantizer.decode(tokens), g)
     assert expected.shape[-1] == decoder.num_samples(23)
     for sizes in cuttings(23, seed=4):
-        state, outs, start = decoder.init_state(g), [], 0
+        state, outs, start = decoder.init_state(1), [], 0
         for size in sizes:
-            audio, state = decoder.step(tokens[:, start:start + size], state)
+            audio, state = decoder.step(tokens[:, start:start + size], state, g)
             start += size
             outs.append(audio)
         assert_close(torch.cat(outs, 1), expected)
+
+
+def _leaves(core):
+    """Streaming modules with no streaming children: the ones that own state entries."""
+    modules = [m for m in core.modules() if isinstance(m, StreamingModule)]
+    return [m for m in modules if not any(isinstance(c, StreamingModule) for c in m.modules() if c is not m)]
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder", "converter"])
+def test_every_state_tensor_is_found_by_name(student, kind):
+    core = {"encoder": lambda: EncoderCore(student, 48000), "decoder": lambda: DecoderCore(student),
+            "converter": lambda: ConverterCore(student, 48000)}[kind]()
+    state = core.init_state(1)
+    owned = {}
+    for leaf in _leaves(core):
+        for name, tensor in leaf.init_state(1).items():
+            assert name.startswith(leaf.state_prefix) and name not in owned, name  # under its path, never shared
+            assert state[name].shape == tensor.shape and state[name].dtype == tensor.dtype
+            owned[name] = leaf
+    assert sorted(owned) == sorted(state)  # every entry belongs to exactly one module: nothing positional
+    expected = {"encoder": ["resampler.tail", "frontend.layers.0.conv.tail", "ssl_lower.layers.0.keys",
+                            "ssl_upper.position", "content_encoder.slot_positions", "downsample.tail",
+                            "global_encoder.pooling.embedding"],
+                "decoder": ["mel_prenet.layers.0.values", "mel_interpolator.seen", "mel_decoder.layers.0.keys",
+                            "mel_postnet.tails.1", "vocoder.backbone.embed.tail", "vocoder.istft.tail"],
+                "converter": ["resampler.tail", "ssl_lower.layers.0.keys", "mel_decoder.position", "vocoder.istft.frames"]}
+    assert set(expected[kind]) <= set(state)
+    assert (kind == "encoder") == ("global_encoder.pooling.embedding" in state)
+    lines = describe_state(state)
+    assert len(lines) == len(state)
+    name = expected[kind][0]
+    assert f"{name}: {tuple(state[name].shape)} float32" in lines
 
 
 @pytest.mark.parametrize("chunk_ms", [40, 80, 160, 25])
@@ -148,11 +179,11 @@ def test_tokens_decode_with_student_and_match_embeddings(student, wave48):
 
 
 def _state_copy(stream):
-    return [t.clone() for t in stream.state]
+    return copy_state(stream.state)
 
 
 def _assert_same_state(a, b):
-    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[name], b[name]) for name in a)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -230,10 +261,10 @@ def test_state_does_not_grow(student):
     chunk = torch.randn(7680) * 0.1
     for _ in range(60):
         conv.push(chunk)
-    shapes = [tuple(t.shape) for t in conv.state]
+    shapes = {name: tuple(t.shape) for name, t in conv.state.items()}
     for _ in range(60):
         conv.push(chunk)
-    assert [tuple(t.shape) for t in conv.state] == shapes
+    assert {name: tuple(t.shape) for name, t in conv.state.items()} == shapes
     # and with ragged pushes the size stays within a fixed bound
     enc = StreamingEncoder(student, sample_rate=44100, chunk_ms=20)
     sizes = []
@@ -270,7 +301,36 @@ def test_ten_minutes_of_audio_keep_the_state_size_and_stay_finite(student):
         out = conv.push(torch.randn(160000, generator=rng) * 0.1)
         assert np.isfinite(out).all()
         produced += len(out)
-        sizes.add(tuple(tuple(t.shape) for t in conv.state))
+        sizes.add(tuple((name, tuple(t.shape)) for name, t in sorted(conv.state.items())))
     assert len(sizes) == 1
     # 600 s in: everything but the pipeline's fixed lag has come out
     assert abs(produced / conv.output_rate - 600.0) < 0.2
+
+
+def test_concurrent_pushes_are_refused(student, wave48):
+    """A stream keeps one ordered state: a push from a second thread while one runs raises, and the first
+    push completes normally."""
+    import threading
+
+    conv = StreamingConverter(student, reference=torch.randn(student.config.global_dim), sample_rate=48000,
+                              chunk_ms=40)
+    inside, release = threading.Event(), threading.Event()
+    step = conv.runner.step
+
+    def slow_step(*args):
+        inside.set()
+        release.wait(30)
+        return step(*args)
+
+    conv.runner.step = slow_step
+    results = []
+    worker = threading.Thread(target=lambda: results.append(conv.push(wave48[:1920].numpy())))
+    worker.start()
+    assert inside.wait(30)
+    with pytest.raises(RuntimeError, match="another thread"):
+        conv.push(wave48[1920:3840].numpy())
+    release.set()
+    worker.join(30)
+    conv.runner.step = step
+    assert len(results) == 1 and results[0].size > 0
+    conv.push(wave48[1920:3840].numpy())  # and the stream goes on

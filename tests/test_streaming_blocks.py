@@ -3,11 +3,13 @@
 import pytest
 import torch
 
-from kanade_stream.streaming.blocks import (
-    CausalConv1d, CausalConvNeXtBlock, CausalGlobalEncoder, CausalPostNet, CausalVocoder, FrameInterpolator,
-    StreamingISTFT, StreamingResampler, StreamingStatsPooling, StreamingTransformer, TokenUpsampler,
-    chunk_causal_mask, state_numel,
-)
+from kanade_stream.modules.attention import span_mask
+from kanade_stream.modules.streaming import state_numel
+from kanade_stream.modules.transformer import Transformer
+from kanade_stream.streaming.convs import CausalConv1d, CausalConvNeXtBlock, CausalPostNet
+from kanade_stream.streaming.pooling import CausalGlobalEncoder, StreamingStatsPooling
+from kanade_stream.streaming.rates import FrameInterpolator, StreamingResampler, TokenUpsampler
+from kanade_stream.streaming.vocoder import CausalVocoder, StreamingISTFT
 from kanade_stream.streaming.testing import assert_close, cuttings, run_stream
 
 from .conftest import one_thread
@@ -48,18 +50,23 @@ def test_convnext_block():
         assert_close(run_stream(block, x, sizes), expected)
 
 
-def test_chunk_causal_mask():
+def test_attention_spans():
     pos = torch.arange(8)
-    mask = chunk_causal_mask(pos, pos, chunk=2, past=2)
+    mask = span_mask(pos, pos, past=2, future=0, chunk=2)  # the student's chunk-causal span
     assert mask[0].tolist() == [True, True] + [False] * 6  # frame 0 sees its own chunk (0, 1)
     assert mask[3].tolist() == [True, True, True, True] + [False] * 4
     assert mask[5].tolist() == [False, False, True, True, True, True, False, False]
+    window = span_mask(pos, pos, past=2, future=2)  # the teacher's symmetric window of 5
+    assert window[4].tolist() == [False, False, True, True, True, True, True, False]
+    assert torch.equal(window, (pos[:, None] - pos[None, :]).abs() <= 2)
+    empty = span_mask(pos[:1] + 3, torch.tensor([-1, 2, 3]), past=4, future=0)
+    assert empty.tolist() == [[False, True, True]]  # empty ring slots (negative positions) are never seen
 
 
 @pytest.mark.parametrize("conditioned", [False, True])
 def test_transformer_causal(conditioned):
-    model = StreamingTransformer(16, 2, 2, past=5, input_dim=6, output_dim=7,
-                                 condition_dim=4 if conditioned else None).eval()
+    model = Transformer(16, 2, 2, causal_past=5, step_frames=4, input_dim=6, output_dim=7, exact_rope=True,
+                        condition_dim=4 if conditioned else None).eval()
     for p in model.parameters():  # AdaLN-Zero starts at zero: make the condition matter
         torch.nn.init.normal_(p, std=0.3)
     x = torch.randn(2, 23, 6)
@@ -74,28 +81,51 @@ def test_transformer_causal(conditioned):
     assert not torch.allclose(model(x2, cond)[:, 10:15], expected[:, 10:15])
 
 
-def test_transformer_chunked_whole_chunks():
-    model = StreamingTransformer(16, 2, 4, past=4, chunk=3).eval()
+@pytest.mark.parametrize("step_frames", [1, 3, 8])
+def test_transformer_chunked_whole_chunks(step_frames):
+    model = Transformer(16, 2, 4, causal_past=4, chunk=3, step_frames=step_frames, exact_rope=True).eval()
     x = torch.randn(1, 24, 16)
     expected = model(x)
     for sizes in ([3] * 8, [6, 3, 9, 6], [24], [0, 3, 0, 21]):
         assert_close(run_stream(model, x, sizes, dim=1, out_dim=1), expected)
+    with pytest.raises(ValueError, match="whole chunks of 3"):
+        model.step(x[:, :2], model.init_state(1))
+
+
+def test_transformer_kv_ring_is_written_in_place():
+    model = Transformer(8, 2, 2, causal_past=4, step_frames=2, exact_rope=True).eval()
+    state = model.init_state(1)
+    rings = {name: t for name, t in state.items() if name.endswith(("keys", "values"))}
+    assert sorted(rings) == ["layers.0.keys", "layers.0.values", "layers.1.keys", "layers.1.values"]
+    assert rings["layers.0.keys"].shape == (1, 2, 4 + 2, 4)  # past + step_frames slots, fixed
+    for _ in range(5):
+        _, state = model.step(torch.randn(1, 3, 8), state)
+    for name, ring in rings.items():
+        assert state[name] is ring  # the same storage, updated in place: no window copied per step
+    assert int(state["position"]) == 15
+    assert sorted(state["slot_positions"].tolist()) == list(range(9, 15))  # the newest past + step_frames
 
 
 def test_transformer_state_is_bounded_and_rope_exact_at_large_positions():
-    model = StreamingTransformer(8, 1, 2, past=4).eval()
+    model = Transformer(8, 1, 2, causal_past=4, exact_rope=True).eval()
     x = torch.randn(1, 12, 8)
     near = run_stream(model, x, [5, 7], dim=1, out_dim=1)
     state = model.init_state(1)
     size = state_numel(state)
-    state[0] = torch.tensor([10**7])  # hours into a stream (the zero cache slots now count as frames)
+    state["position"] = torch.tensor([10**7])  # hours into a stream
     far = []
     for piece in x.split(5, dim=1):
         y, state = model.step(piece, state)
         far.append(y)
         assert state_numel(state) == size
-    # once the window holds only real frames, absolute positions do not matter (float64 angles)
-    assert_close(torch.cat(far, 1)[:, 4:], near[:, 4:], rel=1e-5)
+    # absolute positions do not matter (float64 angles; empty slots stay masked)
+    assert_close(torch.cat(far, 1), near, rel=1e-5)
+
+
+def test_teacher_window_is_not_streamable():
+    model = Transformer(8, 1, 2, window_size=5)
+    with pytest.raises(RuntimeError, match="chunk-causal"):
+        model.init_state(1)
 
 
 def test_token_upsampler_and_interpolator():
@@ -123,6 +153,7 @@ def test_interpolator_flush_matches_offline_end():
     b, state = interp.step(z[..., 7:], state)
     c, state = interp.flush(state, 12)
     assert torch.equal(torch.cat([a, b, c], -1), expected)
+    assert sorted(state) == ["emitted", "last", "seen"] and int(state["emitted"]) == 12
 
 
 def test_postnet():
@@ -154,7 +185,8 @@ def test_stats_pooling_and_global_encoder():
             y, state = enc.step(feats[:, start:start + size], state)
             start += size
         assert_close(y, expected)
-        assert_close(enc.embedding(state), expected)
+        assert_close(state["pooling.embedding"], expected)  # the running embedding is a named state entry
+    assert "backbone.embed.tail" in state and "backbone.convnext.0.tail" in state
 
 
 @pytest.mark.parametrize("n_fft,hop", [(8, 4), (16, 4)])

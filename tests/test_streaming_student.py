@@ -48,7 +48,7 @@ def test_feature_dims_are_configurable(student):
 
 def test_offline_shapes(student):
     wave = torch.randn(16000) * 0.1
-    features = student.encode(wave)
+    features = student.encode(wave, 16000)
     assert features.content_token_indices.shape == (25,)  # 1 s at 25 Hz
     assert features.content_token_indices.dtype == torch.long
     assert features.content_embedding.shape == (25, student.config.token_dim)
@@ -57,7 +57,7 @@ def test_offline_shapes(student):
     assert audio.shape == (25 * 960,)
     mel = student.decode_mel(features.content_embedding[None], features.global_embedding[None])
     assert mel.shape[:2] == (1, 100)
-    assert student.convert(wave, wave).shape == (24000,)
+    assert student.convert(wave, wave, sample_rate=16000).shape == (24000,)
 
 
 def test_same_codebook_as_teacher(student):
@@ -73,8 +73,8 @@ def test_save_and_load(student, tmp_path):
     loaded = load_student(tmp_path / "s")
     assert loaded.config == student.config
     wave = torch.randn(8000) * 0.1
-    assert torch.equal(loaded.encode(wave).content_token_indices, student.encode(wave).content_token_indices)
-    assert_close(loaded.convert(wave, wave), student.convert(wave, wave))
+    assert torch.equal(loaded.encode(wave, 16000).content_token_indices, student.encode(wave, 16000).content_token_indices)
+    assert_close(loaded.convert(wave, wave, sample_rate=16000), student.convert(wave, wave, sample_rate=16000))
     assert KanadeStudent.from_pretrained(tmp_path / "s").config == student.config
 
 
@@ -109,7 +109,16 @@ def test_load_errors(student, tmp_path):
 def test_encoder_is_causal(student):
     # changing the future never changes tokens already final
     wave = torch.randn(16000) * 0.1
-    tokens = student.encode(wave[:8000]).content_token_indices
+    tokens = student.encode(wave[:8000], 16000).content_token_indices
     changed = wave.clone()
     changed[8000:] = torch.randn(8000)
-    assert torch.equal(student.encode(changed).content_token_indices[: tokens.numel() - 1], tokens[:-1])
+    assert torch.equal(student.encode(changed, 16000).content_token_indices[: tokens.numel() - 1], tokens[:-1])
+
+
+def test_default_input_rate_is_the_teachers(student):
+    # encode / convert without a rate read 24 kHz, as the teacher (and the official API) do
+    wave24 = torch.randn(24000) * 0.1
+    assert student.sample_rate == 24000
+    assert torch.equal(student.encode(wave24).content_token_indices,
+                       student.encode(wave24, 24000).content_token_indices)
+    assert torch.equal(student.convert(wave24, wave24), student.convert(wave24, wave24, sample_rate=24000))

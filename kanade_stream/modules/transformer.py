@@ -1,76 +1,27 @@
-"""Pre-norm transformer of the Kanade tokenizer: RoPE, local-window attention, SwiGLU, AdaLN-Zero.
+"""The one transformer of kanade-stream, used by the teacher and the student: pre-norm blocks with RoPE
+attention, SwiGLU and optional AdaLN-Zero conditioning.
 
-Parameter names follow the official release (``layers.N.attention.wq``, ``feed_forward.w1``,
-``attention_norm.condition_proj.1`` ...) so released checkpoints load without renaming.
+- Teacher: `window_size` gives the official symmetric local window; only `forward` (offline) is used.
+  Parameter names follow the official release (`layers.N.attention.wq`, `feed_forward.w1`,
+  `attention_norm.condition_proj.1` ...), so released checkpoints load without renaming.
+- Student: `causal_past` (+ `chunk`) gives chunk-causal attention with a bounded past. `forward` is the
+  offline form (training); `step` streams with a fixed-size KV ring per layer, written in place: the new
+  frames' keys overwrite the oldest slots, and a query attends to the whole ring masked by the absolute
+  position each slot holds. Keys are stored already rotated (RoPE with float64 angles, exact for hours),
+  so every cutting of the stream computes the scores of the offline form.
+
+No `from __future__ import annotations` here: TorchScript reads the annotations.
 """
 
-from __future__ import annotations
-
 import math
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-
-def rope_angles(head_dim: int, positions: torch.Tensor, theta: float = 1e4,
-                precision: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles, each (T, head_dim // 2) float32, for integer `positions` (T,).
-
-    `precision=torch.float64` computes the angles exactly even for the large positions of a long stream
-    (float32 angles lose ~1e-3 rad at position 3e4); the results are returned as float32 either way.
-    """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].to(precision) / head_dim))
-    angles = torch.outer(positions.to(precision), inv_freq)
-    return torch.cos(angles).float(), torch.sin(angles).float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x0, x1), (x2, x3) ... of each head. x: (B, T, H, D); cos, sin: (T, D/2)."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # (..., D) -> (..., D/2, 2); TorchScript-friendly
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
-
-
-def local_window_mask(length: int, window_size: int | None, device=None) -> torch.Tensor | None:
-    """Symmetric local window: query i sees key j when |i - j| <= window_size // 2. True = attend."""
-    if window_size is None:
-        return None
-    idx = torch.arange(length, device=device)
-    return (idx[:, None] - idx[None, :]).abs() <= window_size // 2
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, n_heads: int):
-        super().__init__()
-        if dim % n_heads:
-            raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
-        self.n_heads = n_heads
-        self.head_dim = dim // n_heads
-        self.wq = nn.Linear(dim, dim, bias=False)
-        self.wk = nn.Linear(dim, dim, bias=False)
-        self.wv = nn.Linear(dim, dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
-
-    def project_qkv(self, x: torch.Tensor, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys (both rotated) and values, each (B, H, T, D)."""
-        b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim)
-        k = self.wk(x).view(b, t, self.n_heads, self.head_dim)
-        v = self.wv(x).view(b, t, self.n_heads, self.head_dim)
-        if cos is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim**-0.5)
-        b, _, t, _ = out.shape
-        return self.wo(out.transpose(1, 2).reshape(b, t, -1))
-
-    def forward(self, x: torch.Tensor, cos, sin, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.attend(*self.project_qkv(x, cos, sin), mask)
+from .attention import Attention, rope_angles, span_mask
+from .streaming import StreamingModule
 
 
 def swiglu_hidden_dim(dim: int, multiple_of: int = 256) -> int:
@@ -86,8 +37,16 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameter names) with AdaLNZero's call signature, (x, condition) -> (y, gate), so
+    conditioned and plain blocks share one code path."""
+
+    def forward(self, x: Tensor, condition: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps), None
 
 
 class AdaLNZero(nn.Module):
@@ -101,110 +60,169 @@ class AdaLNZero(nn.Module):
         nn.init.zeros_(self.condition_proj[1].weight)  # zero init: the block starts as identity
         nn.init.zeros_(self.condition_proj[1].bias)
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: Tensor, condition: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        assert condition is not None, "AdaLN-Zero needs a condition"
         params = self.condition_proj(condition)
+        gate: Optional[Tensor] = None
         if self.with_gate:
             shift, scale, gate = params.chunk(3, dim=-1)
         else:
-            (shift, scale), gate = params.chunk(2, dim=-1), None
+            shift, scale = params.chunk(2, dim=-1)
         return self.norm(x) * (1 + scale) + shift, gate
 
 
+def _norm(dim: int, condition_dim: Optional[int], eps: float, with_gate: bool = True) -> nn.Module:
+    if condition_dim is None:
+        return LayerNorm(dim, eps=eps)
+    return AdaLNZero(dim, condition_dim, with_gate=with_gate, eps=eps)
+
+
 class TransformerBlock(nn.Module):
-    def __init__(self, dim: int, n_heads: int, condition_dim: int | None = None, eps: float = 1e-5):
+    def __init__(self, dim: int, n_heads: int, condition_dim: Optional[int] = None, eps: float = 1e-5):
         super().__init__()
         self.attention = Attention(dim, n_heads)
         self.feed_forward = FeedForward(dim)
-        self.conditioned = condition_dim is not None
-        if self.conditioned:
-            self.attention_norm = AdaLNZero(dim, condition_dim, eps=eps)
-            self.ffn_norm = AdaLNZero(dim, condition_dim, eps=eps)
-        else:
-            self.attention_norm = nn.LayerNorm(dim, eps=eps)
-            self.ffn_norm = nn.LayerNorm(dim, eps=eps)
+        self.attention_norm = _norm(dim, condition_dim, eps)
+        self.ffn_norm = _norm(dim, condition_dim, eps)
 
-    def _norm(self, norm: nn.Module, x: torch.Tensor, condition):
-        if self.conditioned:
-            return norm(x, condition)
-        return norm(x), None
-
-    def forward(self, x, cos, sin, mask, condition=None, attention_fn=None) -> torch.Tensor:
-        """`attention_fn(normed_x) -> out` replaces plain masked attention (the streaming KV cache uses it)."""
-        h, gate = self._norm(self.attention_norm, x, condition)
-        h = attention_fn(h) if attention_fn is not None else self.attention(h, cos, sin, mask)
-        x = x + (gate * h if gate is not None else h)
-        h, gate = self._norm(self.ffn_norm, x, condition)
+    def forward(self, x: Tensor, cos: Optional[Tensor], sin: Optional[Tensor], mask: Optional[Tensor],
+                condition: Optional[Tensor], ring_keys: Optional[Tensor] = None,
+                ring_values: Optional[Tensor] = None, slots: Optional[Tensor] = None) -> Tensor:
+        """Offline: attends to the frames of `x`. Streaming: the new frames' keys and values are first written
+        into the KV ring at `slots` (in place), then the queries attend to the whole ring under `mask`."""
+        h, gate = self.attention_norm(x, condition)
+        q, k, v = self.attention.project(h, cos, sin)
+        if ring_keys is not None and ring_values is not None and slots is not None:
+            ring_keys.index_copy_(2, slots, k)
+            ring_values.index_copy_(2, slots, v)
+            k, v = ring_keys, ring_values
+        h = self.attention.attend(q, k, v, mask)
+        x = x + (h if gate is None else gate * h)
+        h, gate = self.ffn_norm(x, condition)
         h = self.feed_forward(h)
-        return x + (gate * h if gate is not None else h)
+        return x + (h if gate is None else gate * h)
 
 
-class Transformer(nn.Module):
-    """Stack of blocks + final norm, with optional input/output projections.
+class Transformer(StreamingModule):
+    """Stack of pre-norm blocks + final norm, with optional input / output projections.
 
-    `window_size` (odd) gives the symmetric local attention of the teacher; `forward` also takes an
-    explicit boolean `attn_mask` (T, T) or (B, 1, T, T), True = attend, for other patterns.
+    Attention span (one of): `window_size` (odd; symmetric local window, the teacher), `causal_past`
+    (chunk-causal with `chunk` frames per chunk and that many past frames; streamable, the student), or
+    neither (full attention). x: (B, T, C_in) -> (B, T, C_out); condition: (B, 1, condition_dim).
+
+    Streaming (`causal_past` only): `step` takes any number of frames when chunk == 1, whole chunks
+    otherwise, and processes them `step_frames` at a time. State: `position` (next absolute position),
+    `slot_positions` (absolute position held by each ring slot, -1 = empty), and per layer
+    `layers.N.keys` / `layers.N.values` (B, H, causal_past + step_frames, head_dim).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        n_layers: int,
-        n_heads: int,
-        window_size: int | None = None,
-        input_dim: int | None = None,
-        output_dim: int | None = None,
-        condition_dim: int | None = None,
-        use_rope: bool = True,
-        rope_theta: float = 1e4,
-        eps: float = 1e-5,
-    ):
+    def __init__(self, dim: int, n_layers: int, n_heads: int, window_size: Optional[int] = None,
+                 causal_past: Optional[int] = None, chunk: int = 1, step_frames: int = 8,
+                 input_dim: Optional[int] = None, output_dim: Optional[int] = None,
+                 condition_dim: Optional[int] = None, use_rope: bool = True, rope_theta: float = 1e4,
+                 exact_rope: bool = False, eps: float = 1e-5):
         super().__init__()
+        if window_size is not None and causal_past is not None:
+            raise ValueError("give window_size (symmetric) or causal_past (chunk-causal), not both")
         if window_size is not None and window_size % 2 != 1:
             raise ValueError(f"window_size must be odd (symmetric local window), got {window_size}")
-        self.dim, self.n_heads, self.window_size = dim, n_heads, window_size
-        self.use_rope, self.rope_theta = use_rope, rope_theta
-        self.condition_dim = condition_dim
+        if causal_past is not None and (causal_past < 0 or chunk < 1):
+            raise ValueError(f"need causal_past >= 0 and chunk >= 1, got {causal_past} and {chunk}")
+        self.dim, self.n_heads, self.head_dim = dim, n_heads, dim // n_heads
+        self.window_size = window_size
+        self.streamable = causal_past is not None
+        self.masked = window_size is not None or causal_past is not None
+        if window_size is not None:
+            self.past, self.future, self.chunk = window_size // 2, window_size // 2, 1
+        elif causal_past is not None:
+            self.past, self.future, self.chunk = causal_past, 0, chunk
+        else:
+            self.past, self.future, self.chunk = 0, 0, 1
+        self.step_frames = -(-max(step_frames, 1) // self.chunk) * self.chunk  # whole chunks per piece
+        self.capacity = self.past + self.step_frames  # ring slots: every key a piece's queries can see
+        self.use_rope, self.rope_theta, self.exact_rope = use_rope, rope_theta, exact_rope
+        self.conditioned = condition_dim is not None
         self.layers = nn.ModuleList(TransformerBlock(dim, n_heads, condition_dim, eps) for _ in range(n_layers))
-        self.norm = (
-            AdaLNZero(dim, condition_dim, with_gate=False, eps=eps) if condition_dim is not None else nn.LayerNorm(dim, eps=eps)
-        )
+        self.norm = _norm(dim, condition_dim, eps, with_gate=False)
         self.input_proj = nn.Linear(input_dim, dim) if input_dim is not None else nn.Identity()
         self.output_proj = nn.Linear(dim, output_dim) if output_dim is not None else nn.Identity()
         self.output_dim = output_dim if output_dim is not None else dim
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)  # device / dtype of new state
 
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    def rope(self, positions: torch.Tensor):
+    def rope(self, positions: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         if not self.use_rope:
             return None, None
-        return rope_angles(self.head_dim, positions, self.rope_theta)
+        cos, sin = rope_angles(self.head_dim, positions, self.rope_theta, self.exact_rope)
+        return cos, sin
 
-    def final_norm(self, x: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
-        if self.condition_dim is not None:
-            return self.norm(x, condition)[0]
-        return self.norm(x)
+    def _run(self, x: Tensor, positions: Tensor, mask: Optional[Tensor], condition: Optional[Tensor],
+             rings: List[Tensor], slots: Optional[Tensor]) -> Tensor:
+        cos, sin = self.rope(positions)
+        x = self.input_proj(x)
+        for i, layer in enumerate(self.layers):
+            if slots is None:
+                x = layer(x, cos, sin, mask, condition)
+            else:
+                x = layer(x, cos, sin, mask, condition, rings[2 * i], rings[2 * i + 1], slots)
+        return self.output_proj(self.norm(x, condition)[0])
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        condition: torch.Tensor | None = None,
-        key_padding_mask: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """x: (B, T, C). condition: (B, 1, cond) for AdaLN-Zero. key_padding_mask: (B, T), True = real frame."""
-        if self.condition_dim is not None and condition is None:
+    def forward(self, x: Tensor, condition: Optional[Tensor] = None,
+                key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """Offline. key_padding_mask: (B, T), True = real frame (batches of different lengths)."""
+        if self.conditioned and condition is None:
             raise ValueError("this transformer is conditioned (AdaLN-Zero): pass `condition`")
-        b, t, _ = x.shape
-        cos, sin = self.rope(torch.arange(t, device=x.device))
-        mask = attn_mask if attn_mask is not None else local_window_mask(t, self.window_size, x.device)
+        t = x.shape[1]
+        positions = torch.arange(t, device=x.device)
+        mask: Optional[Tensor] = None
+        if self.masked:
+            mask = span_mask(positions, positions, self.past, self.future, self.chunk)
         if key_padding_mask is not None:
             keys = key_padding_mask[:, None, None, :]
             mask = keys if mask is None else mask & keys
             # a padded query may see no real key at all; let it see itself so softmax stays finite
             mask = mask | torch.eye(t, dtype=torch.bool, device=x.device)
-        x = self.input_proj(x)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask, condition)
-        return self.output_proj(self.final_norm(x, condition))
+        return self._run(x, positions, mask, condition, [], None)
+
+    # --- streaming ---------------------------------------------------------------------------------
+
+    def init_state(self, batch: int = 1) -> Dict[str, Tensor]:
+        if not self.streamable:
+            raise RuntimeError("only a chunk-causal transformer (causal_past) can stream")
+        p = self.state_prefix
+        device = self.anchor.device
+        state: Dict[str, Tensor] = {
+            p + "position": torch.zeros(1, dtype=torch.long, device=device),
+            p + "slot_positions": torch.full((self.capacity,), -1, dtype=torch.long, device=device),
+        }
+        for i in range(len(self.layers)):
+            state[p + "layers." + str(i) + ".keys"] = self.anchor.new_zeros(
+                batch, self.n_heads, self.capacity, self.head_dim)
+            state[p + "layers." + str(i) + ".values"] = self.anchor.new_zeros(
+                batch, self.n_heads, self.capacity, self.head_dim)
+        return state
+
+    def step(self, x: Tensor, state: Dict[str, Tensor],
+             condition: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        n = x.shape[1]
+        if n % self.chunk:
+            raise ValueError(f"a chunked transformer steps whole chunks of {self.chunk} frames, got {n}")
+        if self.conditioned and condition is None:
+            raise ValueError("this transformer is conditioned (AdaLN-Zero): pass `condition`")
+        if n == 0:
+            return x.new_zeros(x.shape[0], 0, self.output_dim), state
+        p = self.state_prefix
+        rings: List[Tensor] = []
+        for i in range(len(self.layers)):
+            rings.append(state[p + "layers." + str(i) + ".keys"])
+            rings.append(state[p + "layers." + str(i) + ".values"])
+        slot_positions = state[p + "slot_positions"]
+        outputs: List[Tensor] = []
+        for start in range(0, n, self.step_frames):
+            piece = x[:, start: start + self.step_frames]
+            positions = state[p + "position"] + torch.arange(piece.shape[1], device=x.device)
+            slots = torch.remainder(positions, self.capacity)
+            slot_positions.index_copy_(0, slots, positions)
+            mask = span_mask(positions, slot_positions, self.past, 0, self.chunk)
+            outputs.append(self._run(piece, positions, mask, condition, rings, slots))
+            state[p + "position"] = state[p + "position"] + piece.shape[1]
+        return torch.cat(outputs, dim=1), state

@@ -19,9 +19,16 @@ Behaviour (tests/test_streaming_api.py checks each point):
   AudioError (and the stream state left exactly as it was): integer or complex dtypes, 2-D or other
   shapes, NaN or infinite values. A push of 0 samples is a no-op that returns an empty result.
 - After flush() the stream is finished: push() raises until reset().
+- The stream's state is one dict of named tensors (`stream.state`, see kanade_stream/modules/streaming.py).
+- A stream is used from one thread at a time: a push while another push (or flush, reset) is running in
+  another thread raises RuntimeError instead of corrupting the stream.
+- `sample_rate` is required: samples carry no rate, and a guessed rate would be silently misread.
 """
 
 from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -62,9 +69,10 @@ def chunk_samples(chunk_ms: float, sample_rate: int) -> int:
     return int(round(samples))
 
 
-class _CoreRunner:
+class CoreRunner:
     """Runs a core's step in the chosen form: eager, torch.compile (eager fallback with a warning if it
-    cannot compile) or TorchScript."""
+    cannot compile) or TorchScript. `init_state` runs outside inference mode: the KV rings are written in
+    place by every step, which inference-mode tensors would refuse outside inference mode."""
 
     def __init__(self, core: torch.nn.Module, backend: str):
         if backend not in BACKENDS:
@@ -81,9 +89,26 @@ class _CoreRunner:
 
             self.step = compile_step(core)
 
-    def init_state(self, *args):
-        with torch.inference_mode():
-            return self.module.init_state(*args)
+    def init_state(self, batch: int = 1) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return self.module.init_state(batch)
+
+
+class _OneThreadAtATime:
+    """Refuses (rather than queues or corrupts) a second concurrent call into a stream."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def __call__(self):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("this stream is already being pushed to from another thread; a stream keeps one "
+                               "ordered state, so use one stream per thread (or serialise the pushes)")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
 
 class _Stream:
@@ -94,6 +119,7 @@ class _Stream:
         self.sample_rate = check_sample_rate(sample_rate)
         self.chunk_ms = float(chunk_ms)
         self.chunk_samples = chunk_samples(chunk_ms, self.sample_rate)
+        self._exclusive = _OneThreadAtATime()
 
     @property
     def frame_rate(self) -> float:
@@ -106,8 +132,10 @@ class _Stream:
         return chunk_latency_ms(self.core.lag_seconds, self.chunk_samples, self.sample_rate)
 
     @property
-    def state(self) -> list[torch.Tensor]:
-        return list(self._state)
+    def state(self) -> dict[str, torch.Tensor]:
+        """The named state tensors (a shallow copy of the dict; the KV rings are updated in place by pushes,
+        use `kanade_stream.modules.streaming.copy_state` to keep a snapshot)."""
+        return dict(self._state)
 
     def _take_chunks(self, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(whole chunks to run now, remainder to keep) of pending + samples."""
@@ -124,47 +152,49 @@ class StreamingEncoder(_Stream):
     """Audio at `sample_rate` -> tokens (25 Hz), pushed in any sizes; also a global embedding that
     refines as audio accumulates (`global_embedding`, when with_global)."""
 
-    def __init__(self, student: KanadeStudent, sample_rate: int = 16000, chunk_ms: float = 80,
+    def __init__(self, student: KanadeStudent, *, sample_rate: int, chunk_ms: float = 80,
                  with_global: bool = True, backend: str = "eager"):
         super().__init__(student, sample_rate, chunk_ms)
         self.core = EncoderCore(self.student, self.sample_rate, with_global)
-        self.runner = _CoreRunner(self.core, backend)
+        self.runner = CoreRunner(self.core, backend)
         self.with_global = with_global
         self.reset()
 
     def reset(self) -> None:
-        self._state = self.runner.init_state(1)
-        self._pending = torch.zeros(0)
-        self._samples_in = self._tokens_out = 0
-        self._finished = False
+        with self._exclusive():
+            self._state = self.runner.init_state(1)
+            self._pending = torch.zeros(0)
+            self._samples_in = self._tokens_out = 0
+            self._finished = False
 
     def _run(self, samples: torch.Tensor) -> torch.Tensor:
         if samples.numel() == 0:
             return torch.zeros(0, dtype=torch.long)
         with torch.inference_mode():
-            tokens, _, state = self.runner.step(samples[None].to(self.student.device), self._state)
-        self._state = state  # only after success: a failed step leaves the stream as it was
+            tokens, self._state = self.runner.step(samples[None].to(self.student.device), self._state)
         return tokens[0].cpu()
 
     def push(self, samples) -> torch.Tensor:
         """Samples (any length) -> LongTensor (T,) of the tokens that became final."""
-        self._check_open()
-        samples = check_samples(samples)
-        run, keep = self._take_chunks(samples)
-        tokens = self._run(run)
-        self._pending, self._samples_in = keep, self._samples_in + samples.numel()
-        self._tokens_out += tokens.numel()
-        return tokens
+        samples = check_samples(samples)  # before anything runs: a refused push leaves the stream as it was
+        with self._exclusive():
+            self._check_open()
+            run, keep = self._take_chunks(samples)
+            tokens = self._run(run)
+            self._pending, self._samples_in = keep, self._samples_in + samples.numel()
+            self._tokens_out += tokens.numel()
+            return tokens
 
     def flush(self) -> torch.Tensor:
         """End of stream: the remaining tokens (the last one completed with silence)."""
-        self._check_open()
-        padding = torch.zeros(self.core.flush_padding(self._samples_in))
-        tokens = self._run(torch.cat([self._pending, padding]))
-        tokens = tokens[: max(self.core.target_tokens(self._samples_in) - self._tokens_out, 0)]
-        self._tokens_out += tokens.numel()
-        self._pending, self._finished = torch.zeros(0), True
-        return tokens
+        with self._exclusive():
+            self._check_open()
+            padding = torch.zeros(self.core.flush_padding(self._samples_in))
+            tokens = self._run(torch.cat([self._pending, padding]))
+            tokens = tokens[: max(self.core.target_tokens(self._samples_in) - self._tokens_out, 0)]
+            self._tokens_out += tokens.numel()
+            self._pending, self._finished = torch.zeros(0), True
+            return tokens
 
     @property
     def global_embedding(self) -> torch.Tensor | None:
@@ -174,8 +204,7 @@ class StreamingEncoder(_Stream):
         processed = self._samples_in - self._pending.numel()
         if self.core.resampler.num_outputs(processed) < self.core.ssl_hop:
             return None
-        with torch.inference_mode():
-            return self.runner.module.global_embedding(self._state)[0].cpu()
+        return self._state[self.core.global_key][0].detach().cpu().clone()
 
 
 class StreamingConverter(_Stream):
@@ -185,7 +214,7 @@ class StreamingConverter(_Stream):
     (global_dim,); or pass `global_embedding=` explicitly.
     """
 
-    def __init__(self, student: KanadeStudent, reference=None, sample_rate: int = 16000, chunk_ms: float = 80,
+    def __init__(self, student: KanadeStudent, reference=None, *, sample_rate: int, chunk_ms: float = 80,
                  global_embedding=None, reference_rate: int | None = None, backend: str = "eager"):
         super().__init__(student, sample_rate, chunk_ms)
         global_dim = self.student.config.global_dim
@@ -199,43 +228,46 @@ class StreamingConverter(_Stream):
                 global_embedding = self.student.global_embedding(ref, reference_rate or self.sample_rate)
         self.global_embedding = check_global_embedding(global_embedding, global_dim).to(self.student.device)
         self.core = ConverterCore(self.student, self.sample_rate)
-        self.runner = _CoreRunner(self.core, backend)
+        self.runner = CoreRunner(self.core, backend)
         self.output_rate = self.student.output_rate
         self.reset()
 
     def reset(self) -> None:
-        self._state = self.runner.init_state(self.global_embedding[None])
-        self._pending = torch.zeros(0)
-        self._samples_in = self._samples_out = 0
-        self._finished = False
+        with self._exclusive():
+            self._state = self.runner.init_state(1)
+            self._pending = torch.zeros(0)
+            self._samples_in = self._samples_out = 0
+            self._finished = False
 
     def _run(self, samples: torch.Tensor) -> np.ndarray:
         if samples.numel() == 0:
             return np.zeros(0, dtype=np.float32)
         with torch.inference_mode():
-            audio, state = self.runner.step(samples[None].to(self.student.device), self._state)
-        self._state = state
+            audio, self._state = self.runner.step(samples[None].to(self.student.device), self._state,
+                                                  self.global_embedding[None])
         return audio[0].cpu().numpy().astype(np.float32, copy=False)
 
     def push(self, samples) -> np.ndarray:
         """Samples (any length) -> converted audio that became final (float32, at output_rate)."""
-        self._check_open()
-        samples = check_samples(samples)
-        run, keep = self._take_chunks(samples)
-        audio = self._run(run)
-        self._pending, self._samples_in = keep, self._samples_in + samples.numel()
-        self._samples_out += audio.size
-        return audio
+        samples = check_samples(samples)  # before anything runs: a refused push leaves the stream as it was
+        with self._exclusive():
+            self._check_open()
+            run, keep = self._take_chunks(samples)
+            audio = self._run(run)
+            self._pending, self._samples_in = keep, self._samples_in + samples.numel()
+            self._samples_out += audio.size
+            return audio
 
     def flush(self) -> np.ndarray:
         """End of stream: the rest, so that the whole output covers the whole input."""
-        self._check_open()
-        padding = torch.zeros(self.core.flush_padding(self._samples_in))
-        audio = self._run(torch.cat([self._pending, padding]))
-        audio = audio[: max(self.core.target_outputs(self._samples_in) - self._samples_out, 0)]
-        self._samples_out += audio.size
-        self._pending, self._finished = torch.zeros(0), True
-        return audio
+        with self._exclusive():
+            self._check_open()
+            padding = torch.zeros(self.core.flush_padding(self._samples_in))
+            audio = self._run(torch.cat([self._pending, padding]))
+            audio = audio[: max(self.core.target_outputs(self._samples_in) - self._samples_out, 0)]
+            self._samples_out += audio.size
+            self._pending, self._finished = torch.zeros(0), True
+            return audio
 
 
 class StreamingDecoder:
@@ -247,14 +279,16 @@ class StreamingDecoder:
         self.student = student.eval()
         self.global_embedding = check_global_embedding(global_embedding, student.config.global_dim).to(student.device)
         self.core = DecoderCore(self.student)
-        self.runner = _CoreRunner(self.core, backend)
+        self.runner = CoreRunner(self.core, backend)
         self.output_rate = self.student.output_rate
+        self._exclusive = _OneThreadAtATime()
         self.reset()
 
     def reset(self) -> None:
-        self._state = self.runner.init_state(self.global_embedding[None])
-        self._tokens_in = self._samples_out = 0
-        self._finished = False
+        with self._exclusive():
+            self._state = self.runner.init_state(1)
+            self._tokens_in = self._samples_out = 0
+            self._finished = False
 
     @property
     def frame_rate(self) -> float:
@@ -266,31 +300,36 @@ class StreamingDecoder:
         return self.core.latency_ms()
 
     @property
-    def state(self) -> list[torch.Tensor]:
-        return list(self._state)
+    def state(self) -> dict[str, torch.Tensor]:
+        """The named state tensors (a shallow copy of the dict)."""
+        return dict(self._state)
 
     def push(self, tokens) -> np.ndarray:
-        if self._finished:
-            raise RuntimeError("the stream was flushed; call reset() to start a new one")
         tokens = check_tokens(tokens, self.student.quantizer.codebook_size)
-        if tokens.numel() == 0:
-            return np.zeros(0, dtype=np.float32)
-        with torch.inference_mode():
-            audio, state = self.runner.step(tokens[None].to(self.student.device), self._state)
-        self._state, self._tokens_in = state, self._tokens_in + tokens.numel()
-        self._samples_out += audio.shape[-1]
-        return audio[0].cpu().numpy().astype(np.float32, copy=False)
+        with self._exclusive():
+            if self._finished:
+                raise RuntimeError("the stream was flushed; call reset() to start a new one")
+            if tokens.numel() == 0:
+                return np.zeros(0, dtype=np.float32)
+            with torch.inference_mode():
+                audio, self._state = self.runner.step(tokens[None].to(self.student.device), self._state,
+                                                      self.global_embedding[None])
+            self._tokens_in += tokens.numel()
+            self._samples_out += audio.shape[-1]
+            return audio[0].cpu().numpy().astype(np.float32, copy=False)
 
     def flush(self) -> np.ndarray:
         """End of stream: the rest of the last tokens' audio (total = tokens x token_samples)."""
-        if self._finished:
-            raise RuntimeError("the stream was flushed; call reset() to start a new one")
-        self._finished = True
-        if self._tokens_in == 0:
-            return np.zeros(0, dtype=np.float32)
-        with torch.inference_mode():
-            audio, self._state = self.runner.module.flush(self._state, self.core.flush_mel_frames(self._tokens_in))
-        audio = audio[0, : max(self._tokens_in * self.core.token_samples - self._samples_out, 0)]
-        self._samples_out += audio.shape[-1]
-        return audio.cpu().numpy().astype(np.float32, copy=False)
+        with self._exclusive():
+            if self._finished:
+                raise RuntimeError("the stream was flushed; call reset() to start a new one")
+            self._finished = True
+            if self._tokens_in == 0:
+                return np.zeros(0, dtype=np.float32)
+            with torch.inference_mode():
+                audio, self._state = self.runner.module.flush(self._state, self.global_embedding[None],
+                                                              self.core.flush_mel_frames(self._tokens_in))
+            audio = audio[0, : max(self._tokens_in * self.core.token_samples - self._samples_out, 0)]
+            self._samples_out += audio.shape[-1]
+            return audio.cpu().numpy().astype(np.float32, copy=False)
 

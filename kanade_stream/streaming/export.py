@@ -6,12 +6,16 @@
   for decoders `flush`) that loads with `torch.jit.load` in a process that never imports kanade_stream:
 
       m = torch.jit.load("converter.pt")
-      state = m.init_state(global_embedding[None])     # encoder: m.init_state(1)
-      audio, state = m.step(samples[None], state)       # samples: float32 (n,) at the export's input rate
+      state = m.init_state(1)                                   # a dict of named state tensors
+      audio, state = m.step(samples[None], state, g[None])      # samples: float32 (n,) at the input rate,
+                                                                # g: the target voice's global embedding
+      tokens, state = encoder.step(samples[None], state)        # an encoder takes no condition
+      g_so_far = state[meta["global_embedding_state"]]          # the encoder's running global embedding
 
   The file carries `kanade_stream.json` (read with `_extra_files`) with the rates, the SSL / token hops,
   and the end-of-stream padding rule (push `flush_padding(n)` zeros, computed there in closed form for
-  the encoder; or simply push zeros for `latency_ms`, then trim).
+  the encoder; or simply push zeros for `latency_ms`, then trim), and the name of the encoder's running
+  global-embedding state entry.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def _metadata(core: torch.nn.Module) -> dict:
         rs = encoder.resampler
         meta.update(input_rate=encoder.input_rate, ssl_rate=encoder.ssl_rate, ssl_hop=encoder.ssl_hop,
                     token_hop=encoder.token_hop, resampler_block=[rs.orig, rs.new], resampler_delay_s=rs.delay_seconds)
+        if encoder.with_global:
+            meta["global_embedding_state"] = encoder.global_key
     if decoder is not None:
         meta.update(output_rate=decoder.output_rate, token_samples=decoder.token_samples,
                     decoder_latency_ms=decoder.latency_ms())

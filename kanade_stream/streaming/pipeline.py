@@ -1,32 +1,29 @@
-"""Whole-pipeline streaming steps ("cores"): the student's blocks chained into one
-`step(input, state) -> (output, state)` with a flat tensor state, for the three streaming uses.
+"""Whole-pipeline streaming steps ("cores"): the student's blocks chained into one step, for the three
+streaming uses.
 
-- EncoderCore: audio at any input rate -> final tokens (+ content embeddings, + running global embedding)
+- EncoderCore: audio at any input rate -> final tokens (the running global embedding is the state entry
+  `EncoderCore.global_key`)
 - DecoderCore: tokens (or content embeddings) + a global embedding -> 24 kHz audio
 - ConverterCore: audio at any input rate + a global embedding -> converted 24 kHz audio
 
-A core's `step` is what gets compiled (`torch.compile`) or exported (TorchScript, see export.py): its
-scripted form runs without this package. The offline `forward` of a core chains the blocks' offline
-forms; the Python-only helpers (`num_outputs`, `flush_padding`, `latency_ms`, `offline`) hold the
-integer bookkeeping shared by the streaming API and the student's offline methods, so the two agree.
+Every core follows the streaming contract (kanade_stream/modules/streaming.py): `init_state(batch)` gives
+one dict of named state tensors, `step(x, state, condition)` returns (output, state), where `condition`
+is the global embedding (B, global_dim) of the target voice (unused by the encoder). A core's `step` is
+what gets compiled (`torch.compile`) or exported (TorchScript, see export.py): its scripted form runs
+without this package. The offline `forward` chains the blocks' offline forms; the Python-only helpers
+(`num_tokens`, `flush_padding`, `lag_seconds`, `offline` ...) hold the integer bookkeeping shared by the
+streaming API and the student's offline methods, so the two agree.
 No `from __future__ import annotations` here: TorchScript reads the annotations.
 """
 
-from typing import List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import StreamingResampler
-
-
-def _count(modules: List[nn.Module]) -> List[int]:
-    """Cumulative state offsets of consecutive stages."""
-    offsets = [0]
-    for module in modules:
-        offsets.append(offsets[-1] + len(module.init_state(1)))
-    return offsets
+from ..modules.streaming import name_states
+from .rates import StreamingResampler
 
 
 class EncoderCore(nn.Module):
@@ -36,42 +33,47 @@ class EncoderCore(nn.Module):
         self.input_rate, self.ssl_rate, self.with_global = int(input_rate), c.ssl_sample_rate, with_global
         self.ssl_hop, self.downsample_factor, self.token_hop = c.ssl_hop, c.downsample_factor, c.token_hop
         self.resampler = StreamingResampler(input_rate, c.ssl_sample_rate).to(student.device)
+        name_states(self.resampler, "resampler")
         self.frontend, self.ssl_lower, self.ssl_upper = student.frontend, student.ssl_lower, student.ssl_upper
-        self.content_head, self.global_head = student.content_head, student.global_head
-        self.content_encoder, self.downsample = student.content_encoder, student.downsample
-        self.quantizer, self.global_encoder = student.quantizer, student.global_encoder
-        o = _count([self.resampler, self.frontend, self.ssl_lower, self.ssl_upper, self.content_encoder, self.downsample])
-        self.o1, self.o2, self.o3, self.o4, self.o5, self.o6 = o[1:]
+        self.content_head, self.content_encoder = student.content_head, student.content_encoder
+        self.downsample, self.quantizer = student.downsample, student.quantizer
+        # the global branch only when asked for (a converter takes its voice from a reference instead)
+        self.global_head = student.global_head if with_global else None
+        self.global_encoder = student.global_encoder if with_global else None
+        self.global_key = student.global_encoder.pooling.state_prefix + "embedding"
 
     @torch.jit.export
-    def init_state(self, batch: int = 1) -> List[Tensor]:
-        state = (self.resampler.init_state(batch) + self.frontend.init_state(batch) + self.ssl_lower.init_state(batch)
-                 + self.ssl_upper.init_state(batch) + self.content_encoder.init_state(batch)
-                 + self.downsample.init_state(batch))
-        if self.with_global:
-            state += self.global_encoder.init_state(batch)
+    def init_state(self, batch: int = 1) -> Dict[str, Tensor]:
+        state = self.resampler.init_state(batch)
+        state.update(self.frontend.init_state(batch))
+        state.update(self.ssl_lower.init_state(batch))
+        state.update(self.ssl_upper.init_state(batch))
+        state.update(self.content_encoder.init_state(batch))
+        state.update(self.downsample.init_state(batch))
+        if self.global_encoder is not None:
+            state.update(self.global_encoder.init_state(batch))
         return state
 
     @torch.jit.export
-    def step(self, samples: Tensor, state: List[Tensor]) -> Tuple[Tensor, Tensor, List[Tensor]]:
+    def encode_step(self, samples: Tensor, state: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
         """samples (B, n) at input_rate -> (new final tokens (B, T), their content embeddings (B, T, D), state)."""
-        wave, s_resampler = self.resampler.step(samples, state[: self.o1])
-        frames, s_frontend = self.frontend.step(wave, state[self.o1: self.o2])
-        lower, s_lower = self.ssl_lower.step(frames, state[self.o2: self.o3])
-        upper, s_upper = self.ssl_upper.step(lower, state[self.o3: self.o4])
-        content, s_content = self.content_encoder.step(self.content_head(upper), state[self.o4: self.o5])
-        latent, s_down = self.downsample.step(content.transpose(1, 2), state[self.o5: self.o6])
+        wave, state = self.resampler.step(samples, state)
+        frames, state = self.frontend.step(wave, state)
+        lower, state = self.ssl_lower.step(frames, state)
+        upper, state = self.ssl_upper.step(lower, state)
+        content, state = self.content_encoder.step(self.content_head(upper), state)
+        latent, state = self.downsample.step(content.transpose(1, 2), state)
         embedding, tokens = self.quantizer.encode(latent.transpose(1, 2))
-        new_state = s_resampler + s_frontend + s_lower + s_upper + s_content + s_down
-        if self.with_global:
-            _, s_global = self.global_encoder.step(self.global_head(lower), state[self.o6:])
-            new_state += s_global
-        return tokens, embedding, new_state
+        if self.global_encoder is not None and self.global_head is not None:
+            _, state = self.global_encoder.step(self.global_head(lower), state)
+        return tokens, embedding, state
 
     @torch.jit.export
-    def global_embedding(self, state: List[Tensor]) -> Tensor:
-        """The running global embedding (B, global_dim) of everything pushed so far."""
-        return self.global_encoder.embedding(state[self.o6:])
+    def step(self, samples: Tensor, state: Dict[str, Tensor],
+             condition: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """samples (B, n) at input_rate -> (new final tokens (B, T), state)."""
+        tokens, _, state = self.encode_step(samples, state)
+        return tokens, state
 
     def forward(self, samples: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         """Offline: (B, n) -> (tokens, embeddings, global embedding or None)."""
@@ -80,7 +82,7 @@ class EncoderCore(nn.Module):
         latent = self.downsample(content.transpose(1, 2)).transpose(1, 2)
         embedding, tokens = self.quantizer.encode(latent)
         global_embedding: Optional[Tensor] = None
-        if self.with_global and lower.shape[1] > 0:
+        if self.global_encoder is not None and self.global_head is not None and lower.shape[1] > 0:
             global_embedding = self.global_encoder(self.global_head(lower))
         return tokens, embedding, global_embedding
 
@@ -142,43 +144,46 @@ class DecoderCore(nn.Module):
         self.quantizer, self.mel_prenet, self.mel_upsample = student.quantizer, student.mel_prenet, student.mel_upsample
         self.mel_interpolator, self.mel_decoder = student.mel_interpolator, student.mel_decoder
         self.mel_postnet, self.vocoder = student.mel_postnet, student.vocoder
-        o = _count([self.mel_prenet, self.mel_interpolator, self.mel_decoder, self.mel_postnet])
-        self.o1, self.o2, self.o3, self.o4 = [1 + x for x in o[1:]]  # state[0] is the condition
 
     @torch.jit.export
-    def init_state(self, global_embedding: Tensor) -> List[Tensor]:
-        """global_embedding: (B, global_dim); it conditions the whole stream."""
-        batch = global_embedding.shape[0]
-        return ([global_embedding[:, None, :]] + self.mel_prenet.init_state(batch)
-                + self.mel_interpolator.init_state(batch) + self.mel_decoder.init_state(batch)
-                + self.mel_postnet.init_state(batch) + self.vocoder.init_state(batch))
+    def init_state(self, batch: int = 1) -> Dict[str, Tensor]:
+        state = self.mel_prenet.init_state(batch)
+        state.update(self.mel_interpolator.init_state(batch))
+        state.update(self.mel_decoder.init_state(batch))
+        state.update(self.mel_postnet.init_state(batch))
+        state.update(self.vocoder.init_state(batch))
+        return state
 
-    def _from_mel_latent(self, latent: Tensor, state: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+    def _from_mel_latent(self, latent: Tensor, state: Dict[str, Tensor],
+                         condition: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Latent on the mel grid (B, C, m) -> audio, through decoder, PostNet and vocoder."""
-        mel, s_decoder = self.mel_decoder.step(latent.transpose(1, 2), state[self.o2: self.o3], state[0])
-        mel, s_postnet = self.mel_postnet.step(mel.transpose(1, 2), state[self.o3: self.o4])
-        audio, s_vocoder = self.vocoder.step(mel, state[self.o4:])
-        return audio, s_decoder + s_postnet + s_vocoder
+        mel, state = self.mel_decoder.step(latent.transpose(1, 2), state, condition[:, None, :])
+        mel, state = self.mel_postnet.step(mel.transpose(1, 2), state)
+        return self.vocoder.step(mel, state)
 
     @torch.jit.export
-    def step_embedding(self, embedding: Tensor, state: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-        """Content embeddings (B, T, token_dim) of new tokens -> (new final audio (B, n), state)."""
-        hidden, s_prenet = self.mel_prenet.step(embedding, state[1: self.o1])
-        latent, s_interp = self.mel_interpolator.step(self.mel_upsample(hidden.transpose(1, 2)), state[self.o1: self.o2])
-        audio, s_rest = self._from_mel_latent(latent, state)
-        return audio, [state[0]] + s_prenet + s_interp + s_rest
+    def step_embedding(self, embedding: Tensor, state: Dict[str, Tensor],
+                       condition: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Content embeddings (B, T, token_dim) of new tokens + global embedding (B, global_dim) ->
+        (new final audio (B, n), state)."""
+        assert condition is not None, "the decoder needs the global embedding as its condition"
+        hidden, state = self.mel_prenet.step(embedding, state)
+        latent, state = self.mel_interpolator.step(self.mel_upsample(hidden.transpose(1, 2)), state)
+        return self._from_mel_latent(latent, state, condition)
 
     @torch.jit.export
-    def step(self, tokens: Tensor, state: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-        """Token indices (B, T) -> (new final audio (B, n), state)."""
-        return self.step_embedding(self.quantizer.decode(tokens), state)
+    def step(self, tokens: Tensor, state: Dict[str, Tensor],
+             condition: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Token indices (B, T) + global embedding (B, global_dim) -> (new final audio (B, n), state)."""
+        return self.step_embedding(self.quantizer.decode(tokens), state, condition)
 
     @torch.jit.export
-    def flush(self, state: List[Tensor], num_mel_frames: int) -> Tuple[Tensor, List[Tensor]]:
+    def flush(self, state: Dict[str, Tensor], condition: Optional[Tensor],
+              num_mel_frames: int) -> Tuple[Tensor, Dict[str, Tensor]]:
         """End of stream: complete the mel frames up to `num_mel_frames` (holding the last latent frame)."""
-        latent, s_interp = self.mel_interpolator.flush(state[self.o1: self.o2], num_mel_frames)
-        audio, s_rest = self._from_mel_latent(latent, state)
-        return audio, state[: self.o1] + s_interp + s_rest
+        assert condition is not None, "the decoder needs the global embedding as its condition"
+        latent, state = self.mel_interpolator.flush(state, num_mel_frames)
+        return self._from_mel_latent(latent, state, condition)
 
     def forward(self, embedding: Tensor, global_embedding: Tensor, num_mel_frames: int = -1) -> Tensor:
         """Offline: (B, T, token_dim) + (B, global_dim) -> audio (B, n)."""
@@ -219,18 +224,20 @@ class ConverterCore(nn.Module):
         self.encoder = EncoderCore(student, input_rate, with_global=False)
         self.decoder = DecoderCore(student)
         self.input_rate, self.output_rate = int(input_rate), student.config.sample_rate
-        self.n_encoder = len(self.encoder.init_state(1))
 
     @torch.jit.export
-    def init_state(self, global_embedding: Tensor) -> List[Tensor]:
-        return self.encoder.init_state(global_embedding.shape[0]) + self.decoder.init_state(global_embedding)
+    def init_state(self, batch: int = 1) -> Dict[str, Tensor]:
+        state = self.encoder.init_state(batch)
+        state.update(self.decoder.init_state(batch))
+        return state
 
     @torch.jit.export
-    def step(self, samples: Tensor, state: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-        """samples (B, n) at input_rate -> (new final converted audio (B, m) at output_rate, state)."""
-        _, embedding, s_encoder = self.encoder.step(samples, state[: self.n_encoder])
-        audio, s_decoder = self.decoder.step_embedding(embedding, state[self.n_encoder:])
-        return audio, s_encoder + s_decoder
+    def step(self, samples: Tensor, state: Dict[str, Tensor],
+             condition: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """samples (B, n) at input_rate + target global embedding (B, global_dim) -> (new final converted
+        audio (B, m) at output_rate, state)."""
+        _, embedding, state = self.encoder.encode_step(samples, state)
+        return self.decoder.step_embedding(embedding, state, condition)
 
     def forward(self, samples: Tensor, global_embedding: Tensor) -> Tensor:
         _, embedding, _ = self.encoder(samples)

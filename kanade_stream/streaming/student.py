@@ -1,6 +1,7 @@
 """The streaming student: a causal, chunked, state-cached Kanade tokenizer + voice converter.
 
-Data path (every stage causal, every stage with an offline and a streaming form, see blocks.py):
+Data path (every stage causal, every stage with an offline and a streaming form, see
+kanade_stream/modules/streaming.py for the contract):
 
   16 kHz audio -> causal strided conv front end (hop 320 = 20 ms) -> SSL transformer, lower part
      |-> global head -> global features (B, T, global_feature_dim) -> causal ConvNeXt -> running
@@ -32,11 +33,13 @@ from torch import nn
 
 from ..audio import AudioError, as_waveform, check_sample_rate
 from ..modules.fsq import FiniteScalarQuantizer
+from ..modules.streaming import name_states
+from ..modules.transformer import Transformer
 from ..teacher import KanadeFeatures
-from .blocks import (
-    CausalConv1d, CausalConvFrontend, CausalGlobalEncoder, CausalPostNet, CausalVocoder, FrameInterpolator,
-    StreamingTransformer, TokenUpsampler,
-)
+from .convs import CausalConv1d, CausalConvFrontend, CausalPostNet
+from .pooling import CausalGlobalEncoder
+from .rates import FrameInterpolator, TokenUpsampler
+from .vocoder import CausalVocoder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -194,28 +197,29 @@ class KanadeStudent(nn.Module):
         config.validate()
         self.config = c = config
         self.frontend = CausalConvFrontend(c.frontend, c.ssl_dim)
-        ssl = dict(dim=c.ssl_dim, n_heads=c.ssl_heads, past=c.ssl_past, rope_theta=c.rope_theta)
-        self.ssl_lower = StreamingTransformer(n_layers=c.global_feature_layer, **ssl)
-        self.ssl_upper = StreamingTransformer(n_layers=c.ssl_layers - c.global_feature_layer, **ssl)
+        causal = dict(rope_theta=c.rope_theta, exact_rope=True)  # float64 angles: exact hours into a stream
+        ssl = dict(dim=c.ssl_dim, n_heads=c.ssl_heads, causal_past=c.ssl_past, **causal)
+        self.ssl_lower = Transformer(n_layers=c.global_feature_layer, **ssl)
+        self.ssl_upper = Transformer(n_layers=c.ssl_layers - c.global_feature_layer, **ssl)
         self.content_head = nn.Linear(c.ssl_dim, c.content_feature_dim)
         self.global_head = nn.Linear(c.ssl_dim, c.global_feature_dim)
-        self.content_encoder = StreamingTransformer(c.content_dim, c.content_layers, c.content_heads, c.content_past,
-                                                    input_dim=c.content_feature_dim, rope_theta=c.rope_theta)
+        self.content_encoder = Transformer(c.content_dim, c.content_layers, c.content_heads,
+                                           causal_past=c.content_past, input_dim=c.content_feature_dim, **causal)
         self.downsample = CausalConv1d(c.content_dim, c.content_dim, c.downsample_factor, c.downsample_factor)
         self.quantizer = FiniteScalarQuantizer(c.content_dim, c.token_dim, c.fsq_levels)
         self.global_encoder = CausalGlobalEncoder(c.global_feature_dim, c.global_dim, c.global_encoder_layers,
                                                   c.global_encoder_dim, c.global_encoder_intermediate)
-        self.mel_prenet = StreamingTransformer(c.prenet_dim, c.prenet_layers, c.prenet_heads, c.prenet_past,
-                                               input_dim=c.token_dim, output_dim=c.prenet_output_dim,
-                                               rope_theta=c.rope_theta)
+        self.mel_prenet = Transformer(c.prenet_dim, c.prenet_layers, c.prenet_heads, causal_past=c.prenet_past,
+                                      input_dim=c.token_dim, output_dim=c.prenet_output_dim, **causal)
         self.mel_upsample = TokenUpsampler(c.prenet_output_dim, c.upsample_factor)
         self.mel_interpolator = FrameInterpolator(c.prenet_output_dim, c.latent_rate, c.mel_rate)
-        self.mel_decoder = StreamingTransformer(c.decoder_dim, c.decoder_layers, c.decoder_heads, c.decoder_past,
-                                                input_dim=c.prenet_output_dim, output_dim=c.n_mels,
-                                                condition_dim=c.global_dim, rope_theta=c.rope_theta)
+        self.mel_decoder = Transformer(c.decoder_dim, c.decoder_layers, c.decoder_heads, causal_past=c.decoder_past,
+                                       input_dim=c.prenet_output_dim, output_dim=c.n_mels,
+                                       condition_dim=c.global_dim, **causal)
         self.mel_postnet = CausalPostNet(c.n_mels, c.postnet_channels, c.postnet_kernel, c.postnet_layers)
         self.vocoder = CausalVocoder(c.n_mels, c.vocoder_dim, c.vocoder_intermediate, c.vocoder_layers, c.n_fft,
                                      c.hop_length, c.vocoder_kernel)
+        name_states(self)  # state entries are named by module path: "ssl_lower.layers.0.keys", ...
 
     # --- saving and loading -----------------------------------------------------------------------
 
@@ -241,6 +245,12 @@ class KanadeStudent(nn.Module):
 
     @property
     def output_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate `encode`, `global_embedding` and `convert` assume when no `sample_rate` is given: 24 kHz,
+        like the teacher (the official API). Other rates are resampled inside, exactly as in a stream."""
         return self.config.sample_rate
 
     def num_parameters(self, part: str | None = None) -> int:
@@ -280,11 +290,11 @@ class KanadeStudent(nn.Module):
 
     @torch.inference_mode()
     def encode(self, waveform, sample_rate: int | None = None, return_global: bool = True) -> KanadeFeatures:
-        """Mono waveform (at `sample_rate`, default ssl_sample_rate) -> tokens (T,), content embedding
+        """Mono waveform (at `sample_rate`, default 24 kHz as for the teacher) -> tokens (T,), content embedding
         (T, token_dim), global embedding (global_dim,): what StreamingEncoder push(...) + flush() gives."""
         from .pipeline import EncoderCore
 
-        rate = self.config.ssl_sample_rate if sample_rate is None else check_sample_rate(sample_rate)
+        rate = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
         wave = as_waveform(waveform).to(self.device)
         core = EncoderCore(self, rate, with_global=return_global)
         tokens, embedding, global_embedding = core.offline(wave)
@@ -292,10 +302,10 @@ class KanadeStudent(nn.Module):
 
     @torch.inference_mode()
     def global_embedding(self, waveform, sample_rate: int | None = None) -> torch.Tensor:
-        """Reference clip -> global embedding (global_dim,)."""
+        """Reference clip (at `sample_rate`, default 24 kHz) -> global embedding (global_dim,)."""
         from .pipeline import EncoderCore
 
-        rate = self.config.ssl_sample_rate if sample_rate is None else check_sample_rate(sample_rate)
+        rate = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
         wave = as_waveform(waveform, name="reference").to(self.device)
         core = EncoderCore(self, rate, with_global=True)
         needed = core.min_global_samples()
@@ -321,12 +331,12 @@ class KanadeStudent(nn.Module):
     @torch.inference_mode()
     def convert(self, source, reference=None, sample_rate: int | None = None, global_embedding=None,
                 reference_rate: int | None = None) -> torch.Tensor:
-        """Voice conversion, offline: content of `source`, voice of `reference` (a clip, or a
-        `global_embedding`) -> audio at sample_rate, the length of the source (what StreamingConverter
-        push(...) + flush() gives)."""
+        """Voice conversion, offline: content of `source` (at `sample_rate`, default 24 kHz), voice of `reference`
+        (a clip at `reference_rate`, default `sample_rate`, or a `global_embedding`) -> audio at output_rate,
+        the length of the source (what StreamingConverter push(...) + flush() gives)."""
         from .pipeline import ConverterCore
 
-        rate = self.config.ssl_sample_rate if sample_rate is None else check_sample_rate(sample_rate)
+        rate = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
         if global_embedding is None:
             if reference is None:
                 raise ValueError("convert needs a reference clip or a global_embedding")
