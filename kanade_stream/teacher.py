@@ -140,7 +140,7 @@ class KanadeTeacher(nn.Module):
             )
         return wave.to(self.device)
 
-    def _mix_layers(self, layers: list[torch.Tensor], which: tuple[int, ...]) -> torch.Tensor:
+    def mix_layers(self, layers: list[torch.Tensor], which: tuple[int, ...]) -> torch.Tensor:
         return torch.stack([layers[i - 1] for i in which]).mean(dim=0)
 
     def normalize_content(self, features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -154,8 +154,8 @@ class KanadeTeacher(nn.Module):
         pad = self.waveform_padding(wave_24k.shape[-1])
         padded = F.pad(wave_24k, (pad, pad))
         layers = self.ssl(resample(padded, self.config.sample_rate, self.ssl.sample_rate))
-        content = self.normalize_content(self._mix_layers(layers, self.config.local_ssl_layers))
-        return content, self._mix_layers(layers, self.config.global_ssl_layers)
+        content = self.normalize_content(self.mix_layers(layers, self.config.local_ssl_layers))
+        return content, self.mix_layers(layers, self.config.global_ssl_layers)
 
     def content_latent(self, content_features: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised SSL features (B, T, C) -> pre-quantisation latent (B, T // factor, C)."""
@@ -188,12 +188,12 @@ class KanadeTeacher(nn.Module):
             ssl_inputs.append(resample(F.pad(wave, (pad, pad)), self.config.sample_rate, self.ssl.sample_rate))
         layers, mask = self.ssl.forward_batch(ssl_inputs)
         lengths = mask.sum(dim=1).tolist()
-        content = self._mix_layers(layers, self.config.local_ssl_layers)
+        content = self.mix_layers(layers, self.config.local_ssl_layers)
         content = torch.nn.utils.rnn.pad_sequence(
             [self.normalize_content(content[i : i + 1, :n])[0] for i, n in enumerate(lengths)], batch_first=True
         )
         embeddings, indices = self.local_quantizer.encode(self.content_latent(content, key_padding_mask=mask))
-        global_embeddings = self.global_encoder(self._mix_layers(layers, self.config.global_ssl_layers), mask)
+        global_embeddings = self.global_encoder(self.mix_layers(layers, self.config.global_ssl_layers), mask)
         results = []
         for i, n in enumerate(lengths):
             tokens = n // self.config.downsample_factor

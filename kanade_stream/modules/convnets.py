@@ -3,6 +3,8 @@ and the mel PostNet. Parameter names follow the official release."""
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,6 +64,27 @@ class AttentiveStatsPooling(nn.Module):
         )
         self.proj = nn.Linear(2 * channels, output_channels)
         self.norm = nn.LayerNorm(output_channels)
+
+    def accumulate(self, x: torch.Tensor, running_max: torch.Tensor, sum_w: torch.Tensor, sum_wx: torch.Tensor,
+                   sum_wx2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Online form of the softmax over time, for audio that arrives in pieces: add frames x (B, C, n) to
+        the running statistics (per channel, float64: the max logit so far, and the sums of weights, weighted
+        x and weighted x^2, all relative to that max). `pooled` turns them into the embedding."""
+        logits = self.attn(x).double()
+        xd = x.double()
+        new_max = torch.maximum(running_max, logits.amax(dim=-1))
+        rescale = torch.exp(running_max - new_max)
+        weights = torch.exp(logits - new_max[..., None])
+        return (new_max, sum_w * rescale + weights.sum(-1), sum_wx * rescale + (weights * xd).sum(-1),
+                sum_wx2 * rescale + (weights * xd * xd).sum(-1))
+
+    def pooled(self, sum_w: torch.Tensor, sum_wx: torch.Tensor, sum_wx2: torch.Tensor) -> torch.Tensor:
+        """The embedding (B, output_channels) of accumulated statistics (see `accumulate`)."""
+        weight_sum = sum_w.clamp(min=1e-300)
+        mean = sum_wx / weight_sum
+        variance = sum_wx2 / weight_sum - mean * mean
+        std = torch.sqrt(variance.clamp(1e-4, 1e4))
+        return self.norm(self.proj(torch.cat([mean, std], dim=1).to(self.proj.weight.dtype)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, T) -> (B, output_channels)."""

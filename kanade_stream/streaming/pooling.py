@@ -17,8 +17,9 @@ from .convs import CausalConvNeXtBackbone
 class StreamingStatsPooling(StreamingModule, AttentiveStatsPooling):
     """The teacher's attentive statistics pooling (same parameters) over a growing stream.
 
-    The softmax over time is accumulated online per channel (running max, and sums of weights, weighted
-    x and weighted x^2 rescaled when the max grows, in float64), so the state is 4 vectors of `channels`
+    The softmax over time is accumulated online per channel (`AttentiveStatsPooling.accumulate`: running
+    max, and sums of weights, weighted x and weighted x^2 rescaled when the max grows, in float64), so the
+    state is 4 vectors of `channels`
     whatever the length. State: `max`, `sum_w`, `sum_wx`, `sum_wx2`, and `embedding` (B, output_channels),
     the embedding of everything seen so far (defined once at least one frame has been seen).
     """
@@ -34,34 +35,17 @@ class StreamingStatsPooling(StreamingModule, AttentiveStatsPooling):
         return {p + "max": zeros - 1e300, p + "sum_w": zeros, p + "sum_wx": zeros.clone(), p + "sum_wx2": zeros.clone(),
                 p + "embedding": self.proj.weight.new_zeros(batch, self.output_channels)}
 
-    def embedding(self, state: Dict[str, Tensor]) -> Tensor:
-        """The embedding the accumulated statistics in `state` give."""
-        p = self.state_prefix
-        weight_sum = state[p + "sum_w"].clamp(min=1e-300)
-        mean = state[p + "sum_wx"] / weight_sum
-        variance = state[p + "sum_wx2"] / weight_sum - mean * mean
-        std = torch.sqrt(variance.clamp(1e-4, 1e4))
-        stats = torch.cat([mean, std], dim=1).to(self.proj.weight.dtype)
-        return self.norm(self.proj(stats))
-
     def step(self, x: Tensor, state: Dict[str, Tensor],
              condition: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         """x: (B, C, n) new frames -> (embedding so far (B, output_channels), state)."""
         p = self.state_prefix
         if x.shape[-1] == 0:
             return state[p + "embedding"], state
-        logits = self.attn(x).double()
-        xd = x.double()
-        old_max = state[p + "max"]
-        new_max = torch.maximum(old_max, logits.amax(dim=-1))
-        rescale = torch.exp(old_max - new_max)
-        weights = torch.exp(logits - new_max[..., None])
-        state[p + "max"] = new_max
-        state[p + "sum_w"] = state[p + "sum_w"] * rescale + weights.sum(-1)
-        state[p + "sum_wx"] = state[p + "sum_wx"] * rescale + (weights * xd).sum(-1)
-        state[p + "sum_wx2"] = state[p + "sum_wx2"] * rescale + (weights * xd * xd).sum(-1)
-        embedding = self.embedding(state)
-        state[p + "embedding"] = embedding
+        running_max, sum_w, sum_wx, sum_wx2 = self.accumulate(x, state[p + "max"], state[p + "sum_w"],
+                                                              state[p + "sum_wx"], state[p + "sum_wx2"])
+        embedding = self.pooled(sum_w, sum_wx, sum_wx2)
+        state[p + "max"], state[p + "sum_w"], state[p + "sum_wx"] = running_max, sum_w, sum_wx
+        state[p + "sum_wx2"], state[p + "embedding"] = sum_wx2, embedding
         return embedding, state
 
 
