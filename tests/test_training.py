@@ -237,7 +237,7 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path, corpus, capsys
         next(k for k in state["models"]["teacher"] if k.startswith("mel_prenet") and k.endswith("weight"))
     state["models"]["teacher"][key] = torch.zeros(3, 3)
     torch.save(state, tmp_path / "mismatched.pt")
-    with pytest.raises(CheckpointError, match="mis-shaped"):
+    with pytest.raises(CheckpointError, match="shape mismatch"):
         fit(settings, resume=str(tmp_path / "mismatched.pt"))
     last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk
     args = ["--data", str(corpus), "--out", str(tmp_path / "c"), "--phase", "1", "--steps", "4", "--batch-size", "4",

@@ -111,11 +111,9 @@ def check_compatible(state: dict, phase: str, modules: dict[str, nn.Module], sou
     if set(saved) != set(modules):
         raise CheckpointError(f"{source} holds models {sorted(saved)}, expected {sorted(modules)}")
     for name, module in modules.items():
-        try:
-            check_state_dict(module.state_dict(), saved[name], f"{source} [{name}]")
-        except CheckpointError as err:
-            raise CheckpointError(f"{err}\nThe checkpoint was made with another model config (--config); "
-                                  "resume with the config it was trained with.") from None
+        check_state_dict(module.state_dict(), saved[name], where=f"checkpoint {source} [{name}]",
+                         hint="The checkpoint was made with another model config (--config); "
+                              "resume with the config it was trained with.")
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:

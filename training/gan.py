@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from kanade_stream.checkpoint import CheckpointError, check_state_dict, resolve_release
+from kanade_stream.checkpoint import load_release_weights, resolve_release
+from kanade_stream.checkpoint import release_config as load_release_config
 from kanade_stream.config import KanadeConfig
 from kanade_stream.teacher import KanadeTeacher
 
@@ -113,30 +114,15 @@ def feature_matching_loss(real_maps, fake_maps) -> torch.Tensor:
 
 
 def load_teacher_weights(teacher: KanadeTeacher, release: str | Path) -> None:
-    """Released weights (folder or hub id) into `teacher`. The release must hold every released parameter
-    of the model; training-only parts (feature decoder) are loaded when present, else kept as built."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    """Released weights (folder or hub id) into `teacher`; a release without the training-only feature
+    decoder leaves the teacher's own (random) one in place."""
     _, weights = resolve_release(release)
-    try:
-        found = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"cannot read {weights} as safetensors: {err}") from err
-    expected = teacher.release_state_dict(include_feature_decoder=teacher.feature_decoder is not None)
-    optional = ("feature_decoder.", "conv_upsample.")
-    if teacher.feature_decoder is not None and not any(k.startswith(optional) for k in found):
+    if not load_release_weights(teacher, weights, training_parts_optional=True) and teacher.feature_decoder is not None:
         log.info("%s has no feature decoder: phase 1 starts it from random weights", release)
-        expected = {k: v for k, v in expected.items() if not k.startswith(optional)}
-    if teacher.feature_decoder is None:
-        found = {k: v for k, v in found.items() if not k.startswith(optional)}
-    check_state_dict(expected, found, str(weights))
-    teacher.load_state_dict(found, strict=False)
 
 
 def release_config(release: str | Path) -> KanadeConfig:
-    config_path, _ = resolve_release(release)
-    return KanadeConfig.from_yaml(config_path)
+    return load_release_config(release)
 
 
 # --------------------------------------------------------------------------------------------------------
