@@ -11,111 +11,29 @@
 Stages (ssl, content, decoder, vocoder, then a joint fine-tune) each write <out>/<stage>/ (checkpoints,
 logs, mel PNGs, export/); the final student is <out>/export (config.json + model.safetensors) and the
 evaluation report <out>/eval/report.{json,md}.
+
+This is the command line over `distill.pipeline.distill_student`; `python -m distill.run` works the same.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import shutil
 import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from distill.settings import STAGES, DistillSettings, load_settings  # noqa: E402
-from kanade_stream.audio import AudioError  # noqa: E402
-from kanade_stream.checkpoint import CheckpointError  # noqa: E402
-from kanade_stream.config import ConfigError  # noqa: E402
-from kanade_stream.streaming import KanadeStudent, StudentConfig, load_student  # noqa: E402
-from kanade_stream.teacher import KanadeTeacher  # noqa: E402
-from training.checkpoint import seed_everything  # noqa: E402
-from training.data import DataError  # noqa: E402
-from training.run import Data, prepare_folder, setup_logging  # noqa: E402
-from training.settings import REPO_ROOT, SettingsError  # noqa: E402
-from training.trainer import Trainer, init_runtime, shutdown_runtime  # noqa: E402
-
-log = logging.getLogger("training")
-EMBEDDED_TEACHER_RUN = REPO_ROOT / "runs" / "teacher-tiny"
-
-
-class DistillError(RuntimeError):
-    pass
-
-
-# --------------------------------------------------------------------------------------------------------
-# the teacher, its vocoder, the student
-# --------------------------------------------------------------------------------------------------------
-
-
-def teacher_folder(spec: str) -> str:
-    """A release folder or hub id for `spec`: "embedded", a training run folder, a release folder, a hub id."""
-    if spec == "embedded":
-        export = EMBEDDED_TEACHER_RUN / "export"
-        if not (export / "model.safetensors").is_file():
-            log.info("the embedded tiny teacher is not trained yet: training it first (training/run.py)")
-            from training.run import main as train_main
-
-            if train_main(["--out", str(EMBEDDED_TEACHER_RUN), "--resume"]) != 0:
-                raise DistillError("training the embedded teacher failed (see above)")
-        return str(export)
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix == ".pt":
-        raise DistillError(f"{path} is a training checkpoint: pass its run folder (with export/) or the export "
-                           "folder, which hold the config with the weights")
-    if (path / "export" / "model.safetensors").is_file():
-        return str(path / "export")
-    return spec
-
-
-def load_teacher(spec: str, ssl_model: str | None, device) -> tuple[KanadeTeacher, str]:
-    folder = teacher_folder(spec)
-    return KanadeTeacher.from_pretrained(folder, ssl_model=ssl_model, device=device), folder
-
-
-def load_teacher_vocoder(spec: str | None, folder: str, device):
-    """The vocoder whose audio the student's vocoder imitates; None = imitate the real audio."""
-    from kanade_stream.vocoder import GRIFFIN_LIM, load_vocoder
-
-    if spec is None:
-        local = Path(folder) / "vocoder"
-        if not (local / "config.yaml").is_file():
-            return None
-        spec = str(local)
-    if spec == GRIFFIN_LIM:
-        return None  # not worth imitating: the real audio is the better target
-    return load_vocoder(spec, device=device)
-
-
-def student_config(settings: DistillSettings, teacher: KanadeTeacher) -> StudentConfig:
-    """Preset + overrides, with the distillation targets' sizes taken from the teacher."""
-    options = dict(settings.student)
-    preset = options.pop("preset", "default")
-    if not hasattr(StudentConfig, preset):
-        raise SettingsError(f"unknown student preset {preset!r} (tiny, default, large)")
-    base = getattr(StudentConfig, preset)().to_dict()
-    base.update(options)
-    base.update(content_feature_dim=teacher.ssl.feature_dim, global_feature_dim=teacher.ssl.feature_dim,
-                global_dim=teacher.global_encoder.output_channels, fsq_levels=list(teacher.local_quantizer.levels))
-    config = StudentConfig.from_dict(base)
-    if config.sample_rate != teacher.sample_rate or config.hop_length != teacher.config.hop_length:
-        raise SettingsError("the student must use the teacher's sample rate and mel hop")
-    return config
-
-
-def save_student(student: KanadeStudent, folder: Path) -> Path:
-    student.save(folder)
-    return folder
-
-
-# --------------------------------------------------------------------------------------------------------
-# the run
-# --------------------------------------------------------------------------------------------------------
+from distill.models import DistillError, load_teacher
+from distill.pipeline import distill_student, evaluate_run
+from distill.settings import STAGES, DistillSettings, check_settings, load_settings
+from kanade_stream.audio import AudioError
+from kanade_stream.checkpoint import CheckpointError
+from kanade_stream.config import ConfigError
+from training.data import DataError, RunData
+from training.logs import setup_logging
+from training.runtime import init_runtime, shutdown_runtime
+from training.settings import SettingsError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -159,65 +77,8 @@ def apply_overrides(settings: DistillSettings, args, stages) -> DistillSettings:
             s.steps = args.steps
             s.val_every = s.ckpt_every = min(s.val_every, args.steps)
             s.log_every = min(s.log_every, args.steps)
+    check_settings(settings)
     return settings
-
-
-def run(settings: DistillSettings, stages: list[str], runtime, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, stop_after: int | None = None) -> dict:
-    from distill.tasks import DistillTask, TeacherTargets
-
-    out = Path(settings.out)
-    setup_logging(runtime, out)
-    seed_everything(settings.seed + runtime.rank)
-    teacher, folder = load_teacher(settings.teacher, settings.ssl_model, runtime.device)
-    vocoder = load_teacher_vocoder(settings.teacher_vocoder, folder, runtime.device)
-    targets = TeacherTargets(teacher, vocoder)
-    config = student_config(settings, teacher)
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "settings.json").write_text(json.dumps(settings.to_dict(), indent=1, default=str))
-        log.info("distill: teacher %s, vocoder target %s, student %.2f M parameters, stages %s, output %s", folder,
-                 "teacher vocoder" if vocoder is not None else "the real audio",
-                 KanadeStudent(config).num_parameters() / 1e6, ", ".join(stages), out.resolve())
-    data = Data(settings, runtime, out)
-    student = KanadeStudent(config)
-    results = {}
-    for stage in STAGES:
-        stage_dir = out / stage
-        previous = out / STAGES[STAGES.index(stage) - 1] / "export" if stage != STAGES[0] else None
-        if stage not in stages:
-            continue
-        if previous is not None and (previous / "model.safetensors").is_file():
-            student = load_student(previous, device=runtime.device)  # each stage starts from the one before
-        if resume and (stage_dir / "done.json").is_file():
-            log.info("%s already finished: skipped", stage)
-            continue
-        resume_from = prepare_folder(stage_dir, "auto" if resume else None, overwrite, runtime)
-        seed_everything(settings.seed + runtime.rank)
-        task = DistillTask(stage, runtime, settings.phase(stage), student, targets, save_student)
-        stream, val_batches = data.for_phase(stage, settings.seed)
-        result = Trainer(task, stream, val_batches, stage_dir, progress=progress).fit(resume_from, stop_after)
-        results[stage] = result
-        if not result.completed:
-            return {"results": results, "completed": False}
-        student = task.student
-    final = out / STAGES[-1] / "export"
-    report = None
-    if runtime.is_main and (final / "model.safetensors").is_file():
-        if (out / "export").exists():
-            shutil.rmtree(out / "export")
-        shutil.copytree(final, out / "export")
-        report = evaluate_run(settings, teacher, data, out)
-    runtime.barrier()
-    return {"results": results, "completed": True, "report": report}
-
-
-def evaluate_run(settings: DistillSettings, teacher: KanadeTeacher, data, out: Path) -> dict:
-    from distill.evaluate import evaluate
-
-    student = load_student(out / "export", device=teacher.device)
-    history = {stage: out / stage / "logs" / "val.csv" for stage in STAGES}
-    return evaluate(student, teacher, data.val, out / "eval", settings.eval_clips, history, settings.seed)
 
 
 def main(argv=None) -> int:
@@ -231,14 +92,14 @@ def main(argv=None) -> int:
         settings = apply_overrides(load_settings(args.config), args, stages)
         runtime = init_runtime(settings.precision, args.device)
         if args.eval_only:
-            setup_logging(runtime)
+            setup_logging(is_main=runtime.is_main)
             out = Path(settings.out)
             if not (out / "export" / "model.safetensors").is_file():
                 raise DistillError(f"{out}/export holds no student: run the distillation first (or pass --out)")
-            teacher, _ = load_teacher(settings.teacher, settings.ssl_model, runtime.device)
-            report = evaluate_run(settings, teacher, Data(settings, runtime, out), out)
+            teacher, _ = load_teacher(settings.teacher, settings.ssl_model, runtime)
+            report = evaluate_run(settings, teacher, RunData(settings, runtime, out), out)
         else:
-            outcome = run(settings, stages, runtime, args.resume, args.overwrite, not args.no_progress)
+            outcome = distill_student(settings, stages, runtime, args.resume, args.overwrite, not args.no_progress)
             report = outcome.get("report")
             if not outcome["completed"]:
                 return 130

@@ -1,4 +1,4 @@
-"""Distillation recipes: distill/configs/*.yaml read into dataclasses (unknown keys are errors).
+"""Distillation recipes: distill/configs/*.yaml read into typed dataclasses, as training's recipes are.
 
     name: student-tiny
     out: runs/student-tiny
@@ -8,6 +8,10 @@
     student: {preset: tiny, ...StudentConfig overrides}
     data: {...}                  # as in training (the embedded eSpeak corpus by default)
     ssl: {steps, optim, losses}  # then content, decoder, vocoder, joint
+
+Each stage's `losses` has its own fields: a loss term has one weight name in every stage that uses it
+(feature_weight, global_feature_weight, latent_weight, level_ce_weight, global_weight, mel_weight,
+stft_weight). An unknown or misspelt key anywhere, or a value of the wrong type, is an error naming it.
 """
 
 from __future__ import annotations
@@ -15,17 +19,92 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from kanade_stream.streaming import StudentConfig
 from training.settings import DataSettings, OptimSettings, PhaseSettings, SettingsError, check_phases, read_recipe
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "tiny.yaml"
 STAGES = ("ssl", "content", "decoder", "vocoder", "joint")
+STUDENT_PRESETS = ("tiny", "default", "large")  # StudentConfig.<preset>()
+
+# the weight names of the loss terms (the metric each one weights in val.csv)
+#   feature_weight         feature_mse         student SSL content features vs the teacher's (normalised)
+#   global_feature_weight  global_feature_mse  student global-branch features vs the teacher's
+#   latent_weight          latent_mse          pre-rounding FSQ values vs the teacher's
+#   level_ce_weight        level_ce            per-level cross-entropy on the rounded FSQ values
+#   global_weight          global_mse          global (speaker) embedding vs the teacher's
+#   mel_weight             mel_l1              log-mel vs the teacher's (decoder) or the target audio's (vocoder)
+#   stft_weight            stft                multi-resolution STFT vs the target audio
 
 
-def _stage(**losses) -> PhaseSettings:
-    return PhaseSettings(steps=200, optim=OptimSettings(lr=1e-3, warmup=0.05), losses=losses, log_every=20,
-                         val_every=100, ckpt_every=100, keep_checkpoints=2)
+@dataclass
+class SslLosses:
+    RENAMED = {"content_weight": "feature_weight", "global_weight": "global_feature_weight"}  # older recipes
+    feature_weight: float = 1.0
+    global_feature_weight: float = 1.0
+
+
+@dataclass
+class ContentLosses:
+    latent_weight: float = 1.0
+    level_ce_weight: float = 0.1
+    global_weight: float = 1.0
+
+
+@dataclass
+class DecoderLosses:
+    mel_weight: float = 1.0
+    student_token_prob: float = 0.5  # share of batches decoded from the student's tokens instead of the teacher's
+
+
+@dataclass
+class VocoderLosses:
+    mel_weight: float = 45.0
+    stft_weight: float = 1.0
+
+
+@dataclass
+class JointLosses:
+    RENAMED = {"content_weight": "feature_weight"}
+    feature_weight: float = 1.0
+    global_feature_weight: float = 1.0
+    latent_weight: float = 1.0
+    level_ce_weight: float = 0.1
+    global_weight: float = 1.0
+    mel_weight: float = 1.0
+
+
+@dataclass
+class SslStage(PhaseSettings):
+    losses: SslLosses = field(default_factory=SslLosses)
+
+
+@dataclass
+class ContentStage(PhaseSettings):
+    losses: ContentLosses = field(default_factory=ContentLosses)
+
+
+@dataclass
+class DecoderStage(PhaseSettings):
+    losses: DecoderLosses = field(default_factory=DecoderLosses)
+
+
+@dataclass
+class VocoderStage(PhaseSettings):
+    losses: VocoderLosses = field(default_factory=VocoderLosses)
+
+
+@dataclass
+class JointStage(PhaseSettings):
+    losses: JointLosses = field(default_factory=JointLosses)
+
+
+def _stage(cls):
+    """A stage's defaults: short, at a higher learning rate than the teacher's phases."""
+    return lambda: cls(steps=200, optim=OptimSettings(lr=1e-3, warmup=0.05), log_every=20, val_every=100,
+                       ckpt_every=100, keep_checkpoints=2)
 
 
 @dataclass
@@ -36,17 +115,15 @@ class DistillSettings:
     teacher: str = "embedded"
     ssl_model: str | None = None
     teacher_vocoder: str | None = None
-    precision: str = "auto"
-    student: dict = field(default_factory=lambda: {"preset": "default"})
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    student: dict = field(default_factory=lambda: {"preset": "default"})  # preset + StudentConfig overrides
     data: DataSettings = field(default_factory=lambda: DataSettings(chunk_seconds=2.0, batch_size=8))
     eval_clips: int = 8  # held-out clips in the evaluation report
-    ssl: PhaseSettings = field(default_factory=lambda: _stage(content_weight=1.0, global_weight=1.0))
-    content: PhaseSettings = field(default_factory=lambda: _stage(latent_weight=1.0, level_ce_weight=0.1,
-                                                                  global_weight=1.0))
-    decoder: PhaseSettings = field(default_factory=lambda: _stage(mel_weight=1.0, student_token_prob=0.5))
-    vocoder: PhaseSettings = field(default_factory=lambda: _stage(mel_weight=45.0, stft_weight=1.0))
-    joint: PhaseSettings = field(default_factory=lambda: _stage(
-        feature_weight=1.0, latent_weight=1.0, level_ce_weight=0.1, global_weight=1.0, mel_weight=1.0))
+    ssl: SslStage = field(default_factory=_stage(SslStage))
+    content: ContentStage = field(default_factory=_stage(ContentStage))
+    decoder: DecoderStage = field(default_factory=_stage(DecoderStage))
+    vocoder: VocoderStage = field(default_factory=_stage(VocoderStage))
+    joint: JointStage = field(default_factory=_stage(JointStage))
 
     def phase(self, name: str) -> PhaseSettings:
         return getattr(self, name)
@@ -75,3 +152,11 @@ def check_settings(settings: DistillSettings) -> None:
         # chunks of whole teacher tokens (40 ms), so teacher and student frames line up one to one
         if abs(seconds * 25 - round(seconds * 25)) > 1e-9:
             raise SettingsError(f"{stage}: chunk_seconds must be a positive multiple of 0.04 s, got {seconds}")
+    # the student section is StudentConfig's own: check its keys here, its values when the student is built
+    allowed = ["preset"] + [f.name for f in dataclasses.fields(StudentConfig)]
+    for key in settings.student:
+        if key not in allowed:
+            raise SettingsError(f"student.{key}: unknown setting; allowed in student: {', '.join(allowed)}")
+    preset = settings.student.get("preset", "default")
+    if preset not in STUDENT_PRESETS:
+        raise SettingsError(f"student.preset: expected {' or '.join(map(repr, STUDENT_PRESETS))}, got {preset!r}")

@@ -5,7 +5,8 @@ causal front end makes n // 320 frames and the teacher's padded WavLM ceil(n / 3
 student frame i ends where teacher frame i is centred plus half a hop. Mel frames share the teacher's
 centred 24 kHz / hop 256 grid, and the student's vocoder output sample k is time k.
 
-Stages (each a `training.trainer.Task`, so checkpoints, resume, torchrun and logs come from training):
+Stages (each a `training.trainer.Task`, so checkpoints, resume, torchrun and logs come from training; the
+losses are training.losses'):
     ssl      causal SSL encoder -> the teacher's normalised content features and its global features
     content  content encoder + FSQ on the teacher's features -> the teacher's pre-rounding FSQ values
              (so the student's tokens are the teacher's tokens); global encoder -> the teacher's embedding
@@ -23,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kanade_stream.audio import MelSpectrogram
+from kanade_stream.audio import MelSpectrogram, resample
 from kanade_stream.streaming import KanadeStudent
 from kanade_stream.teacher import KanadeTeacher
 from kanade_stream.vocoder import vocode
-from training.trainer import Runtime, Task
+from training.losses import STUDENT_STFT_RESOLUTIONS, fsq_matching_losses, mel_loss, stft_loss
+from training.runtime import Runtime
+from training.trainer import Task
 
 STAGE_PARTS = {
     "ssl": ("frontend", "ssl_lower", "ssl_upper", "content_head", "global_head"),
@@ -65,7 +68,7 @@ class TeacherTargets(nn.Module):
         latent = t.content_latent(content)
         fsq = t.local_quantizer
         bounded = fsq.bound(fsq.proj_in(latent))
-        codes = torch.round(bounded) / fsq._half_width
+        codes = torch.round(bounded) / fsq.half_width
         indices = fsq.codes_to_indices(codes)
         g = t.global_encoder(global_features)
         mel = t.forward_mel(fsq.proj_out(codes), g, t.mel_length(wave.shape[-1]))
@@ -75,45 +78,17 @@ class TeacherTargets(nn.Module):
         return Targets(content, global_features, bounded, indices, g, mel, audio)
 
 
-def level_values(levels: list[int], device) -> list[torch.Tensor]:
-    """The integer values each FSQ dimension rounds to: -L//2 .. L - 1 - L//2 (-4..3 for 8, -2..2 for 5)."""
-    return [torch.arange(level, device=device, dtype=torch.float32) - level // 2 for level in levels]
-
-
 def fsq_losses(student: KanadeStudent, latent: torch.Tensor, target: Targets):
-    """MSE of the pre-rounding values, per-level cross-entropy on the rounded values, and the agreement of
-    whole tokens and of single FSQ levels with the teacher's."""
+    """The student's FSQ values against the teacher's: (MSE, level cross-entropy, token agreement, level
+    agreement); see training.losses.fsq_matching_losses."""
     fsq = student.quantizer
-    bounded = fsq.bound(fsq.proj_in(latent))
-    n = min(bounded.shape[1], target.bounded.shape[1])
-    bounded, goal = bounded[:, :n], target.bounded[:, :n]
-    mse = F.mse_loss(bounded, goal)
-    ce = bounded.new_zeros(())
-    for d, values in enumerate(level_values(fsq.levels, bounded.device)):
-        # a soft "which level" classifier: closer to a level value = more likely; the teacher's level wins
-        logits = -(bounded[..., d, None] - values) ** 2 * 4.0
-        label = torch.round(goal[..., d]) - values[0]
-        ce = ce + F.cross_entropy(logits.reshape(-1, len(values)), label.long().reshape(-1))
-    same = torch.round(bounded) == torch.round(goal)
-    return mse, ce / len(fsq.levels), same.all(dim=-1).float().mean(), same.float().mean()
-
-
-def stft_loss(audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Multi-resolution STFT: spectral convergence + log-magnitude L1."""
-    total = audio.new_zeros(())
-    for n_fft, hop in ((512, 128), (1024, 256), (256, 64)):
-        window = torch.hann_window(n_fft, device=audio.device)
-        a = torch.stft(audio, n_fft, hop, window=window, return_complex=True).abs().clamp_min(1e-5)
-        b = torch.stft(target, n_fft, hop, window=window, return_complex=True).abs().clamp_min(1e-5)
-        total = total + torch.linalg.norm(b - a) / torch.linalg.norm(b).clamp_min(1e-5)
-        total = total + F.l1_loss(a.log(), b.log())
-    return total / 3
+    return fsq_matching_losses(fsq.bound(fsq.proj_in(latent)), target.bounded, fsq.levels)
 
 
 class DistillModel(nn.Module):
     """A stage's forward pass in one module, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, stage: str, student: KanadeStudent, targets: TeacherTargets, losses: dict):
+    def __init__(self, stage: str, student: KanadeStudent, targets: TeacherTargets, losses):
         super().__init__()
         self.stage, self.student, self.losses = stage, student, losses
         self.targets = [targets]  # a list: not a submodule, so DDP and checkpoints skip the teacher
@@ -121,8 +96,6 @@ class DistillModel(nn.Module):
         self.mel = MelSpectrogram(c.sample_rate, 1024, c.hop_length, c.n_mels)
 
     def student_input(self, wave: torch.Tensor) -> torch.Tensor:
-        from kanade_stream.audio import resample
-
         return resample(wave, self.student.config.sample_rate, self.student.config.ssl_sample_rate)
 
     def forward(self, wave: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -133,25 +106,25 @@ class DistillModel(nn.Module):
         if self.stage in ("ssl", "joint"):
             content, global_features = s.ssl_features(self.student_input(wave))
             n = min(content.shape[1], target.content.shape[1])
-            terms["feature_mse"] = (F.mse_loss(content[:, :n], target.content[:, :n]), w.get("content_weight", w.get("feature_weight", 1.0)))
+            terms["feature_mse"] = (F.mse_loss(content[:, :n], target.content[:, :n]), w.feature_weight)
             terms["global_feature_mse"] = (F.mse_loss(global_features[:, :n], target.global_features[:, :n]),
-                                           w.get("global_weight", 1.0))
+                                           w.global_feature_weight)
         if self.stage in ("content", "joint"):
             features = target.content if self.stage == "content" else content
             gfeatures = target.global_features if self.stage == "content" else global_features
             latent = s.content_latent(features)
             mse, ce, agree, level_agree = fsq_losses(s, latent, target)
-            terms["latent_mse"] = (mse, w.get("latent_weight", 1.0))
-            terms["level_ce"] = (ce, w.get("level_ce_weight", 0.1))
+            terms["latent_mse"] = (mse, w.latent_weight)
+            terms["level_ce"] = (ce, w.level_ce_weight)
             out["token_agreement"], out["level_agreement"] = agree.detach(), level_agree.detach()
             g = s.global_from_features(gfeatures)
-            terms["global_mse"] = (F.mse_loss(g, target.global_embedding), w.get("global_weight", 1.0))
+            terms["global_mse"] = (F.mse_loss(g, target.global_embedding), w.global_weight)
         if self.stage in ("decoder", "joint"):
             if self.stage == "joint":
                 embedding, _ = s.quantizer.encode(latent)
                 condition = g
             else:
-                use_student = torch.rand((), generator=generator).item() < w.get("student_token_prob", 0.0)
+                use_student = torch.rand((), generator=generator).item() < w.student_token_prob
                 if use_student:  # the decoder must also cope with the student's (imperfect) tokens
                     with torch.no_grad():
                         latent = s.content_latent(target.content)
@@ -162,15 +135,15 @@ class DistillModel(nn.Module):
                 condition = target.global_embedding
             mel = s.decode_mel(embedding, condition)
             m = min(mel.shape[-1], target.mel.shape[-1])
-            terms["mel_l1"] = (F.l1_loss(mel[..., :m], target.mel[..., :m]), w.get("mel_weight", 1.0))
+            terms["mel_l1"] = (mel_loss(mel, target.mel), w.mel_weight)
             out["mel"] = mel[..., :m]
             out["mel_target"] = target.mel[..., :m]
         if self.stage == "vocoder":
             audio = s.vocode(target.mel)
             goal = target.audio[..., : audio.shape[-1]]
             mel_a, mel_b = self.mel(audio), self.mel(goal)
-            terms["mel_l1"] = (F.l1_loss(mel_a, mel_b), w.get("mel_weight", 45.0))
-            terms["stft"] = (stft_loss(audio, goal), w.get("stft_weight", 1.0))
+            terms["mel_l1"] = (mel_loss(mel_a, mel_b), w.mel_weight)
+            terms["stft"] = (stft_loss(audio, goal, STUDENT_STFT_RESOLUTIONS, floor=1e-5), w.stft_weight)
             out["mel"], out["mel_target"] = mel_a, mel_b
         out["loss"] = sum(value * weight for value, weight in terms.values())
         for name, (value, _) in terms.items():
@@ -187,7 +160,7 @@ class DistillTask(Task):
         self.phase = stage
         self.student = student.to(runtime.device)
         self.models = {"student": self.student}
-        self.model = DistillModel(stage, self.student, targets, dict(settings.losses))
+        self.model = DistillModel(stage, self.student, targets, settings.losses)
         self.ddp = runtime.wrap(self.model)
         self.trainable = [student.get_submodule(name) for name in STAGE_PARTS[stage]]
         self.student.requires_grad_(False)

@@ -14,6 +14,8 @@ from torch import nn
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 384000
 MIX_CHOICES = ("mean", "left", "right", "first")
+# what folders of audio are searched for (the command line, training data)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 class AudioError(ValueError):
@@ -21,6 +23,7 @@ class AudioError(ValueError):
 
 
 def check_sample_rate(sample_rate) -> int:
+    """The sample rate as an int, or AudioError (a ValueError) when it is not a usable whole number of Hz."""
     if isinstance(sample_rate, float) and sample_rate.is_integer():
         sample_rate = int(sample_rate)
     if not isinstance(sample_rate, (int, np.integer)) or isinstance(sample_rate, bool):

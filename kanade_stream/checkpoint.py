@@ -1,15 +1,19 @@
 """Finding, checking and writing released checkpoints (config.yaml + model.safetensors).
 
-Loading is strict: a checkpoint with missing, unexpected or mis-shaped parameters is refused with the
-full list, because a half-loaded tokenizer produces plausible-looking but wrong tokens.
+Loading is strict: a checkpoint with missing, unexpected or mis-shaped parameters is refused with what
+does not fit (`check_state_dict`, the one state-dict check of the project), because a half-loaded
+tokenizer produces plausible-looking but wrong tokens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .config import KanadeConfig
 
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"
@@ -56,25 +60,50 @@ def bundled_ssl_model(folder: Path) -> str | None:
     return None
 
 
-def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str) -> None:
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(found) if found[k].shape != expected[k].shape
-    )
+RELEASE_HINT = "Check that config.yaml and model.safetensors come from the same model."
+TRAINING_ONLY = ("feature_decoder.", "conv_upsample.")  # parts a release may or may not carry
+SHOWN_NAMES = 20  # names listed per kind of problem; the count is always complete
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], loaded: Mapping[str, torch.Tensor], *, where: str,
+                     strict: bool = True, hint: str | None = None) -> None:
+    """Refuse `loaded` weights that do not fit a model whose state dict is `expected`.
+
+    Raises CheckpointError naming the missing, unexpected and shape-mismatched parameters (counts, and up
+    to SHOWN_NAMES names each), `where` (the file or checkpoint) first and `hint` (what to do) last.
+    With strict=False missing and unexpected names are allowed and only shape mismatches are refused,
+    as `nn.Module.load_state_dict(strict=False)` would load them.
+    """
+    missing = sorted(set(expected) - set(loaded)) if strict else []
+    unexpected = sorted(set(loaded) - set(expected)) if strict else []
+    mismatched = sorted(f"{k}: checkpoint {tuple(loaded[k].shape)} vs model {tuple(expected[k].shape)}"
+                        for k in set(expected) & set(loaded) if loaded[k].shape != expected[k].shape)
     if not (missing or unexpected or mismatched):
         return
-    lines = [f"checkpoint {source} does not match the model built from its config:"]
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
-        if items:
-            lines.append(f"  {len(items)} {title}:")
-            lines.extend(f"    {item}" for item in items)
-    lines.append("Check that config.yaml and model.safetensors come from the same model.")
+    lines = [f"{where} does not match the model:"]
+    for title, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if names:
+            more = f" ... ({len(names) - SHOWN_NAMES} more)" if len(names) > SHOWN_NAMES else ""
+            lines.append(f"  {title} ({len(names)}): " + ", ".join(names[:SHOWN_NAMES]) + more)
+    if hint:
+        lines.append(hint)
     raise CheckpointError("\n".join(lines))
 
 
-def load_release_weights(model: nn.Module, weights_path: str | Path) -> None:
+def release_config(name_or_path: str | Path, revision: str | None = None) -> KanadeConfig:
+    """The KanadeConfig of a release (folder or hub id)."""
+    config_path, _ = resolve_release(name_or_path, revision)
+    return KanadeConfig.from_yaml(config_path)
+
+
+def load_release_weights(model: nn.Module, weights_path: str | Path, training_parts_optional: bool = False) -> bool:
+    """Released weights into a Kanade teacher, strictly: every released parameter must be there and fit.
+
+    The training-only parts (feature decoder, conv_upsample) are loaded when the model has them and the
+    file holds them, and ignored when the model has none. With `training_parts_optional` a model that has
+    them may also start them from its own (random) weights when the file has none, as training from an
+    official release does. Returns whether the training-only parts were loaded.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -82,12 +111,16 @@ def load_release_weights(model: nn.Module, weights_path: str | Path) -> None:
         found = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"cannot read {weights_path} as safetensors: {err}") from err
-    # optional training-only parts may ride along in our own exports; load them when the model has them
-    expected = model.release_state_dict(include_feature_decoder=model.feature_decoder is not None)
-    optional = tuple(p for p in ("feature_decoder.", "conv_upsample.") if model.feature_decoder is None)
-    found = {k: v for k, v in found.items() if not k.startswith(optional)} if optional else found
-    check_state_dict(expected, found, str(weights_path))
+    has_parts = model.feature_decoder is not None
+    expected = model.release_state_dict(include_feature_decoder=has_parts)
+    if not has_parts:
+        found = {k: v for k, v in found.items() if not k.startswith(TRAINING_ONLY)}
+    elif training_parts_optional and not any(k.startswith(TRAINING_ONLY) for k in found):
+        expected = {k: v for k, v in expected.items() if not k.startswith(TRAINING_ONLY)}
+        has_parts = False
+    check_state_dict(expected, found, where=f"checkpoint {weights_path}", hint=RELEASE_HINT)
     model.load_state_dict(found, strict=False)
+    return has_parts
 
 
 def save_release(model: nn.Module, folder: str | Path, include_feature_decoder: bool = False) -> Path:

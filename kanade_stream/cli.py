@@ -15,12 +15,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .audio import MIX_CHOICES, AudioError, load_audio, save_audio
+from .audio import AUDIO_SUFFIXES, MIX_CHOICES, AudioError, load_audio, save_audio
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .pretrained import default_teacher, default_vocoder
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 
 
 def find_audio(inputs: list[str]) -> list[tuple[Path, Path]]:

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .audio import check_sample_rate
+
 ESPEAK_SAMPLE_RATE = 22050  # eSpeak NG's native output rate
 PEAK_LEVEL = 0.9  # every utterance is peak-normalised to this, eSpeak's own levels vary ~10x between variants
 CORPUS_FORMAT = 1  # bump when the layout or the audio processing changes, so cached corpora get rebuilt
@@ -282,16 +284,6 @@ def espeak_version() -> str:
         return _engine().version
 
 
-def _check_sample_rate(sample_rate) -> int:
-    if (
-        isinstance(sample_rate, bool)
-        or not isinstance(sample_rate, (int, np.integer))
-        or not 8000 <= sample_rate <= 192000
-    ):
-        raise ValueError(f"sample_rate must be an integer number of Hz in 8000-192000, got {sample_rate!r}")
-    return int(sample_rate)
-
-
 @functools.lru_cache(maxsize=8)
 def _resampler(sample_rate: int):
     """torchaudio Resample from eSpeak's rate; cached because building the sinc kernel costs more than
@@ -307,7 +299,7 @@ def synthesize(text: str, voice: Voice, sample_rate: int = 24000) -> np.ndarray:
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if not isinstance(voice, Voice):
         raise TypeError(f"voice must be a Voice, got {type(voice).__name__}")
-    sample_rate = _check_sample_rate(sample_rate)
+    sample_rate = check_sample_rate(sample_rate)
     with _lock:
         pcm = _engine().synth(text, voice)
     # eSpeak returns a few near-silent samples for empty or unpronounceable text; 64/32768 is about -54 dBFS
@@ -358,277 +350,16 @@ def make_voices(n: int, seed: int = 0) -> list[Voice]:
 # Sentences
 # --------------------------------------------------------------------------------------------------------
 
-SENTENCES: list[str] = [
-    # home
-    "The kettle whistled while we searched for clean mugs.",
-    "Please shut the garage door before the rain starts.",
-    "My brother fixed the squeaky hinge with a drop of oil.",
-    "Could you pass me the salt and the black pepper?",
-    "The soup needs more garlic and a pinch of thyme.",
-    "She sliced the ripe peaches into thin golden wedges.",
-    "Our old fridge hums loudly in the middle of the night.",
-    "Dad burned the toast again, so we ate cereal instead.",
-    "The dishwasher finished early and the plates are still warm.",
-    "I left my keys on the hook beside the front door.",
-    "Grandma knitted a thick wool scarf for each of us.",
-    "The cat knocked a glass of juice off the table.",
-    "We painted the spare bedroom a pale shade of green.",
-    "Fresh basil grows quickly on a bright kitchen windowsill.",
-    "Turn off the oven when the timer starts beeping.",
-    "The vacuum cleaner choked on a long piece of string.",
-    "He hung the wet laundry outside to dry in the sun.",
-    "There is a leak under the bathroom sink again.",
-    "The pancakes were fluffy, sweet, and slightly crispy at the edges.",
-    "Put the leftover rice in a sealed box in the fridge.",
-    # outdoors
-    "A gentle breeze rustled the yellow leaves on the oak tree.",
-    "The children chased bubbles across the sunny playground.",
-    "She jogs along the beach every Thursday at dawn.",
-    "Thick fog rolled over the hills early this morning.",
-    "A family of ducks crossed the road in a neat line.",
-    "The river was too shallow for the canoe to float.",
-    "Lightning flashed, and the thunder shook the windows.",
-    "We hiked to the top of the ridge before lunch.",
-    "Frost covered the lawn and sparkled in the pale light.",
-    "The owl hooted softly from a branch above the barn.",
-    "Wild strawberries grow along the edge of the forest path.",
-    "A swarm of bees buzzed around the lavender bushes.",
-    "The lake froze solid during the coldest week of January.",
-    "Seagulls squawked and fought over a dropped sandwich.",
-    "Snow drifted against the fence and buried the bicycle.",
-    "The sunset painted the clouds orange, pink, and violet.",
-    "A tiny frog jumped out of the wet grass.",
-    "The wind howled through the valley all night long.",
-    "We collected smooth pebbles on the shore of the bay.",
-    "Heavy rain washed the chalk drawings off the sidewalk.",
-    # travel
-    "The train to the coast leaves from platform seven.",
-    "Our flight was delayed because of a storm in Chicago.",
-    "He missed the last bus and had to walk home.",
-    "The taxi driver knew a shortcut through the old market.",
-    "Please keep your ticket until the end of the journey.",
-    "We rented a small car with a broken radio.",
-    "The ferry rocked gently as it crossed the harbor.",
-    "She packed her suitcase three days before the trip.",
-    "Traffic was slow near the bridge because of roadwork.",
-    "The pilot announced that we would land in twenty minutes.",
-    "I lost my map, but a kind stranger showed me the way.",
-    "The subway was crowded with tourists and commuters.",
-    "He pedaled his bicycle up the steep hill without stopping.",
-    "The hotel room had a balcony facing the mountains.",
-    "Remember to charge your phone before the long drive.",
-    # work and school
-    "The teacher wrote a difficult question on the whiteboard.",
-    "Our manager moved the weekly meeting to Friday afternoon.",
-    "His phone buzzed twice during the quiet meeting.",
-    "The printer jammed just before the report was due.",
-    "She finally finished her thesis after four long years.",
-    "Students gathered in the hall for the science fair.",
-    "Please send me the updated budget by tomorrow morning.",
-    "The library closes early on public holidays.",
-    "I need a stronger cup of coffee before the presentation.",
-    "The new intern asked thoughtful questions about the project.",
-    "We brainstormed ideas on sticky notes for an hour.",
-    "My laptop froze and I lost an entire paragraph.",
-    "The exam covered chemistry, geometry, and a little history.",
-    "He practiced his speech in front of the bathroom mirror.",
-    "The office plants need watering at least twice a week.",
-    "Our team celebrated the launch with pizza and cake.",
-    "Raise your hand if you have any questions.",
-    "The professor spoke quickly, so I recorded the lecture.",
-    "She sorted the files by date and then by name.",
-    "The deadline is close, but we are almost done.",
-    # food and shopping
-    "The bakery on the corner sells warm cinnamon rolls.",
-    "We bought apples, pears, and a bunch of bananas.",
-    "The waiter brought us the wrong dessert by mistake.",
-    "This cheese smells strong, but it tastes wonderful.",
-    "She always orders noodles with extra chili sauce.",
-    "The grocery store ran out of milk and eggs.",
-    "A bowl of hot chowder is perfect on a rainy day.",
-    "He grilled the fish with lemon and fresh herbs.",
-    "The market was full of bright vegetables and loud voices.",
-    "I prefer tea with honey rather than sugar.",
-    "They shared a huge plate of spicy chicken wings.",
-    "The chocolate cake melted slightly in the summer heat.",
-    "We need flour, butter, and yeast for the bread.",
-    "The shopkeeper wrapped the vase in brown paper.",
-    "Her favorite breakfast is yogurt with berries and oats.",
-    # people
-    "My neighbor waves to everyone who passes her garden.",
-    "He laughed so hard that he nearly dropped his drink.",
-    "She felt nervous before the audition, but sang beautifully.",
-    "The baby giggled every time the puppy licked her toes.",
-    "Our cousins are visiting from Spain next month.",
-    "He apologized for being late and bought everyone coffee.",
-    "The old sailor told stories about giant waves.",
-    "I was surprised to see my teacher at the concert.",
-    "They argued about the rules and then played anyway.",
-    "She whispered the secret so nobody else could hear.",
-    "My uncle snores louder than a chainsaw.",
-    "The twins wore matching jackets to the party.",
-    "He is proud of the wooden chair he built himself.",
-    "Everyone clapped when the shy boy finished his poem.",
-    "She hugged her friend tightly at the airport gate.",
-    "Please be patient, the doctor will see you soon.",
-    "I forgot his birthday, so I called him to apologize.",
-    "The coach shouted instructions from the side of the field.",
-    "Our guests arrived early and helped set the table.",
-    "The musician tuned his guitar before the show began.",
-    # questions
-    "Where did you park the car this morning?",
-    "Have you ever tasted fresh mango straight from the tree?",
-    "Why is the living room light flickering again?",
-    "Would you like to join us for dinner on Sunday?",
-    "How long does it take to bake this bread?",
-    "Did anyone see where I put my glasses?",
-    "Can you turn the music down a little, please?",
-    "What time does the pharmacy open on weekends?",
-    "Is it going to snow again tomorrow afternoon?",
-    "Which road leads to the village by the lake?",
-    "Do you know how to fix a flat tire?",
-    "Who left the back gate open last night?",
-    "Shall we walk to the park or take the tram?",
-    "Are these boots waterproof or just water resistant?",
-    "When will the plumber come to check the pipes?",
-    # animals
-    "The dog barked at the mail carrier every single day.",
-    "A curious squirrel stole a peanut from my hand.",
-    "The horse galloped across the meadow and jumped the stream.",
-    "Our goldfish swims in circles around the little castle.",
-    "The parrot can imitate the sound of the doorbell.",
-    "Cows grazed peacefully beside the quiet country road.",
-    "A spider spun a web between the two chairs.",
-    "The kitten fell asleep inside an empty shoebox.",
-    "Wolves howled in the distance as the moon rose.",
-    "The zookeeper fed the penguins a bucket of fish.",
-    "A lonely goat stood on top of the rocky hill.",
-    "The hamster ran on its wheel until midnight.",
-    "Bats flew out of the cave at dusk.",
-    "The lizard warmed itself on a flat rock.",
-    "My dog buries bones in the vegetable garden.",
-    # technology
-    "The computer restarted in the middle of the update.",
-    "Please remember to back up your photos every week.",
-    "The screen is cracked, but the phone still works.",
-    "He downloaded a new game and played until late.",
-    "The wireless signal is weak in the basement.",
-    "She built a small robot that can follow a line.",
-    "The battery drains quickly when the camera is on.",
-    "Type your password slowly and check for mistakes.",
-    "The video call kept freezing because of the storm.",
-    "My headphones only work on the left side.",
-    "The smart speaker misunderstood every word I said.",
-    "We installed solar panels on the roof last spring.",
-    "The old television takes a minute to warm up.",
-    "He spent the weekend organizing cables behind the desk.",
-    "The new update changed the color of every button.",
-    # sports and hobbies
-    "The goalkeeper dived and caught the ball with one hand.",
-    "She paints watercolor landscapes on quiet Sunday mornings.",
-    "We played chess in the park until it got dark.",
-    "The runners stretched their legs before the race.",
-    "He collects stamps from countries he has never visited.",
-    "The basketball bounced off the rim and into the crowd.",
-    "My sister is learning to play the violin.",
-    "They went fishing at sunrise but caught nothing.",
-    "The climbers reached the summit just before noon.",
-    "I like to read mystery novels on rainy evenings.",
-    "The choir rehearsed the song until it sounded perfect.",
-    "He threw the frisbee too far and it landed in the pond.",
-    "The garden club meets on the first Monday of every month.",
-    "She swam twenty laps without taking a break.",
-    "Our team lost the match, but we played well.",
-    # town
-    "The street market opens early on Saturday mornings.",
-    "A long queue formed outside the new ice cream shop.",
-    "The clock tower chimes every hour on the hour.",
-    "Construction noise woke us up before seven.",
-    "The fountain in the square was full of coins.",
-    "The bookstore smells like paper, dust, and coffee.",
-    "Pigeons gathered on the steps of the town hall.",
-    "The police officer helped a lost child find her parents.",
-    "Street lights flickered on as the evening grew dark.",
-    "The line at the bakery stretched around the corner.",
-    "This neighborhood has narrow streets and colorful houses.",
-    "The parking lot was empty except for one red truck.",
-    "The hospital is just beyond the second roundabout.",
-    "A street musician played jazz near the station entrance.",
-    "The castle on the hill is over five hundred years old.",
-    # weather and time
-    "It has been raining since early this morning.",
-    "The forecast says it will be windy and cold tomorrow.",
-    "Summer evenings here are warm and full of fireflies.",
-    "The heat wave made everyone move slowly.",
-    "Autumn is my favorite season because of the colors.",
-    "We stayed inside and played cards during the blizzard.",
-    "The clocks go back one hour this weekend.",
-    "By midnight the storm had finally passed.",
-    "Spring arrived late this year, but the tulips bloomed anyway.",
-    "It was so humid that my glasses fogged up.",
-    # sound-rich lines: clusters, fricatives, affricates, rare vowels
-    "A quick brown fox jumped over the lazy dog.",
-    "Six thick thistle sticks lay beside the shed.",
-    "The judge measured the beige garage with great precision.",
-    "She sells seashells by the quiet seashore.",
-    "Jack zipped his jacket and jogged toward the zoo.",
-    "The vivid violet vase was very valuable.",
-    "Choose a cheap chair for the church kitchen.",
-    "Yesterday the young girl knitted a yellow scarf.",
-    "We watched whales leap out of the waves near the wharf.",
-    "The gentle giant enjoyed ginger biscuits with jam.",
-    "Treasure the leisure time you usually spend on chores.",
-    "Bright blue balloons floated above the birthday crowd.",
-    "A phone rang loudly in the empty theater.",
-    "Please hand me the hammer and a handful of nails.",
-    "The queen quietly quoted a famous poem.",
-    "Kevin kept the cookies in a blue ceramic jar.",
-    "The rough rope scraped the sailor's hands.",
-    "Buzzing insects dozed near the lazy zebras.",
-    "Three thrushes thrived in the thorny thicket.",
-    "Strong gusts scattered the crisp sprouts across the street.",
-    # everyday
-    "I usually walk the dog before breakfast.",
-    "The meeting room smells of fresh paint.",
-    "He wrote a long letter to his grandmother.",
-    "They moved to a small town near the mountains.",
-    "The concert was cancelled because the singer was ill.",
-    "Let's plant tomatoes and peppers in the back garden.",
-    "The lamp on my desk casts a warm yellow glow.",
-    "She learned to drive when she was seventeen.",
-    "The nurse checked his temperature and gave him water.",
-    "A loud crash came from the kitchen.",
-    "The mechanic said the brakes need replacing soon.",
-    "We celebrated the new year with fireworks by the river.",
-    "He keeps a diary and writes in it every night.",
-    "The carpet in the hallway is worn and faded.",
-    "My grandfather tells the same joke at every dinner.",
-    "The window cleaner works on the tallest building in town.",
-    "Our plans changed when the rain began to pour.",
-    "I found an old photo of my parents in the attic.",
-    "Please lower your voice, the baby is sleeping.",
-    "The farmer drove his tractor slowly down the lane.",
-    "The bus driver greeted every passenger with a smile.",
-    "She answered the phone on the very first ring.",
-    "A warm bath is the best way to end a long day.",
-    "The pharmacy is next to the post office.",
-    "He borrowed my umbrella and never returned it.",
-    "We moved the piano up three flights of stairs.",
-    "The alarm clock rang, but nobody got out of bed.",
-    "The firefighters rescued a cat from the roof.",
-    "Her handwriting is neat, small, and easy to read.",
-    "The film starts in ten minutes, so hurry up.",
-    "The puzzle had a thousand pieces and no corners.",
-    "I need to return these books before Friday.",
-    "The wooden bridge creaked under the weight of the cart.",
-    "He scrubbed the muddy boots with a stiff brush.",
-    "The soup was too salty, so we added potatoes.",
-    "Somebody left a bunch of flowers on the doorstep.",
-    "The bell rang and the students rushed outside.",
-    "We waited an hour for a table at the restaurant.",
-    "This sweater shrank after one wash in hot water.",
-    "The engine coughed, sputtered, and finally started.",
-]
+SENTENCES_FILE = Path(__file__).parent / "data" / "corpus_sentences.txt"
+
+
+def read_sentences(path: str | os.PathLike = SENTENCES_FILE) -> list[str]:
+    """One sentence a line, in file order; blank lines and '#' comment lines are skipped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+SENTENCES: list[str] = read_sentences()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -723,7 +454,7 @@ def build_corpus(
             f"held_out_speakers ({held_out_speakers}) must be smaller than n_speakers ({n_speakers}) "
             "so that at least one speaker is left for training"
         )
-    sample_rate = _check_sample_rate(sample_rate)
+    sample_rate = check_sample_rate(sample_rate)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     max_speakers = (len(_FEMALE_VARIANTS) + len(_MALE_VARIANTS)) * len(_PITCH_BANDS)

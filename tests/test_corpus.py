@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -13,6 +14,8 @@ pytest.importorskip("espeakng_loader")
 from kanade_stream import corpus  # noqa: E402
 from kanade_stream.corpus import SENTENCES, Voice, build_corpus, make_voices, synthesize  # noqa: E402
 
+# sha256 of the 255 sentences joined by newlines, as they were when the list moved out of the code
+SENTENCES_SHA256 = "b0df4c7fd82c19d8311f5d6a022377c4e47e439314dc518a5b99f46c0c3cc065"
 TEXT = "She sells fresh bread and warm muffins at the market every morning."
 
 
@@ -115,6 +118,14 @@ def test_sentences():
     assert len(SENTENCES) >= 200
     assert len(set(SENTENCES)) == len(SENTENCES)
     assert all(5 <= len(s.split()) <= 15 for s in SENTENCES)
+    # the list (read from the package's text file) is exactly the one cached corpora were built from
+    assert hashlib.sha256("\n".join(SENTENCES).encode()).hexdigest() == SENTENCES_SHA256
+
+
+def test_sentence_file_format(tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_text("# a comment\n\n  One sentence here.  \n# another\nTwo.\n", encoding="utf-8")
+    assert corpus.read_sentences(path) == ["One sentence here.", "Two."]
 
 
 def test_build_corpus(tmp_path):
@@ -168,7 +179,7 @@ def test_build_corpus(tmp_path):
         (dict(n_speakers=0), "n_speakers"),
         (dict(n_speakers=3, utterances_per_speaker=0), "utterances_per_speaker"),
         (dict(held_out_speakers=-1), "held_out_speakers"),
-        (dict(sample_rate=100), "sample_rate"),
+        (dict(sample_rate=100), "sample rate 100"),
     ],
 )
 def test_build_corpus_bad_arguments(tmp_path, kwargs, message):

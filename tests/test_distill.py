@@ -3,12 +3,15 @@
 import pytest
 import torch
 
-from distill.run import run, student_config
+import dataclasses
+
+from distill.models import student_config
+from distill.pipeline import distill_student as run
 from distill.settings import STAGES, DistillSettings
 from kanade_stream.corpus import build_corpus
 from kanade_stream.streaming import load_student
-from training.settings import DataSettings, OptimSettings, PhaseSettings
-from training.trainer import Runtime
+from training.runtime import Runtime
+from training.settings import DataSettings, OptimSettings
 
 from .conftest import REFERENCE
 
@@ -19,17 +22,15 @@ def corpus(tmp_path_factory):
 
 
 def settings_for(corpus, out, steps=6, **stage_overrides) -> DistillSettings:
-    stage = lambda **losses: PhaseSettings(  # noqa: E731
-        steps=steps, optim=OptimSettings(lr=3e-3, warmup=0.0), losses=losses, log_every=1, val_every=steps,
-        ckpt_every=steps, keep_checkpoints=5)
     base = DistillSettings(
         out=str(out), teacher=str(REFERENCE), student={"preset": "tiny"}, eval_clips=2,
         data=DataSettings(path=str(corpus.out_dir), chunk_seconds=0.96, batch_size=2, num_workers=0, val_clips=2,
                           val_batch_size=2, heldout_speakers=2),
     )
-    defaults = DistillSettings()
-    for name in STAGES:
-        setattr(base, name, stage(**getattr(defaults, name).losses))
+    for name in STAGES:  # each stage's own settings class, with its default losses
+        setattr(base, name, dataclasses.replace(
+            base.phase(name), steps=steps, optim=OptimSettings(lr=3e-3, warmup=0.0), log_every=1, val_every=steps,
+            ckpt_every=steps, keep_checkpoints=5))
     for name, value in stage_overrides.items():
         setattr(base, name, value)
     return base

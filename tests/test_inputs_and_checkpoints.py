@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kanade_stream import AudioError, CheckpointError, KanadeConfig, KanadeTeacher, load_audio
+from kanade_stream.checkpoint import check_state_dict
 from kanade_stream.config import ConfigError
 
 from .conftest import OFFICIAL_CONFIGS, REFERENCE
@@ -77,9 +78,23 @@ def test_checkpoint_with_missing_unexpected_and_misshaped_parameters_is_refused(
     with pytest.raises(CheckpointError) as err:
         KanadeTeacher.from_pretrained(folder, ssl_model=REFERENCE / "wavlm")
     message = str(err.value)
-    assert "1 missing" in message and "local_encoder.norm.weight" in message
-    assert "1 unexpected" in message and "something.extra" in message
-    assert "mis-shaped" in message and "conv_downsample.bias: checkpoint (65,) vs model (64,)" in message
+    assert str(folder / "model.safetensors") in message
+    assert "missing (1): local_encoder.norm.weight" in message
+    assert "unexpected (1): something.extra" in message
+    assert "shape mismatch (1): conv_downsample.bias: checkpoint (65,) vs model (64,)" in message
+
+
+def test_state_dict_check_strict_and_lenient():
+    expected = {f"layer{i}.weight": torch.zeros(2, 2) for i in range(30)}
+    loaded = {**{k: v for k, v in expected.items() if k != "layer0.weight"}, "extra": torch.zeros(1)}
+    check_state_dict(expected, expected, where="same")  # a perfect fit passes
+    with pytest.raises(CheckpointError, match=r"^run/ckpt.pt does not match[\s\S]*missing \(1\): layer0.weight"
+                                              r"[\s\S]*unexpected \(1\): extra[\s\S]*use the right config$"):
+        check_state_dict(expected, loaded, where="run/ckpt.pt", hint="use the right config")
+    check_state_dict(expected, loaded, where="lenient", strict=False)  # missing/unexpected allowed
+    wrong = {k: torch.zeros(3, 3) for k in expected}
+    with pytest.raises(CheckpointError, match=r"shape mismatch \(30\): .* \.\.\. \(10 more\)"):
+        check_state_dict(expected, wrong, where="lenient", strict=False)  # shapes are always checked
 
 
 def test_missing_files_corrupt_weights_and_bad_config(tmp_path):

@@ -18,21 +18,22 @@ import pytest
 import soundfile as sf
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # training/ is a folder of the repository, not part of the installed package
-    sys.path.insert(0, str(REPO))
-
 from kanade_stream.checkpoint import CheckpointError
 from kanade_stream.corpus import build_corpus
 from kanade_stream.teacher import KanadeTeacher
 from kanade_stream.vocoder import load_vocoder, vocode
 from training import run as run_mod
-from training.checkpoint import read_checkpoint
+from training.checkpoint import ResumeError, read_checkpoint
 from training.data import (ChunkDataset, DataError, build_manifest, collate, filter_clips, load_data, read_chunk,
                            split_train_val)
 from training.logs import mel_panel, write_png
-from training.settings import load_settings, resolve_ssl_model
-from training.trainer import Runtime, lr_factor
+from training.models import resolve_ssl_model
+from training.pipeline import train_teacher
+from training.runtime import Runtime
+from training.settings import Phase1Losses, Phase2Losses, load_settings
+from training.trainer import lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def tiny_settings(out: Path, data: Path, steps: int = 6, **phase_overrides):
 
 
 def fit(settings, phases=("phase1",), **kwargs):
-    return run_mod.run(settings, list(phases), Runtime(), progress=False, **kwargs)
+    return train_teacher(settings, list(phases), Runtime(), progress=False, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -155,8 +156,8 @@ def test_lr_schedule_matches_the_recipe():
     assert lr_factor(100, 1000, optim) == pytest.approx(1.0)
     assert lr_factor(550, 1000, optim) == pytest.approx(0.55)
     assert lr_factor(1000, 1000, optim) == pytest.approx(0.1)
-    assert settings.phase1.losses == {"ssl_weight": 30.0, "mel_weight": 30.0}
-    assert settings.phase2.losses == {"mel_weight": 30.0, "adv_weight": 1.0, "fm_weight": 10.0}
+    assert settings.phase1.losses == Phase1Losses(ssl_weight=30.0, mel_weight=30.0)
+    assert settings.phase2.losses == Phase2Losses(mel_weight=30.0, adv_weight=1.0, fm_weight=10.0)
     assert load_settings("kanade_12hz").model["init_args"]["config"]["downsample_factor"] == 4
 
 
@@ -224,7 +225,7 @@ def test_stop_and_resume_gives_the_same_weights(tmp_path, corpus):
     a, b = straight.models["teacher"].state_dict(), resumed.models["teacher"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     # without --resume an existing run is not overwritten by accident
-    with pytest.raises(run_mod.RunError, match="--resume"):
+    with pytest.raises(ResumeError, match="--resume"):
         fit(settings)
 
 
@@ -237,7 +238,7 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path, corpus, capsys
         next(k for k in state["models"]["teacher"] if k.startswith("mel_prenet") and k.endswith("weight"))
     state["models"]["teacher"][key] = torch.zeros(3, 3)
     torch.save(state, tmp_path / "mismatched.pt")
-    with pytest.raises(CheckpointError, match="mis-shaped"):
+    with pytest.raises(CheckpointError, match="shape mismatch"):
         fit(settings, resume=str(tmp_path / "mismatched.pt"))
     last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk
     args = ["--data", str(corpus), "--out", str(tmp_path / "c"), "--phase", "1", "--steps", "4", "--batch-size", "4",

@@ -12,6 +12,7 @@ that says which, instead of a shape error deep inside `load_state_dict`.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
@@ -22,6 +23,10 @@ import torch
 from torch import nn
 
 from kanade_stream.checkpoint import CheckpointError, check_state_dict
+
+from .runtime import Runtime
+
+log = logging.getLogger("training")
 
 FORMAT = "kanade-stream-training/1"
 LAST = "last.pt"
@@ -111,11 +116,9 @@ def check_compatible(state: dict, phase: str, modules: dict[str, nn.Module], sou
     if set(saved) != set(modules):
         raise CheckpointError(f"{source} holds models {sorted(saved)}, expected {sorted(modules)}")
     for name, module in modules.items():
-        try:
-            check_state_dict(module.state_dict(), saved[name], f"{source} [{name}]")
-        except CheckpointError as err:
-            raise CheckpointError(f"{err}\nThe checkpoint was made with another model config (--config); "
-                                  "resume with the config it was trained with.") from None
+        check_state_dict(module.state_dict(), saved[name], where=f"checkpoint {source} [{name}]",
+                         hint="The checkpoint was made with another model config (--config); "
+                              "resume with the config it was trained with.")
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
@@ -136,3 +139,34 @@ def link_or_copy(source: Path, target: Path) -> None:
     except OSError:
         shutil.copyfile(source, tmp)
     os.replace(tmp, target)
+
+
+# --------------------------------------------------------------------------------------------------------
+# a phase's folder: resume, start or refuse
+# --------------------------------------------------------------------------------------------------------
+
+
+class ResumeError(CheckpointError):
+    """A run folder that cannot be resumed or started as asked; the message says what was found."""
+
+
+def prepare_folder(folder: Path, resume: str | None, overwrite: bool, runtime: Runtime) -> Path | None:
+    """The checkpoint to resume from (None = start), after checking what is already in `folder`."""
+    last = folder / "checkpoints" / LAST
+    if resume not in (None, "auto"):
+        return Path(resume)
+    if resume == "auto":
+        if last.is_file():
+            return last
+        if runtime.is_main and folder.exists():
+            log.info("%s has no checkpoint to resume: starting this phase", folder)
+    existing = folder.exists() and any(folder.iterdir())
+    if existing and resume is None:
+        if not overwrite:
+            raise ResumeError(f"{folder} already holds a training run: continue it with --resume, start over with "
+                              "--overwrite, or choose another --out")
+    if existing and (overwrite or resume == "auto"):
+        if runtime.is_main:
+            shutil.rmtree(folder)
+        runtime.barrier()
+    return None

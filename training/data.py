@@ -14,6 +14,8 @@ A manifest is a JSON-lines file, one utterance a line, in the same form as the e
   out. Clips shorter than `min_seconds` are always left out. Both are counted and reported.
 - `ShardedSampler` is a `DistributedSampler` that yields (epoch, index) pairs and can start in the middle
   of an epoch, so `--resume` continues on exactly the batches that were next.
+- `RunData` is a run's data: the manifest, its train / held-out split, and each phase's batch stream and
+  validation batches.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from kanade_stream.audio import resample
+from kanade_stream.audio import AUDIO_SUFFIXES, resample
+
+from .runtime import Runtime
+from .settings import SettingsError
 
 log = logging.getLogger("training")
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 # transcript side files, most specific first (LibriTTS has .normalized.txt and .original.txt)
 TRANSCRIPT_SUFFIXES = (".normalized.txt", ".txt", ".original.txt")
 # path components that mark held-out material in a folder without a manifest
@@ -418,3 +422,59 @@ def validation_batches(records: list[dict], chunk_samples: int, sample_rate: int
     if not waves:
         raise DataError("no readable validation clips")
     return [torch.stack(waves[i:i + batch_size]) for i in range(0, len(waves), batch_size)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# a run's data
+# --------------------------------------------------------------------------------------------------------
+
+
+class RunData:
+    """The run's manifest split into training and held-out validation clips (built once, on rank 0 first),
+    and each phase's batches. `settings` is a training or distillation recipe (anything with .data,
+    .batch_size(phase) and .chunk_seconds(phase))."""
+
+    def __init__(self, settings, runtime: Runtime, out: Path):
+        self.settings, self.runtime = settings, runtime
+        path = settings.data.path
+        scanned = path is not None and Path(path).is_dir() and not (Path(path) / MANIFEST_NAME).is_file()
+        if runtime.is_main:  # builds the embedded corpus, or scans the folder once and writes its manifest
+            manifest = load_data(path, cache_dir=out if scanned else None)
+        runtime.barrier()
+        if not runtime.is_main:
+            manifest = read_manifest(out / MANIFEST_NAME) if scanned else load_data(path)
+        self.manifest = manifest
+        self.train, self.val, how = split_train_val(manifest, settings.data.heldout_speakers)
+        if runtime.is_main:
+            speakers = lambda recs: len({r["speaker"] for r in recs})  # noqa: E731
+            log.info("data: %d training clips (%d speakers, %.1f min), %d validation clips (%d speakers; %s)",
+                     len(self.train), speakers(self.train), sum(r["duration"] for r in self.train) / 60,
+                     len(self.val), speakers(self.val), how)
+            for reason, n in manifest.skipped.items():
+                log.info("data: %d file(s) skipped while reading the data: %s", n, reason)
+
+    def for_phase(self, phase: str, seed: int) -> tuple[BatchStream, list[torch.Tensor]]:
+        s, runtime = self.settings, self.runtime
+        rate = s.data.sample_rate
+        chunk_seconds = s.chunk_seconds(phase)
+        chunk = int(round(chunk_seconds * rate))
+        train, counts = filter_clips(self.train, chunk_seconds, s.data.short_clips, s.data.min_seconds)
+        val, val_counts = filter_clips(self.val, chunk_seconds, "pad", s.data.min_seconds)
+        if runtime.is_main:
+            for name, n in counts.items():
+                log.info("data [%s]: %d training clip(s) %s (chunk %.2f s, short_clips=%s, min %.2f s)", phase, n,
+                         name.replace("_", " "), chunk_seconds, s.data.short_clips, s.data.min_seconds)
+        if not train:
+            raise DataError(f"no training clip is long enough for {chunk_seconds} s chunks (short_clips="
+                            f"{s.data.short_clips}, min_seconds={s.data.min_seconds}): use --chunk-seconds or pad")
+        if not val:
+            raise DataError(f"no validation clip is at least {s.data.min_seconds} s long")
+        batch = s.batch_size(phase)
+        if batch % runtime.world_size:
+            raise SettingsError(f"batch size {batch} does not split over {runtime.world_size} processes")
+        dataset = ChunkDataset(train, chunk, rate, seed=seed)
+        stream = BatchStream(dataset, batch // runtime.world_size, s.data.num_workers, runtime.rank,
+                             runtime.world_size, seed, pin_memory=runtime.device.type == "cuda")
+        val_batches = (validation_batches(val, chunk, rate, s.data.val_clips, s.data.val_batch_size)
+                       if runtime.is_main else [])
+        return stream, val_batches

@@ -1,5 +1,6 @@
-"""Metrics and pictures: CSV always, TensorBoard when the `tensorboard` package is installed, and mel
-spectrogram PNGs written with zlib + struct (no matplotlib or Pillow needed).
+"""Logs, metrics and pictures: the "training" logger (stderr + <out>/train.log), metric CSVs always,
+TensorBoard when the `tensorboard` package is installed, and mel spectrogram PNGs written with zlib +
+struct (no matplotlib or Pillow needed).
 
 Only rank 0 logs; `MetricLogger(None)` is the silent logger of the other ranks.
 """
@@ -10,6 +11,7 @@ import csv
 import logging
 import math
 import struct
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -18,6 +20,38 @@ import numpy as np
 import torch
 
 log = logging.getLogger("training")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. by pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def setup_logging(out: Path | None = None, is_main: bool = True) -> None:
+    """The "training" logger (used by training and distillation) to stderr, and to <out>/train.log when
+    `out` is given (replacing the file of an earlier run in this process). Other ranks log warnings only."""
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("[training] %(message)s"))
+        log.addHandler(handler)
+    log.propagate = False
+    if out is not None and is_main:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+            log.removeHandler(h)
+            h.close()
+        handler = logging.FileHandler(out / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
 
 
 class MetricLogger:

@@ -1,4 +1,4 @@
-"""Training recipes: a YAML file (training/configs/*.yaml) read into dataclasses, then command-line overrides.
+"""Training recipes: a YAML file (training/configs/*.yaml) read into typed dataclasses, then command-line overrides.
 
     name: kanade-25hz
     seed: 0
@@ -6,31 +6,41 @@
     ssl_model: microsoft/wavlm-base-plus     # hub id, local transformers folder, or "embedded"
     model: {class_path: ..., init_args: ...} # the Kanade model in the release form, or "tiny"
     data: {chunk_seconds: 5.76, batch_size: 128, ...}
-    phase1: {steps: ..., optim: {...}, losses: {...}}
-    phase2: {steps: ..., optim: {...}, losses: {...}, model: {discriminator settings}}
-    vocoder: {steps: ..., optim: {...}, losses: {...}, model: {Vocos settings}}
+    phase1: {steps: ..., optim: {...}, losses: {ssl_weight, mel_weight}}
+    phase2: {steps: ..., optim: {...}, losses: {mel_weight, adv_weight, fm_weight}, model: {discriminator}}
+    vocoder: {steps: ..., optim: {...}, losses: {mel_weight, stft_weight, ...}, model: {Vocos size, gan}}
 
-Unknown keys are errors (a typo must not silently train something else).
+Every section is a dataclass with typed fields. An unknown or misspelt key anywhere, or a value of the
+wrong type, is an error that names the key and says what is allowed: a typo must not silently train
+something else. `read_recipe` is shared with the distillation recipes (distill/settings.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Union
 
 import yaml
 
-from kanade_stream.config import KanadeConfig, tiny_config
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "tiny.yaml"
 PHASES = ("phase1", "phase2", "vocoder")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_BANDS = ((0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0))  # of the mel bins
 
 
 class SettingsError(ValueError):
     pass
+
+
+# --------------------------------------------------------------------------------------------------------
+# the sections of a recipe
+# --------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -46,6 +56,8 @@ class OptimSettings:
 
 @dataclass
 class PhaseSettings:
+    """What every phase (and distillation stage) has; subclasses add their typed `losses` (and `model`)."""
+
     steps: int = 1000
     optim: OptimSettings = field(default_factory=OptimSettings)
     log_every: int = 50
@@ -55,8 +67,65 @@ class PhaseSettings:
     plot_clips: int = 3  # validation clips drawn as mel PNGs
     batch_size: int | None = None  # overrides data.batch_size for this phase
     chunk_seconds: float | None = None  # overrides data.chunk_seconds for this phase
-    losses: dict = field(default_factory=dict)  # loss weights, phase-specific names
-    model: dict = field(default_factory=dict)  # discriminator (phase 2) or vocoder (vocoder) settings
+
+
+@dataclass
+class Phase1Losses:
+    ssl_weight: float = 30.0  # L2 of the SSL feature reconstruction
+    mel_weight: float = 30.0  # L1 of the log-mel
+
+
+@dataclass
+class Phase1Settings(PhaseSettings):
+    losses: Phase1Losses = field(default_factory=Phase1Losses)
+
+
+@dataclass
+class Phase2Losses:
+    mel_weight: float = 30.0
+    adv_weight: float = 1.0  # hinge loss of the generator
+    fm_weight: float = 10.0  # feature matching
+
+
+@dataclass
+class DiscriminatorSettings:
+    """The multi-band mel discriminator of phase 2."""
+
+    channels: int = 64
+    kernel_size: tuple[int, int] = (3, 3)  # (frequency, time)
+    dilations: tuple[int, ...] = (1, 1, 1)  # one conv layer per dilation (in time)
+    bands: tuple[tuple[float, float], ...] = DEFAULT_BANDS
+
+
+@dataclass
+class Phase2Settings(PhaseSettings):
+    losses: Phase2Losses = field(default_factory=Phase2Losses)
+    model: DiscriminatorSettings = field(default_factory=DiscriminatorSettings)
+
+
+@dataclass
+class VocoderLosses:
+    mel_weight: float = 45.0
+    stft_weight: float = 1.0  # multi-resolution STFT
+    adv_weight: float = 1.0  # with model.gan only, as the next three
+    fm_weight: float = 1.0
+    mrd_weight: float = 0.1  # scales the multi-resolution discriminator's terms
+
+
+@dataclass
+class VocosSettings:
+    """The Vocos size (when not fine-tuning one given by --init) and whether to train it with GANs."""
+
+    dim: int = 512
+    intermediate_dim: int = 1536
+    num_layers: int = 8
+    gan: bool = False  # Vocos' multi-period + multi-resolution discriminators
+
+
+@dataclass
+class VocoderSettings(PhaseSettings):
+    losses: VocoderLosses = field(default_factory=VocoderLosses)
+    model: VocosSettings = field(default_factory=VocosSettings)
 
 
 @dataclass
@@ -66,7 +135,7 @@ class DataSettings:
     chunk_seconds: float = 5.76
     batch_size: int = 128  # global: split over the processes of a torchrun job
     num_workers: int = 4
-    short_clips: str = "pad"  # clips shorter than a chunk: "pad" (zeros at the end) or "skip"
+    short_clips: Literal["pad", "skip"] = "pad"  # clips shorter than a chunk: zeros at the end, or left out
     min_seconds: float = 0.5  # shorter clips are always skipped
     heldout_speakers: int = 2  # held-out voices when the data has no heldout split
     val_clips: int = 16
@@ -79,13 +148,12 @@ class RunSettings:
     seed: int = 0
     out: str = "runs/teacher"
     ssl_model: str = "microsoft/wavlm-base-plus"
-    model: object = "tiny"  # "tiny" or the release-form dict {class_path, init_args}
-    precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU; or "fp32", "bf16"
+    model: str | dict = "tiny"  # "tiny" or the release-form mapping {class_path, init_args}
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     data: DataSettings = field(default_factory=DataSettings)
-    phase1: PhaseSettings = field(default_factory=lambda: PhaseSettings(losses={"ssl_weight": 30.0, "mel_weight": 30.0}))
-    phase2: PhaseSettings = field(default_factory=lambda: PhaseSettings(
-        losses={"mel_weight": 30.0, "adv_weight": 1.0, "fm_weight": 10.0}))
-    vocoder: PhaseSettings = field(default_factory=PhaseSettings)
+    phase1: Phase1Settings = field(default_factory=Phase1Settings)
+    phase2: Phase2Settings = field(default_factory=Phase2Settings)
+    vocoder: VocoderSettings = field(default_factory=VocoderSettings)
 
     def phase(self, name: str) -> PhaseSettings:
         return getattr(self, name)
@@ -100,27 +168,113 @@ class RunSettings:
         return dataclasses.asdict(self)
 
 
-def _merge(default, data, where: str):
-    """A dataclass instance updated with the mapping `data` (nested)."""
+# --------------------------------------------------------------------------------------------------------
+# reading: every key known, every value of its field's type
+# --------------------------------------------------------------------------------------------------------
+
+
+def type_name(tp) -> str:
+    """A field type as a recipe author reads it: float, int | None, list of 2 float, 'pad' or 'skip' ..."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else type_name(a) for a in args)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {type_name(args[0])}"
+        return f"list of {len(args)} {type_name(args[0])}" if len(set(args)) == 1 else \
+            f"list [{', '.join(type_name(a) for a in args)}]"
+    if tp is dict or origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def convert(value, tp, where: str):
+    """`value` as type `tp`, or SettingsError naming `where`, the expected type and what was given."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def wrong(extra: str = ""):
+        return SettingsError(f"{where}: expected {type_name(tp)}, got {value!r} ({type(value).__name__}){extra}")
+
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return convert(value, option, where)
+            except SettingsError:
+                pass
+        raise wrong()
+    if origin is Literal:
+        if value in args and any(type(value) is type(a) for a in args):
+            return value
+        raise wrong()
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise wrong()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise wrong(f": {len(value)} values instead of {len(args)}")
+        return tuple(convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise wrong()
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # PyYAML reads 1e-3 (no dot) as text: say so, it is the usual cause
+            raise wrong(" (YAML needs a dot in exponent numbers: write 1.0e-3, not 1e-3)"
+                        if isinstance(value, str) and _is_number(value) else "")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong()
+        return value
+    raise TypeError(f"{where}: unsupported setting type {tp!r}")  # a field type this reader does not know
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def merge(default, data, where: str = ""):
+    """The dataclass instance `default` with the mapping `data` over it (nested sections merged key by key).
+    A key that is not a field is refused with the allowed keys (and the new name when it was renamed: a
+    section class may map old names to new ones in `RENAMED`); a value is converted to its field's type."""
     if data is None:
         return default
-    if not isinstance(data, dict):
-        raise SettingsError(f"{where}: expected a mapping, got {data!r}")
-    known = {f.name for f in dataclasses.fields(default)}
-    unknown = set(data) - known
-    if unknown:
-        raise SettingsError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    section = where or "the recipe"
+    if not isinstance(data, Mapping):
+        raise SettingsError(f"{section}: expected a mapping of settings, got {data!r}")
+    cls = type(default)
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(default)]
     updates = {}
-    for name, value in data.items():
-        current = getattr(default, name)
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in allowed:
+            renamed = getattr(cls, "RENAMED", {}).get(key)
+            hint = f" (renamed {renamed!r})" if renamed else ""
+            raise SettingsError(f"{name}: unknown setting{hint}; allowed in {section}: {', '.join(allowed)}")
+        current = getattr(default, key)
         if dataclasses.is_dataclass(current):
-            updates[name] = _merge(current, value, f"{where}.{name}")
-        elif isinstance(current, tuple) and isinstance(value, list):
-            updates[name] = tuple(value)
-        elif name == "losses" and isinstance(value, dict):
-            updates[name] = {**current, **value}
+            updates[key] = merge(current, value, name)
         else:
-            updates[name] = value
+            updates[key] = convert(value, hints[key], name)
     return dataclasses.replace(default, **updates)
 
 
@@ -137,9 +291,9 @@ def read_recipe(path: str | Path | None, default, config_dir: Path, default_path
     except yaml.YAMLError as err:
         raise SettingsError(f"{path} is not valid YAML: {err}") from err
     try:
-        return _merge(default, data, path.name)
-    except TypeError as err:
-        raise SettingsError(f"{path}: {err}") from err
+        return merge(default, data)
+    except SettingsError as err:
+        raise SettingsError(f"{path}: {err}") from None
 
 
 def load_settings(path: str | Path | None = None) -> RunSettings:
@@ -166,46 +320,5 @@ def check_phases(settings, phases) -> None:
             raise SettingsError(f"{phase}: batch size must be >= 1")
         if settings.chunk_seconds(phase) <= 0:
             raise SettingsError(f"{phase}: chunk_seconds must be > 0")
-    if settings.precision not in ("auto", "fp32", "bf16"):
+    if settings.precision not in PRECISIONS:
         raise SettingsError(f"precision must be auto, fp32 or bf16, got {settings.precision!r}")
-
-
-# --------------------------------------------------------------------------------------------------------
-# model and SSL
-# --------------------------------------------------------------------------------------------------------
-
-
-def embedded_ssl_model() -> Path:
-    """The tiny random-weight WavLM that the embedded teacher uses (pretrained WavLM is not shipped)."""
-    from kanade_stream.pretrained import EMBEDDED_TEACHER
-
-    for candidate in (EMBEDDED_TEACHER / "wavlm", REPO_ROOT / "tests/data/kanade_official_tiny_25hz/wavlm"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise SettingsError("the embedded tiny WavLM is missing (kanade_stream/assets/teacher-tiny/wavlm)")
-
-
-def resolve_ssl_model(name: str) -> str:
-    """"embedded", a local folder (relative to the working directory or the repository), or a hub id."""
-    if name == "embedded":
-        return str(embedded_ssl_model())
-    path = Path(name).expanduser()
-    for candidate in (path, REPO_ROOT / path):
-        if candidate.is_dir():
-            return str(candidate.resolve())
-    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
-        raise SettingsError(f"SSL model {name!r} is neither a folder nor a hub id like microsoft/wavlm-base-plus")
-    return name
-
-
-def model_config(settings: RunSettings, ssl_dim: int) -> KanadeConfig:
-    """The Kanade config of the recipe; "tiny" is sized to the SSL model's feature dimension."""
-    model = settings.model
-    if model == "tiny":
-        return tiny_config(ssl_dim=ssl_dim)
-    if isinstance(model, dict):
-        config = KanadeConfig.from_release_dict({"model": model})
-        if config.feature_decoder is None:
-            raise SettingsError("the model config has no feature_decoder: phase 1 needs it (SSL reconstruction)")
-        return config
-    raise SettingsError(f"model must be 'tiny' or a release-form mapping (class_path, init_args), got {model!r}")

@@ -1,9 +1,8 @@
-"""The one training loop shared by phase 1, phase 2 (GAN) and the vocoder.
+"""The one training loop shared by phase 1, phase 2 (GAN), the vocoder and the distillation stages.
 
 A `Task` owns its models, optimizers and losses and knows how to take one step, validate and export;
-the `Trainer` owns everything around that: devices and torchrun (DDP), batches, mixed precision, LR
-schedules, logging (tqdm, CSV, TensorBoard, mel PNGs), periodic and on-interrupt checkpoints and exact
-resumption.
+the `Trainer` owns everything around that: batches, mixed precision, LR schedules, logging (tqdm, CSV,
+TensorBoard, mel PNGs), periodic and on-interrupt checkpoints and exact resumption.
 
 Folder of one phase (`<out>/<phase>/`):
     checkpoints/step_XXXXXXX.pt, checkpoints/last.pt   resumable training state
@@ -15,18 +14,16 @@ Folder of one phase (`<out>/<phase>/`):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -36,92 +33,10 @@ from .checkpoint import (LAST, check_compatible, link_or_copy, prune_checkpoints
                          save_checkpoint, set_rng_state)
 from .data import BatchStream
 from .logs import MetricLogger, format_metrics, save_mel_plots
+from .runtime import Runtime
 from .settings import OptimSettings, PhaseSettings
 
 log = logging.getLogger("training")
-
-
-# --------------------------------------------------------------------------------------------------------
-# processes and devices
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Runtime:
-    """Where this process runs: its rank in a torchrun job, its device, its precision."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    precision: str = "fp32"
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def no_autocast(self):
-        return torch.autocast(self.device.type, enabled=False)
-
-    def wrap(self, module: nn.Module) -> nn.Module:
-        """DistributedDataParallel around `module` in a torchrun job, else `module` itself."""
-        if not self.distributed:
-            return module
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids)
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def any(self, flag: bool) -> bool:
-        """True on every process when `flag` is true on any of them."""
-        if not self.distributed:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item() > 0)
-
-    def gather(self, obj) -> list:
-        if not self.distributed:
-            return [obj]
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-
-def init_runtime(precision: str = "auto", device: str | None = None) -> Runtime:
-    """Join the torchrun job when there is one (NCCL on GPU, gloo on CPU) and pick the device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
-        torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    if precision == "auto":
-        precision = "bf16" if dev.type == "cuda" else "fp32"
-    return Runtime(rank, world_size, local_rank, dev, precision)
-
-
-def shutdown_runtime() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -256,8 +171,6 @@ class _StopFlag:
 
 
 def _in_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 

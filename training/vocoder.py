@@ -18,35 +18,20 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from kanade_stream.audio import MelSpectrogram, save_audio
 from kanade_stream.checkpoint import CheckpointError
 from kanade_stream.vocoder import load_vocoder
 
-from .gan import discriminator_loss, feature_matching_loss, generator_loss
-from .trainer import Runtime, Task
+from .export import save_vocos, vocos_config, vocos_config_of
+from .losses import (VOCOS_STFT_RESOLUTIONS, discriminator_loss, feature_matching_loss, generator_loss, mel_loss,
+                     stft_loss)
+from .runtime import Runtime
+from .settings import VocoderSettings
+from .trainer import Task
 
 log = logging.getLogger("training")
-
-VOCOS_WEIGHTS = "pytorch_model.bin"
-VOCOS_CONFIG = "config.yaml"
-
-
-def vocos_config(dim: int = 512, intermediate_dim: int = 1536, num_layers: int = 8, sample_rate: int = 24000,
-                 n_fft: int = 1024, hop_length: int = 256, n_mels: int = 100, padding: str = "center") -> dict:
-    """A Vocos config.yaml in the released form (the defaults are charactr/vocos-mel-24khz)."""
-    return {
-        "feature_extractor": {"class_path": "vocos.feature_extractors.MelSpectrogramFeatures", "init_args": {
-            "sample_rate": sample_rate, "n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels,
-            "padding": padding}},
-        "backbone": {"class_path": "vocos.models.VocosBackbone", "init_args": {
-            "input_channels": n_mels, "dim": dim, "intermediate_dim": intermediate_dim, "num_layers": num_layers}},
-        "head": {"class_path": "vocos.heads.ISTFTHead", "init_args": {
-            "dim": dim, "n_fft": n_fft, "hop_length": hop_length, "padding": "same"}},
-    }
 
 
 def build_vocos(config: dict) -> nn.Module:
@@ -55,33 +40,6 @@ def build_vocos(config: dict) -> nn.Module:
 
     parts = {name: instantiate_class(args=(), init=config[name]) for name in ("feature_extractor", "backbone", "head")}
     return Vocos(**parts)
-
-
-def config_of(model: nn.Module) -> dict:
-    """The config.yaml of a (loaded) Vocos, read back from its modules."""
-    from vocos.feature_extractors import MelSpectrogramFeatures
-    from vocos.heads import ISTFTHead
-    from vocos.models import VocosBackbone
-
-    fe, backbone, head = model.feature_extractor, model.backbone, model.head
-    if not (isinstance(fe, MelSpectrogramFeatures) and isinstance(backbone, VocosBackbone)
-            and isinstance(head, ISTFTHead)) or backbone.adanorm:
-        raise ValueError("only mel Vocos models (MelSpectrogramFeatures + VocosBackbone + ISTFTHead) are supported")
-    mel = fe.mel_spec
-    config = vocos_config(dim=backbone.embed.out_channels, intermediate_dim=backbone.convnext[0].pwconv1.out_features,
-                          num_layers=len(backbone.convnext), sample_rate=mel.sample_rate, n_fft=mel.n_fft,
-                          hop_length=mel.hop_length, n_mels=mel.n_mels, padding=fe.padding)
-    config["head"]["init_args"]["padding"] = head.istft.padding
-    return config
-
-
-def save_vocos(model: nn.Module, folder: str | Path) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = config_of(model)
-    (folder / VOCOS_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / VOCOS_WEIGHTS)
-    return folder
 
 
 def load_init(name: str | Path) -> nn.Module:
@@ -96,30 +54,12 @@ def load_init(name: str | Path) -> nn.Module:
 
 
 def check_mel_match(model: nn.Module, mel: MelSpectrogram) -> None:
-    cfg = config_of(model)["feature_extractor"]["init_args"]
+    cfg = vocos_config_of(model)["feature_extractor"]["init_args"]
     ours = mel.mel
     expected = {"sample_rate": ours.sample_rate, "n_fft": ours.n_fft, "hop_length": ours.hop_length,
                 "n_mels": ours.n_mels, "padding": mel.padding}
     if any(cfg[k] != v for k, v in expected.items()):
         raise CheckpointError(f"the vocoder's mel settings {cfg} differ from the teacher's {expected}")
-
-
-class MultiResolutionSTFTLoss(nn.Module):
-    def __init__(self, resolutions=((512, 128), (1024, 256), (2048, 512))):
-        super().__init__()
-        self.resolutions = tuple(resolutions)
-        for n_fft, _ in self.resolutions:
-            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
-
-    def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        total = 0.0
-        for n_fft, hop in self.resolutions:
-            window = getattr(self, f"window_{n_fft}")
-            s_hat = torch.stft(y_hat, n_fft, hop, window=window, return_complex=True).abs().clamp_min(1e-7)
-            s = torch.stft(y, n_fft, hop, window=window, return_complex=True).abs().clamp_min(1e-7)
-            convergence = torch.linalg.norm(s - s_hat) / torch.linalg.norm(s).clamp_min(1e-7)
-            total = total + convergence + F.l1_loss(torch.log(s_hat), torch.log(s))
-        return total / len(self.resolutions)
 
 
 class VocoderModel(nn.Module):
@@ -154,26 +94,23 @@ class Discriminators(nn.Module):
 class VocoderTask(Task):
     phase = "vocoder"
 
-    def __init__(self, runtime: Runtime, settings, mel: MelSpectrogram, sample_rate: int = 24000,
+    def __init__(self, runtime: Runtime, settings: VocoderSettings, mel: MelSpectrogram, sample_rate: int = 24000,
                  init: str | Path | None = None):
         super().__init__(runtime, settings)
-        arch = dict(settings.model)
-        self.use_gan = bool(arch.pop("gan", False))
-        mel_args = dict(sample_rate=sample_rate, n_fft=mel.mel.n_fft, hop_length=mel.hop_length, n_mels=mel.mel.n_mels,
-                        padding=mel.padding)
+        arch = settings.model
+        self.use_gan = arch.gan
         if init is not None:
             self.vocos = load_init(init)
             check_mel_match(self.vocos, mel)
             log.info("vocoder: fine-tuning %s", init)
         else:
-            unknown = set(arch) - {"dim", "intermediate_dim", "num_layers"}
-            if unknown:
-                raise ValueError(f"vocoder.model: unknown setting(s) {sorted(unknown)}")
-            self.vocos = build_vocos(vocos_config(**arch, **mel_args))
+            self.vocos = build_vocos(vocos_config(
+                dim=arch.dim, intermediate_dim=arch.intermediate_dim, num_layers=arch.num_layers,
+                sample_rate=sample_rate, n_fft=mel.mel.n_fft, hop_length=mel.hop_length, n_mels=mel.mel.n_mels,
+                padding=mel.padding))
         self.sample_rate = sample_rate
         self.vocos.to(runtime.device)
         self.mel = mel.to(runtime.device)
-        self.stft_loss = MultiResolutionSTFTLoss().to(runtime.device)
         self.models = {"vocos": self.vocos}
         self.model = VocoderModel(self.vocos, self.mel, runtime)
         self.ddp = runtime.wrap(self.model)
@@ -183,37 +120,35 @@ class VocoderTask(Task):
             self.models["discriminators"] = self.discriminators
             self.ddp_discriminators = runtime.wrap(self.discriminators)
             self.add_optimizer("discriminators", self.discriminators.parameters())
-        w = {"mel_weight": 45.0, "stft_weight": 1.0, "adv_weight": 1.0, "fm_weight": 1.0, "mrd_weight": 0.1,
-             **settings.losses}
-        self.weights = {k: float(v) for k, v in w.items()}
+        self.losses = settings.losses
 
     def reconstruction(self, audio: torch.Tensor, wave: torch.Tensor, mel: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.runtime.no_autocast():
             mel_hat = self.mel(audio.float())
-            return {"mel_l1": F.l1_loss(mel_hat, mel), "stft": self.stft_loss(audio.float(), wave.float()),
-                    "mel_hat": mel_hat}
+            return {"mel_l1": mel_loss(mel_hat, mel),
+                    "stft": stft_loss(audio.float(), wave.float(), VOCOS_STFT_RESOLUTIONS), "mel_hat": mel_hat}
 
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
-        w = self.weights
+        w = self.losses
         with self.runtime.autocast():
             mel, audio = self.ddp(batch)
         metrics = {}
         if self.use_gan:
             with self.runtime.autocast():
                 (mp_r, mp_g, _, _), (mr_r, mr_g, _, _) = self.ddp_discriminators(batch, audio.detach())
-            d_loss = discriminator_loss(mp_r, mp_g) + w["mrd_weight"] * discriminator_loss(mr_r, mr_g)
+            d_loss = discriminator_loss(mp_r, mp_g) + w.mrd_weight * discriminator_loss(mr_r, mr_g)
             metrics["d_grad_norm"] = self.optimize("discriminators", d_loss)
             metrics["d_loss"] = d_loss.item()
         rec = self.reconstruction(audio, batch, mel)
-        loss = w["mel_weight"] * rec["mel_l1"] + w["stft_weight"] * rec["stft"]
+        loss = w.mel_weight * rec["mel_l1"] + w.stft_weight * rec["stft"]
         if self.use_gan:
             self.discriminators.requires_grad_(False)
             try:
                 with self.runtime.autocast():
                     (_, mp_g, mp_fr, mp_fg), (_, mr_g, mr_fr, mr_fg) = self.discriminators(batch, audio)
-                adv = generator_loss(mp_g) + w["mrd_weight"] * generator_loss(mr_g)
-                fm = feature_matching_loss(mp_fr, mp_fg) + w["mrd_weight"] * feature_matching_loss(mr_fr, mr_fg)
-                loss = loss + w["adv_weight"] * adv + w["fm_weight"] * fm
+                adv = generator_loss(mp_g) + w.mrd_weight * generator_loss(mr_g)
+                fm = feature_matching_loss(mp_fr, mp_fg) + w.mrd_weight * feature_matching_loss(mr_fr, mr_fg)
+                loss = loss + w.adv_weight * adv + w.fm_weight * fm
                 metrics.update(adv=adv.item(), fm=fm.item())
                 grad_norm = self.optimize("vocos", loss)
             finally:

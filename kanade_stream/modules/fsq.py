@@ -27,6 +27,11 @@ class FiniteScalarQuantizer(nn.Module):
         self.register_buffer("_half_width", lv // 2, persistent=False)
         self.register_buffer("_basis", torch.cumprod(torch.tensor([1] + levels[:-1]), 0), persistent=False)
 
+    @property
+    def half_width(self) -> torch.Tensor:
+        """L // 2 per level: a level's rounded values run over -L//2 .. L-1-L//2, and codes = rounded / half_width."""
+        return self._half_width
+
     def bound(self, z: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
         levels = self._levels.to(z.dtype)
         half_l = (levels - 1) * (1 - eps) / 2

@@ -1,4 +1,4 @@
-"""Phase 2 (DESIGN.md section 1): GAN post-training of the mel decoder with the encoder frozen.
+"""Phase 2: GAN post-training of the mel decoder with the encoder frozen.
 
 The encoder side (SSL, local branch up to the FSQ, global encoder) is frozen, so the tokens and the
 global embedding of an utterance no longer change; the mel side (mel_prenet, mel_conv_upsample,
@@ -8,14 +8,11 @@ mel_decoder, mel_postnet) is trained on
 
 (30, 1 and 10, as the official recipe), against a multi-band mel-spectrogram discriminator: the 100 mel
 bins are cut into 5 frequency bands ([0, .2], [.2, .4], ... of the bins), each judged by its own small
-2-D conv stack over (frequency, time). Hinge losses follow Vocos: D: mean(relu(1 - D(real))) +
-mean(relu(1 + D(fake))); G: mean(relu(1 - D(fake))); feature matching: the sum over bands and layers of
-the mean absolute difference of the feature maps, real ones detached.
+2-D conv stack over (frequency, time). The losses are in training/losses.py.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -23,22 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from kanade_stream.checkpoint import CheckpointError, check_state_dict, resolve_release
-from kanade_stream.config import KanadeConfig
+from kanade_stream.checkpoint import release_config
 from kanade_stream.teacher import KanadeTeacher
 
-from .phase1 import build_teacher, codebook_stats, export_teacher, freeze_ssl
-from .trainer import Runtime, Task
+from .export import export_teacher
+from .losses import (codebook_stats, discriminator_loss, feature_matching_loss, generator_loss, mel_loss,
+                     split_halves)
+from .models import build_teacher, freeze_ssl, load_teacher_weights
+from .runtime import Runtime
+from .settings import DiscriminatorSettings, Phase2Settings, SettingsError
+from .trainer import Task
 
-log = logging.getLogger("training")
-
-DEFAULT_BANDS = ((0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0))
-ENCODER_PREFIXES = ("ssl.", "local_encoder.", "conv_downsample.", "local_quantizer.", "global_encoder.")
 DECODER_PREFIXES = ("mel_prenet.", "mel_conv_upsample.", "mel_decoder.", "mel_postnet.")
 
 
 # --------------------------------------------------------------------------------------------------------
-# discriminator and losses (shared with the vocoder's optional GAN)
+# the discriminator
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -67,14 +64,13 @@ class BandDiscriminator(nn.Module):
 class MelBandDiscriminator(nn.Module):
     """Multi-band mel-spectrogram discriminator: one conv stack per frequency band."""
 
-    def __init__(self, n_mels: int = 100, channels: int = 64, kernel_size=(3, 3), dilations=(1, 1, 1),
-                 bands=DEFAULT_BANDS):
+    def __init__(self, n_mels: int, settings: DiscriminatorSettings):
         super().__init__()
-        self.bands = [(int(round(lo * n_mels)), int(round(hi * n_mels))) for lo, hi in bands]
+        self.bands = [(int(round(lo * n_mels)), int(round(hi * n_mels))) for lo, hi in settings.bands]
         if any(hi <= lo for lo, hi in self.bands):
-            raise ValueError(f"empty discriminator band in {bands} for {n_mels} mel bins")
+            raise SettingsError(f"phase2.model.bands: empty band in {settings.bands} for {n_mels} mel bins")
         self.discriminators = nn.ModuleList(
-            BandDiscriminator(channels, tuple(kernel_size), tuple(dilations)) for _ in self.bands)
+            BandDiscriminator(settings.channels, settings.kernel_size, settings.dilations) for _ in self.bands)
 
     def forward(self, mel: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
         """Log-mel (B, n_mels, T) -> per-band logits and feature maps."""
@@ -84,59 +80,6 @@ class MelBandDiscriminator(nn.Module):
             logits.append(out)
             fmaps.append(maps)
         return logits, fmaps
-
-
-def split_halves(outputs):
-    """Outputs of a discriminator run on cat([real, fake]) -> (real part, fake part), nested lists kept."""
-    if isinstance(outputs, torch.Tensor):
-        n = outputs.shape[0] // 2
-        return outputs[:n], outputs[n:]
-    pairs = [split_halves(o) for o in outputs]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def discriminator_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
-    return sum(torch.relu(1 - r).mean() + torch.relu(1 + f).mean() for r, f in zip(real, fake))
-
-
-def generator_loss(fake: list[torch.Tensor]) -> torch.Tensor:
-    return sum(torch.relu(1 - f).mean() for f in fake)
-
-
-def feature_matching_loss(real_maps, fake_maps) -> torch.Tensor:
-    return sum((r.detach() - f).abs().mean() for rs, fs in zip(real_maps, fake_maps) for r, f in zip(rs, fs))
-
-
-# --------------------------------------------------------------------------------------------------------
-# loading a phase-1 result or a release into the teacher
-# --------------------------------------------------------------------------------------------------------
-
-
-def load_teacher_weights(teacher: KanadeTeacher, release: str | Path) -> None:
-    """Released weights (folder or hub id) into `teacher`. The release must hold every released parameter
-    of the model; training-only parts (feature decoder) are loaded when present, else kept as built."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    _, weights = resolve_release(release)
-    try:
-        found = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"cannot read {weights} as safetensors: {err}") from err
-    expected = teacher.release_state_dict(include_feature_decoder=teacher.feature_decoder is not None)
-    optional = ("feature_decoder.", "conv_upsample.")
-    if teacher.feature_decoder is not None and not any(k.startswith(optional) for k in found):
-        log.info("%s has no feature decoder: phase 1 starts it from random weights", release)
-        expected = {k: v for k, v in expected.items() if not k.startswith(optional)}
-    if teacher.feature_decoder is None:
-        found = {k: v for k, v in found.items() if not k.startswith(optional)}
-    check_state_dict(expected, found, str(weights))
-    teacher.load_state_dict(found, strict=False)
-
-
-def release_config(release: str | Path) -> KanadeConfig:
-    config_path, _ = resolve_release(release)
-    return KanadeConfig.from_yaml(config_path)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -170,7 +113,7 @@ class GeneratorModel(nn.Module):
 class Phase2Task(Task):
     phase = "phase2"
 
-    def __init__(self, runtime: Runtime, settings, init: str | Path, ssl_model: str):
+    def __init__(self, runtime: Runtime, settings: Phase2Settings, init: str | Path, ssl_model: str):
         super().__init__(runtime, settings)
         self.ssl_model = ssl_model
         config = release_config(init)
@@ -179,20 +122,14 @@ class Phase2Task(Task):
         self.teacher.to(runtime.device)
         for name, param in self.teacher.named_parameters():
             param.requires_grad_(name.startswith(DECODER_PREFIXES))
-        d = dict(settings.model)
-        self.discriminator = MelBandDiscriminator(
-            n_mels=config.n_mels, channels=int(d.get("channels", 64)), kernel_size=tuple(d.get("kernel_size", (3, 3))),
-            dilations=tuple(d.get("dilations", (1, 1, 1))), bands=tuple(map(tuple, d.get("bands", DEFAULT_BANDS))),
-        ).to(runtime.device)
+        self.discriminator = MelBandDiscriminator(config.n_mels, settings.model).to(runtime.device)
         self.models = {"teacher": self.teacher, "discriminator": self.discriminator}
         self.generator = GeneratorModel(self.teacher, runtime)
         self.ddp_generator = runtime.wrap(self.generator)
         self.ddp_discriminator = runtime.wrap(self.discriminator)
         self.add_optimizer("generator", [p for p in self.teacher.parameters() if p.requires_grad])
         self.add_optimizer("discriminator", self.discriminator.parameters())
-        w = settings.losses
-        self.mel_weight, self.adv_weight, self.fm_weight = (float(w["mel_weight"]), float(w["adv_weight"]),
-                                                            float(w["fm_weight"]))
+        self.losses = settings.losses
 
     def train(self) -> None:
         self.teacher.train()
@@ -220,8 +157,9 @@ class Phase2Task(Task):
             (_, fake_logits), (real_maps, fake_maps) = split_halves(logits), split_halves(fmaps)
             adv = generator_loss(fake_logits)
             fm = feature_matching_loss(real_maps, fake_maps)
-            mel_l1 = F.l1_loss(fake, real)
-            g_loss = self.mel_weight * mel_l1 + self.adv_weight * adv + self.fm_weight * fm
+            mel_l1 = mel_loss(fake, real)
+            w = self.losses
+            g_loss = w.mel_weight * mel_l1 + w.adv_weight * adv + w.fm_weight * fm
             g_norm = self.optimize("generator", g_loss)
         finally:
             self.discriminator.requires_grad_(True)
@@ -233,7 +171,7 @@ class Phase2Task(Task):
         for wave in batches:
             with self.runtime.autocast():
                 out = self.generator(wave)
-            total += float(F.l1_loss(out["mel"], out["mel_target"])) * wave.shape[0]
+            total += float(mel_loss(out["mel"], out["mel_target"])) * wave.shape[0]
             count += wave.shape[0]
             pairs += list(zip(out["mel_target"], out["mel"]))
             indices.append(out["indices"].flatten())

@@ -1,0 +1,87 @@
+"""The models of a distillation: the teacher (and the vocoder whose audio the student imitates) and the
+student, sized from the recipe and the teacher."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from kanade_stream.streaming import KanadeStudent, StudentConfig, StudentLoadError
+from kanade_stream.teacher import KanadeTeacher
+from kanade_stream.vocoder import GRIFFIN_LIM, load_vocoder
+from training.pipeline import train_teacher
+from training.runtime import Runtime
+from training.settings import PHASES, SettingsError, load_settings as load_training_settings
+
+from .settings import DistillSettings
+
+log = logging.getLogger("training")
+
+# where `teacher: embedded` is trained when missing: the default output of `python training/run.py`
+EMBEDDED_TEACHER_RUN = Path("runs") / "teacher-tiny"
+
+
+class DistillError(RuntimeError):
+    pass
+
+
+def teacher_folder(spec: str, runtime: Runtime) -> str:
+    """A release folder or hub id for `spec`: "embedded" (the tiny teacher of the training recipe, trained
+    here first when missing), a training run folder, a release folder, or a hub id."""
+    if spec == "embedded":
+        export = EMBEDDED_TEACHER_RUN / "export"
+        if not (export / "model.safetensors").is_file():
+            log.info("the embedded tiny teacher is not trained yet: training it first in %s", EMBEDDED_TEACHER_RUN)
+            settings = load_training_settings("tiny")
+            settings.out = str(EMBEDDED_TEACHER_RUN)
+            results = train_teacher(settings, list(PHASES), runtime, resume="auto")
+            if not all(r.completed for r in results.values()):
+                raise DistillError(f"training the embedded teacher in {EMBEDDED_TEACHER_RUN} did not finish "
+                                   "(see above); run `python training/run.py --resume` to complete it")
+        return str(export)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".pt":
+        raise DistillError(f"{path} is a training checkpoint: pass its run folder (with export/) or the export "
+                           "folder, which hold the config with the weights")
+    if (path / "export" / "model.safetensors").is_file():
+        return str(path / "export")
+    return spec
+
+
+def load_teacher(spec: str, ssl_model: str | None, runtime: Runtime) -> tuple[KanadeTeacher, str]:
+    folder = teacher_folder(spec, runtime)
+    return KanadeTeacher.from_pretrained(folder, ssl_model=ssl_model, device=runtime.device), folder
+
+
+def load_teacher_vocoder(spec: str | None, folder: str, device):
+    """The vocoder whose audio the student's vocoder imitates; None = imitate the real audio."""
+    if spec is None:
+        local = Path(folder) / "vocoder"
+        if not (local / "config.yaml").is_file():
+            return None
+        spec = str(local)
+    if spec == GRIFFIN_LIM:
+        return None  # not worth imitating: the real audio is the better target
+    return load_vocoder(spec, device=device)
+
+
+def student_config(settings: DistillSettings, teacher: KanadeTeacher) -> StudentConfig:
+    """Preset + overrides, with the distillation targets' sizes taken from the teacher."""
+    options = dict(settings.student)
+    preset = options.pop("preset", "default")
+    base = getattr(StudentConfig, preset)().to_dict()
+    base.update(options)
+    base.update(content_feature_dim=teacher.ssl.feature_dim, global_feature_dim=teacher.ssl.feature_dim,
+                global_dim=teacher.global_encoder.output_channels, fsq_levels=list(teacher.local_quantizer.levels))
+    try:
+        config = StudentConfig.from_dict(base)
+    except (StudentLoadError, TypeError, ValueError) as err:
+        raise SettingsError(f"student: {err}") from err
+    if config.sample_rate != teacher.sample_rate or config.hop_length != teacher.config.hop_length:
+        raise SettingsError("the student must use the teacher's sample rate and mel hop")
+    return config
+
+
+def save_student(student: KanadeStudent, folder: Path) -> Path:
+    student.save(folder)
+    return folder

@@ -1,0 +1,92 @@
+"""A distillation run: the stages in order (ssl, content, decoder, vocoder, joint), each a `DistillTask`
+fitted by training's `Trainer` in <out>/<stage>/ and starting from the stage before; then the final
+student in <out>/export and its evaluation report in <out>/eval.
+
+    from distill.pipeline import distill_student
+    from distill.settings import STAGES, load_settings
+    from training.runtime import init_runtime
+
+    outcome = distill_student(load_settings("tiny"), list(STAGES), init_runtime())
+
+`distill/run.py` is the command line over `distill_student` and `evaluate_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from kanade_stream.streaming import KanadeStudent, load_student
+from kanade_stream.teacher import KanadeTeacher
+from training.checkpoint import prepare_folder, seed_everything
+from training.data import RunData
+from training.logs import setup_logging
+from training.runtime import Runtime
+from training.trainer import Trainer
+
+from .evaluate import evaluate
+from .models import load_teacher, load_teacher_vocoder, save_student, student_config
+from .settings import STAGES, DistillSettings
+from .tasks import DistillTask, TeacherTargets
+
+log = logging.getLogger("training")
+
+
+def distill_student(settings: DistillSettings, stages: list[str], runtime: Runtime, resume: bool = False,
+                    overwrite: bool = False, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Run `stages` into settings.out. With `resume` finished stages are skipped and an unfinished one goes
+    on from its checkpoint. Returns {"results": {stage: FitResult}, "completed": bool, "report": dict | None}."""
+    out = Path(settings.out)
+    setup_logging(out, runtime.is_main)
+    seed_everything(settings.seed + runtime.rank)
+    teacher, folder = load_teacher(settings.teacher, settings.ssl_model, runtime)
+    setup_logging(out, runtime.is_main)  # training the embedded teacher logged into its own run folder
+    vocoder = load_teacher_vocoder(settings.teacher_vocoder, folder, runtime.device)
+    targets = TeacherTargets(teacher, vocoder)
+    config = student_config(settings, teacher)
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "settings.json").write_text(json.dumps(settings.to_dict(), indent=1, default=str))
+        log.info("distill: teacher %s, vocoder target %s, student %.2f M parameters, stages %s, output %s", folder,
+                 "teacher vocoder" if vocoder is not None else "the real audio",
+                 KanadeStudent(config).num_parameters() / 1e6, ", ".join(stages), out.resolve())
+    data = RunData(settings, runtime, out)
+    student = KanadeStudent(config)
+    results = {}
+    for stage in STAGES:
+        stage_dir = out / stage
+        previous = out / STAGES[STAGES.index(stage) - 1] / "export" if stage != STAGES[0] else None
+        if stage not in stages:
+            continue
+        if previous is not None and (previous / "model.safetensors").is_file():
+            student = load_student(previous, device=runtime.device)  # each stage starts from the one before
+        if resume and (stage_dir / "done.json").is_file():
+            log.info("%s already finished: skipped", stage)
+            continue
+        resume_from = prepare_folder(stage_dir, "auto" if resume else None, overwrite, runtime)
+        seed_everything(settings.seed + runtime.rank)
+        task = DistillTask(stage, runtime, settings.phase(stage), student, targets, save_student)
+        stream, val_batches = data.for_phase(stage, settings.seed)
+        result = Trainer(task, stream, val_batches, stage_dir, progress=progress).fit(resume_from, stop_after)
+        results[stage] = result
+        if not result.completed:
+            return {"results": results, "completed": False}
+        student = task.student
+    final = out / STAGES[-1] / "export"
+    report = None
+    if runtime.is_main and (final / "model.safetensors").is_file():
+        if (out / "export").exists():
+            shutil.rmtree(out / "export")
+        shutil.copytree(final, out / "export")
+        report = evaluate_run(settings, teacher, data, out)
+    runtime.barrier()
+    return {"results": results, "completed": True, "report": report}
+
+
+def evaluate_run(settings: DistillSettings, teacher: KanadeTeacher, data: RunData, out: Path) -> dict:
+    """The evaluation report of <out>/export on the held-out clips, written to <out>/eval."""
+    student = load_student(out / "export", device=teacher.device)
+    history = {stage: out / stage / "logs" / "val.csv" for stage in STAGES}
+    return evaluate(student, teacher, data.val, out / "eval", settings.eval_clips, history, settings.seed)
