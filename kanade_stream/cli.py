@@ -15,27 +15,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .audio import AUDIO_SUFFIXES, MIX_CHOICES, AudioError, load_audio, save_audio
+from .audio import MIX_CHOICES, AudioError, load_audio, save_audio
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .pretrained import default_teacher, default_vocoder
-
-
-def find_audio(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """(file, path relative to its input root) for every audio file under the inputs."""
-    found = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-            found += [(p, p.relative_to(path)) for p in files]
-        elif path.is_file():
-            found.append((path, Path(path.name)))
-        else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
-    if not found:
-        raise FileNotFoundError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in {', '.join(inputs)}")
-    return found
+from .windowed import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS
 
 
 def load_teacher(args):
@@ -56,30 +40,20 @@ def write_wave(path: Path, vocoder, mel: torch.Tensor, sample_rate: int) -> Path
     return save_audio(path, vocode(vocoder, mel), sample_rate)
 
 
-def cmd_tokenize(args) -> None:
+def cmd_tokenize(args) -> int:
+    from .jobs import distributed_context, tokenize_corpus
+
+    rank, world_size, local_rank = distributed_context()
+    if world_size > 1 and args.device.startswith("cuda") and ":" not in args.device:
+        args.device = f"cuda:{local_rank}"  # one GPU per process under torchrun
     teacher = load_teacher(args)
-    files = find_audio(args.inputs)
-    out = Path(args.out)
-    # longest first keeps padding small inside each batch
-    waves = []
-    for path, rel in tqdm(files, desc="reading", unit="file", disable=len(files) < 2):
-        waves.append((load_audio(path, teacher.sample_rate, mix=args.mix)[0], rel))
-    waves.sort(key=lambda item: -item[0].numel())
-    total_seconds = total_tokens = 0
-    with tqdm(total=len(waves), desc="tokenizing", unit="file", disable=len(waves) < 2) as bar:
-        for start in range(0, len(waves), args.batch_size):
-            batch = waves[start : start + args.batch_size]
-            features = teacher.encode_batch([w for w, _ in batch])
-            for (wave, rel), feat in zip(batch, features):
-                target = out / rel.with_suffix(".npy")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                np.save(target, feat.content_token_indices.cpu().numpy().astype(np.int32))
-                np.save(target.with_suffix(".global.npy"), feat.global_embedding.cpu().numpy().astype(np.float32))
-                total_seconds += wave.numel() / teacher.sample_rate
-                total_tokens += feat.content_token_indices.numel()
-            bar.update(len(batch))
-    print(f"tokenized {len(waves)} file(s), {total_seconds:.1f} s of audio -> {total_tokens} tokens "
-          f"({total_tokens / max(total_seconds, 1e-9):.1f} tokens/s) in {out}/ (<name>.npy tokens, <name>.global.npy speaker)")
+    summary = tokenize_corpus(teacher, args.inputs, args.out, batch_size=args.batch_size, mix=args.mix,
+                              overwrite=args.overwrite, window_seconds=args.window_seconds,
+                              context_seconds=args.context_seconds)
+    if rank == 0:
+        summary.print()
+        print(f"outputs in {args.out}/: <name>.npy tokens, <name>.global.npy speaker, manifest.jsonl")
+    return summary.exit_code
 
 
 def cmd_decode(args) -> None:
@@ -93,18 +67,28 @@ def cmd_decode(args) -> None:
     print(f"wrote {write_wave(Path(args.out), vocoder, mel, teacher.sample_rate)}")
 
 
-def cmd_resynthesize(args) -> None:
+def cmd_resynthesize(args) -> int:
+    from .jobs import JobSummary, find_audio
+
     teacher, vocoder = load_teacher(args), load_voc(args)
     files = find_audio(args.inputs)
     single = len(files) == 1 and Path(args.inputs[0]).is_file() and Path(args.out).suffix.lower() == ".wav"
-    for path, rel in tqdm(files, desc="resynthesizing", unit="file", disable=len(files) < 2):
-        wave, _ = load_audio(path, teacher.sample_rate, mix=args.mix)
-        feat = teacher.encode(wave)
-        mel = teacher.decode(feat.global_embedding, content_token_indices=feat.content_token_indices,
-                             target_audio_length=wave.numel())
-        target = Path(args.out) if single else Path(args.out) / rel.with_suffix(".wav")
-        write_wave(target, vocoder, mel, teacher.sample_rate)
-    print(f"resynthesized {len(files)} file(s) into {args.out}")
+    summary = JobSummary()
+    for item in tqdm(files, desc="resynthesizing", unit="file", disable=len(files) < 2):
+        try:  # one bad file is reported and skipped; the others go on
+            wave, _ = load_audio(item.path, teacher.sample_rate, mix=args.mix)
+            feat = teacher.encode(wave)
+            mel = teacher.decode(feat.global_embedding, content_token_indices=feat.content_token_indices,
+                                 target_audio_length=wave.numel())
+            target = Path(args.out) if single else Path(args.out) / item.relative.with_suffix(".wav")
+            write_wave(target, vocoder, mel, teacher.sample_rate)
+            summary.done += 1
+            summary.audio_seconds += wave.numel() / teacher.sample_rate
+        except (AudioError, OSError) as err:
+            summary.failed.append((str(item.path), str(err)))
+    summary.print("resynthesized")
+    print(f"outputs in {args.out}")
+    return summary.exit_code
 
 
 def cmd_convert(args) -> None:
@@ -202,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder; keeps the input folder structure")
     p.add_argument("--batch-size", type=int, default=8, help="utterances encoded together (default 8)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo files whose outputs exist (default: skip them, so an interrupted run resumes)")
+    p.add_argument("--window-seconds", type=float, default=DEFAULT_WINDOW_SECONDS,
+                   help=f"files longer than window + 2 x context are encoded in windows of this length, in "
+                        f"bounded memory (default {DEFAULT_WINDOW_SECONDS:g})")
+    p.add_argument("--context-seconds", type=float, default=DEFAULT_CONTEXT_SECONDS,
+                   help=f"audio each side of a window that WavLM also sees (default {DEFAULT_CONTEXT_SECONDS:g})")
     p.set_defaults(func=cmd_tokenize)
 
     p = sub.add_parser("decode", parents=[common], help="tokens (.npy) + global embedding -> audio")
@@ -229,13 +220,16 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "batch_size", 1) < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2
+    if getattr(args, "window_seconds", 1) <= 0 or getattr(args, "context_seconds", 0) < 0:
+        print("error: --window-seconds must be > 0 and --context-seconds >= 0", file=sys.stderr)
+        return 2
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per WavLM load is noise on the command line
     try:
         with torch.no_grad():  # scoped: main() is also called in-process (tests, scripts)
-            args.func(args)
+            code = args.func(args)
     except (AudioError, CheckpointError, ConfigError, FileNotFoundError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
+    return code or 0

@@ -58,9 +58,11 @@ class AudioFile:
                              "(--mix mean, left or right)")
         self.file_rate = check_sample_rate(info.samplerate)
         self.file_samples = int(info.frames)
-        self.num_samples = math.ceil(self.file_samples * self.sample_rate / self.file_rate)
         g = math.gcd(self.file_rate, self.sample_rate)
         self.block_in, self.block_out = self.file_rate // g, self.sample_rate // g  # resampling period
+        # the length torchaudio's resampler gives (its ceil is taken in float32)
+        self.num_samples = int(torch.ceil(torch.tensor(self.block_out * self.file_samples / self.block_in,
+                                                       dtype=torch.float32)))
         # torchaudio's sinc filter reaches ~6 zero crossings of the lower rate: read that much more, in blocks
         reach = 8 * self.file_rate / min(self.file_rate, self.sample_rate) + 1
         self.margin_blocks = math.ceil(reach / self.block_in)
@@ -92,11 +94,9 @@ class AudioFile:
         out = resample(piece, self.file_rate, self.sample_rate)
         offset = start - first * self.block_out
         out = out[offset: offset + stop - start]
-        # samples past the end of the file are zeros, as whole-file resampling gives no samples there
-        end = self.num_samples - start
-        if end < out.numel():
-            out = torch.cat([out[: max(end, 0)], out.new_zeros(out.numel() - max(end, 0))])
-        return out
+        # outside the file: zeros, as whole-file resampling gives no samples there (the model pads with zeros)
+        inside = (torch.arange(start, stop) >= 0) & (torch.arange(start, stop) < self.num_samples)
+        return torch.where(inside, out, torch.zeros(()))
 
     def load(self) -> torch.Tensor:
         """The whole file at `sample_rate` (for files short enough to encode at once)."""
