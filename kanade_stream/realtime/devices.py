@@ -96,6 +96,63 @@ def find_device(spec: str | int | None, kind: str) -> dict:
     return match[0]
 
 
+class CallbackWatch:
+    """Notices a side of the stream whose callbacks stopped coming.
+
+    Each side is checked on its own: an input that stalls while the output keeps pulling would
+    otherwise look alive, and play silence counted as underruns for as long as the program runs."""
+
+    def __init__(self, sides: tuple[str, ...], timeout: float):
+        self.counts = dict.fromkeys(sides, 0)  # each advanced by its own audio thread only
+        self.timeout = timeout
+        self._last: dict[str, tuple[int, float]] = {}  # side: (count, when it last changed); from the first check
+
+    def tick(self, side: str) -> None:
+        self.counts[side] += 1
+
+    def check(self, now: float) -> None:
+        """Raise a DeviceError naming the side(s) that delivered nothing for longer than the timeout."""
+        stalled = {}
+        for side, count in self.counts.items():
+            seen, since = self._last.setdefault(side, (count, now))
+            if count != seen:
+                self._last[side] = (count, now)
+            elif now - since > self.timeout:
+                stalled[side] = now - since
+        if not stalled:
+            return
+        seconds = min(stalled.values())
+        if len(stalled) > 1:
+            raise DeviceError(f"the audio device delivered no samples for {seconds:.1f} s; "
+                              "was it unplugged or taken by another program?")
+        running = " while the output kept running" if len(self.counts) > 1 else ""
+        if "input" in stalled:
+            raise DeviceError(f"the audio input delivered no samples for {seconds:.1f} s{running}; was the "
+                              "microphone unplugged, or its source suspended or taken by another program?")
+        raise DeviceError(f"the audio output took no samples for {seconds:.1f} s while the input kept running; "
+                          "was the output device unplugged or suspended?")
+
+
+def _close(pa, streams, timeout: float = 1.0) -> None:
+    """Close the streams and PortAudio without waiting for them to drain.
+
+    Closing an active stream aborts it (pending buffers are dropped, not played out): stopping one
+    whose device stalled waits for buffers that never come. It runs off the main thread, so if a
+    driver hangs anyway the program still exits, and a second Ctrl-C still reaches its handler."""
+
+    def close() -> None:
+        for s in streams:
+            try:
+                s.close()
+            except OSError:
+                pass  # the device may already be gone
+        pa.terminate()
+
+    closer = threading.Thread(target=close, name="kanade-stream-close", daemon=True)
+    closer.start()
+    closer.join(timeout)
+
+
 class PyAudioBackend:
     """Microphone -> engine -> speakers, with callbacks that only copy samples."""
 
@@ -122,7 +179,7 @@ class PyAudioBackend:
             raise ValueError(f"the engine plays at {engine.output_rate} Hz but the output device "
                              f"({self.output_name}) runs at {self.output_rate} Hz")
         out_buffer = np.zeros(self.out_block, dtype=np.float32)
-        callbacks = {"input": 0, "output": 0}
+        watch = CallbackWatch(("input", "output") if plays else ("input",), self.stall_timeout)
 
         # What the driver says, per callback (PortAudio stream times): how long ago the input was captured,
         # how long until the output is heard, and the longest gap between callbacks on each side (samples
@@ -133,7 +190,7 @@ class PyAudioBackend:
 
         def on_input(in_data, frame_count, time_info, flags):
             engine.on_input(np.frombuffer(in_data, dtype=np.float32))
-            callbacks["input"] += 1
+            watch.tick("input")
             now, captured = time_info["current_time"], time_info.get("input_buffer_adc_time", 0.0)
             if captured > 0:
                 measured[0] = max(measured[0], now - captured)
@@ -144,7 +201,7 @@ class PyAudioBackend:
 
         def on_output(in_data, frame_count, time_info, flags):
             engine.on_output(out_buffer[:frame_count])
-            callbacks["output"] += 1
+            watch.tick("output")
             now, heard = time_info["current_time"], time_info.get("output_buffer_dac_time", 0.0)
             if heard > 0:
                 measured[1] = max(measured[1], heard - now)
@@ -175,33 +232,23 @@ class PyAudioBackend:
                 s.start_stream()
             if on_start is not None:
                 on_start()
-            self._monitor(engine, streams, callbacks, stop, on_status, duration)
+            self._monitor(engine, streams, watch, stop, on_status, duration)
         finally:
             engine.stop()
-            for s in streams:
-                try:
-                    s.stop_stream()
-                    s.close()
-                except OSError:
-                    pass  # the device may already be gone
-            pa.terminate()
-            self.timing.driver_latency_ms = (1000 * measured[0], 1000 * measured[1])
-            self.timing.callback_gap_ms = (1000 * measured[2], 1000 * measured[3])
+            _close(pa, streams)
+            driver_in, driver_out, gap_in, gap_out = (1000 * measured).tolist()
+            self.timing.driver_latency_ms = (driver_in, driver_out)
+            self.timing.callback_gap_ms = (gap_in, gap_out)
 
-    def _monitor(self, engine, streams, callbacks, stop, on_status, duration):
-        start = last_change = time.monotonic()
-        last_counts = dict(callbacks)
-        while not stop.wait(0.2):
+    def _monitor(self, engine, streams, watch, stop, on_status, duration):
+        start = time.monotonic()
+        while not stop.wait(0.1):
             now = time.monotonic()
             if engine.failed is not None:
                 raise engine.failed
-            if callbacks != last_counts:
-                last_counts, last_change = dict(callbacks), now
             if not all(s.is_active() for s in streams):
                 raise DeviceError("the audio stream stopped: was the device unplugged, or its sound server stopped?")
-            if now - last_change > self.stall_timeout:
-                raise DeviceError(f"the audio device delivered no samples for {now - last_change:.1f} s; "
-                                  "was it unplugged or taken by another program?")
+            watch.check(now)
             if on_status is not None:
                 on_status(engine)
             if duration is not None and now - start >= duration:
