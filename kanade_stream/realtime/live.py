@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import AudioError, load_audio
+from ..audio import MIX_CHOICES, AudioError, load_audio
 from .backends import AudioBackend, DeviceError, FileBackend
 from .devices import PyAudioBackend, format_devices, list_devices
 from .engine import AudioEngine
@@ -64,6 +65,10 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     if mode == "vc":
         parser.add_argument("--output", default=None, help="file mode: write the converted audio here")
     parser.add_argument("--paced", action="store_true", help="file mode: feed the file in real time")
+    files = "an --input file or --ref clip" if mode == "vc" else "an --input file"
+    parser.add_argument("--mix", choices=MIX_CHOICES, default=None,
+                        help=f"how to mix {files} with several channels down to mono (a stereo --input needs it"
+                        + ("; --ref defaults to mean)" if mode == "vc" else ")"))
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (device mode)")
     parser.add_argument("--summary-json", default=None, help="also write the exit summary as JSON to this file")
     parser.add_argument("--threads", type=int, default=1,
@@ -97,6 +102,16 @@ def _status_printer(quiet: bool):
     return show
 
 
+def main(mode: str) -> None:
+    """The programs' entry point: `run`, then exit at once. Everything is written and closed by then;
+    the interpreter's own teardown (torch's, mostly) takes a second or more on a busy machine, which
+    would otherwise stand between a Ctrl-C and the prompt."""
+    code = run(mode)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run(mode: str, argv: list[str] | None = None) -> int:
     args = build_parser(mode).parse_args(argv)
     try:
@@ -111,6 +126,9 @@ def run(mode: str, argv: list[str] | None = None) -> int:
     except (LiveError, DeviceError, AudioError, FileNotFoundError) as err:
         print(f"\nerror: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before streaming started (loading, opening devices)
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     _print_summary(summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
@@ -119,7 +137,8 @@ def run(mode: str, argv: list[str] | None = None) -> int:
 
 def _backend(mode: str, args) -> AudioBackend:
     if args.input is not None:
-        return FileBackend(args.input, getattr(args, "output", None), block_ms=args.block_ms, paced=args.paced)
+        return FileBackend(args.input, getattr(args, "output", None), block_ms=args.block_ms, paced=args.paced,
+                           mix=args.mix)
     return PyAudioBackend(args.input_device, getattr(args, "output_device", None), block_ms=args.block_ms,
                           need_output=mode == "vc")
 
@@ -128,10 +147,15 @@ def _processor(mode: str, args, rate: int):
     from ..streaming import StreamingConverter, StreamingEncoder
 
     student = _load_student(args.model)
-    if mode == "vc":
-        reference = load_reference(args.ref, sample_rate=rate)
-        return StreamingConverter(student, reference=reference, sample_rate=rate, chunk_ms=args.chunk_ms)
-    return StreamingEncoder(student, sample_rate=rate, chunk_ms=args.chunk_ms)
+    reference = load_reference(args.ref, sample_rate=rate, mix=args.mix or "mean") if mode == "vc" else None
+    try:
+        if mode == "vc":
+            return StreamingConverter(student, reference=reference, sample_rate=rate, chunk_ms=args.chunk_ms)
+        return StreamingEncoder(student, sample_rate=rate, chunk_ms=args.chunk_ms)
+    except AudioError:
+        raise
+    except ValueError as err:  # a chunk the input rate cannot cut into whole samples
+        raise LiveError(f"--chunk-ms {args.chunk_ms}: {err}") from err
 
 
 def _run(mode: str, args) -> dict:
@@ -163,10 +187,10 @@ def _run_session(mode: str, args) -> dict:
         duration=args.duration if args.input is None else None,
         stop=stop,
         on_status=_status_printer(args.quiet or mode == "tokenize"),
-        on_start=started if args.input is None else None,
+        on_start=started,
         on_result=print_tokens if mode == "tokenize" else None,
     )
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: finish cleanly
+    previous = signal.signal(signal.SIGINT, Interrupts(stop))
     try:
         summary = run_session(processor, backend, options)
     finally:
@@ -174,6 +198,22 @@ def _run_session(mode: str, args) -> dict:
         if not args.quiet:
             print(file=sys.stderr)
     return _summary_dict(mode, summary)
+
+
+class Interrupts:
+    """Ctrl-C while streaming: the first asks the session to stop (it ends within a device poll and still
+    prints its summary); the second exits at once, whatever is still running."""
+
+    def __init__(self, stop: threading.Event, exit=os._exit):
+        self.stop, self.exit, self.count = stop, exit, 0
+
+    def __call__(self, signum=None, frame=None) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.stop.set()
+            return
+        print("\ninterrupted twice: exiting now", file=sys.stderr, flush=True)
+        self.exit(130)
 
 
 def _summary_dict(mode: str, summary: Summary) -> dict:
