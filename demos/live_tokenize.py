@@ -4,9 +4,14 @@
     python demos/live_tokenize.py --input speech.wav    # file mode
 """
 
+import os
 import sys
 
-from kanade_stream.realtime.live import run
+try:
+    from kanade_stream.realtime.live import main
+except KeyboardInterrupt:  # Ctrl-C while the libraries load: no traceback, no slow teardown
+    print("interrupted", file=sys.stderr)
+    os._exit(130)
 
 if __name__ == "__main__":
-    sys.exit(run("tokenize"))
+    main("tokenize")

@@ -6,9 +6,14 @@
     python demos/live_vc.py --ref me.wav --input in.wav --output out.wav   # file mode
 """
 
+import os
 import sys
 
-from kanade_stream.realtime.live import run
+try:
+    from kanade_stream.realtime.live import main
+except KeyboardInterrupt:  # Ctrl-C while the libraries load: no traceback, no slow teardown
+    print("interrupted", file=sys.stderr)
+    os._exit(130)
 
 if __name__ == "__main__":
-    sys.exit(run("vc"))
+    main("vc")

@@ -140,8 +140,7 @@ def cmd_demo(args) -> None:
 def _demo_streaming(out: Path, source: torch.Tensor, reference: torch.Tensor, rate: int, chunk_ms: int) -> str | None:
     """The embedded streaming student converting the source through the real-time engine (file mode)."""
     from .pretrained import EMBEDDED_STUDENT
-    from .realtime.backends import ArrayBackend
-    from .realtime.engine import AudioEngine
+    from .realtime import ArrayBackend, run_session
     from .streaming import StreamingConverter, load_student
 
     if not (EMBEDDED_STUDENT / "model.safetensors").is_file():
@@ -149,13 +148,11 @@ def _demo_streaming(out: Path, source: torch.Tensor, reference: torch.Tensor, ra
     torch.set_num_threads(1)  # what the live demo uses
     converter = StreamingConverter(load_student(EMBEDDED_STUDENT), reference=reference.numpy(), sample_rate=rate,
                                    chunk_ms=chunk_ms)
-    block = rate // 100  # 10 ms device buffers
-    engine = AudioEngine(converter, rate, converter.output_rate, device_block=block, chunk_samples=rate * chunk_ms // 1000)
-    audio = ArrayBackend(source.numpy(), rate, block).run(engine)
-    save_audio(out / "streamed_conversion.wav", audio[engine.stats.delay_samples :], converter.output_rate)
-    s = engine.stats
+    backend = ArrayBackend(source.numpy(), rate, block=rate // 100)  # 10 ms device buffers
+    s = run_session(converter, backend)
+    save_audio(out / "streamed_conversion.wav", backend.output[s.engine_delay_samples :], converter.output_rate)
     return (f"streaming student ({chunk_ms} ms chunks, 1 thread): algorithmic latency {converter.latency_ms:.0f} ms, "
-            f"compute per chunk p50 {s.compute_ms(0.5):.1f} ms / p99 {s.compute_ms(0.99):.1f} ms, "
+            f"compute per chunk p50 {s.compute_p50_ms:.1f} ms / p99 {s.compute_p99_ms:.1f} ms, "
             f"real-time factor {s.real_time_factor:.2f} -> {out}/streamed_conversion.wav")
 
 

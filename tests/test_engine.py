@@ -8,14 +8,16 @@ import soundfile as sf
 
 from kanade_stream.realtime.backends import ArrayBackend, FileBackend, NullBackend
 from kanade_stream.realtime.engine import AudioEngine
+from kanade_stream.realtime.outputs import AudioOutput, ResultOutput
 
 
 class ChunkedGain:
     """A streaming processor with a model's timing: output comes in whole chunks, `lookahead` samples
     late, like the streaming converter (whose exactness is tested in the streaming tests)."""
 
-    def __init__(self, rate=24000, chunk_ms=80, lookahead=240, work=None):
+    def __init__(self, rate=24000, chunk_ms=80, lookahead=240, work=None, up=1):
         self.rate, self.chunk, self.lookahead, self.work = rate, rate * chunk_ms // 1000, lookahead, work
+        self.up = up  # output samples per input sample: a model whose output rate is `up` times its input rate
         self.latency_ms = 1000 * (self.chunk + lookahead) / rate
         self.reset()
 
@@ -32,15 +34,15 @@ class ChunkedGain:
         self.emitted += ready
         if self.work:
             self.work()
-        return out
+        return np.repeat(out, self.up)
 
     def flush(self):
         out, self.pending = 0.5 * self.pending, np.zeros(0, np.float32)
-        return out
+        return np.repeat(out, self.up)
 
 
-def offline(samples):
-    return 0.5 * samples
+def offline(samples, up=1):
+    return np.repeat(0.5 * samples, up)
 
 
 @pytest.mark.parametrize("block", [64, 441, 2400])
@@ -50,7 +52,8 @@ def test_file_backend_gives_offline_output_delayed_by_the_reported_latency(tmp_p
     sf.write(tmp_path / "in.wav", signal, 24000, subtype="FLOAT")
     processor = ChunkedGain()
     backend = FileBackend(tmp_path / "in.wav", tmp_path / "out.wav", block_ms=1000 * block / 24000)
-    engine = AudioEngine(processor, backend.input_rate, 24000, device_block=backend.block, chunk_samples=processor.chunk)
+    engine = AudioEngine(processor, backend.input_rate, AudioOutput(24000), device_block=backend.block,
+                         chunk_samples=processor.chunk)
     backend.run(engine)
     out, rate = sf.read(tmp_path / "out.wav", dtype="float32")
     delay = engine.stats.delay_samples
@@ -62,10 +65,28 @@ def test_file_backend_gives_offline_output_delayed_by_the_reported_latency(tmp_p
     assert engine.xruns() == {"input_overrun": 0, "output_underrun": 0, "dropped_input": 0, "dropped_output": 0}
 
 
+@pytest.mark.parametrize("block", [100, 160, 512])
+def test_16k_in_48k_out_drops_nothing_and_gives_offline_output_delayed(block):
+    """The output's headroom is counted in output samples: a device buffer of `block` input frames is
+    3 * block frames at 48 kHz. (Counted in input frames, whole chunks arriving right at a block's end
+    did not fit and were dropped.)"""
+    rng = np.random.default_rng(2)
+    signal = (rng.standard_normal(16000 * 2) * 0.1).astype(np.float32)
+    processor = ChunkedGain(rate=16000, lookahead=0, up=3)  # 16 kHz in, 48 kHz out, chunks end on block edges
+    engine = AudioEngine(processor, 16000, AudioOutput(48000), device_block=block, chunk_samples=processor.chunk)
+    out = ArrayBackend(signal, 16000, block).run(engine)
+    delay = engine.stats.delay_samples
+    assert delay == math.ceil((processor.latency_ms / 1000 + processor.chunk / 16000 / 2 + block / 16000) * 48000)
+    assert engine.xruns() == {"input_overrun": 0, "output_underrun": 0, "dropped_input": 0, "dropped_output": 0}
+    assert np.all(out[:delay] == 0)
+    np.testing.assert_array_equal(out[delay:], offline(signal, up=3))
+
+
 def test_device_rate_differs_from_model_rate():
     signal = np.sin(np.arange(48000) * 2 * np.pi * 440 / 48000).astype(np.float32) * 0.3
     processor = ChunkedGain(rate=48000)
-    engine = AudioEngine(processor, 48000, 44100, device_block=480, processor_rate=48000, chunk_samples=processor.chunk)
+    engine = AudioEngine(processor, 48000, AudioOutput(44100, source_rate=48000), device_block=480,
+                         chunk_samples=processor.chunk)
     out = ArrayBackend(signal, 48000, 480).run(engine)
     delay = engine.stats.delay_samples
     assert len(out) == math.ceil(48000 * 44100 / 48000) + delay
@@ -81,7 +102,7 @@ def test_overload_keeps_latency_bounded_and_counts_drops():
     """A model three times slower than real time: each worker pass finds three passes' worth of input."""
     processor = ChunkedGain()
     block = 240
-    engine = AudioEngine(processor, 24000, 24000, device_block=block, chunk_samples=processor.chunk,
+    engine = AudioEngine(processor, 24000, AudioOutput(24000), device_block=block, chunk_samples=processor.chunk,
                          max_backlog_ms=200)
     out = np.zeros(block, np.float32)
     levels = []
@@ -90,7 +111,7 @@ def test_overload_keeps_latency_bounded_and_counts_drops():
         if step % 3 == 0:  # the worker only gets a turn every third block
             engine.process_available()
         engine.on_output(out)
-        levels.append(len(engine.output_ring))
+        levels.append(len(engine.output.ring))
         assert len(engine.input_ring) <= engine.max_backlog + block
     xruns = engine.xruns()
     assert xruns["output_underrun"] == 0  # a 3x-slow worker is still within the backlog: nothing dropped
@@ -100,7 +121,7 @@ def test_overload_keeps_latency_bounded_and_counts_drops():
         if step % 40 == 0:
             engine.process_available()
         engine.on_output(out)
-        levels.append(len(engine.output_ring))
+        levels.append(len(engine.output.ring))
     xruns = engine.xruns()
     assert xruns["dropped_input"] > 0 and xruns["output_underrun"] > 0
     assert max(levels) <= engine.stats.delay_samples + 2 * block  # the output never runs ahead: latency bounded
@@ -121,7 +142,7 @@ def test_overload_keeps_latency_bounded_and_counts_drops():
 def test_paced_mode_runs_the_worker_thread():
     processor = ChunkedGain()
     signal = np.full(24000 // 2, 0.2, np.float32)  # half a second in real time
-    engine = AudioEngine(processor, 24000, 24000, device_block=480, chunk_samples=processor.chunk)
+    engine = AudioEngine(processor, 24000, AudioOutput(24000), device_block=480, chunk_samples=processor.chunk)
     out = ArrayBackend(signal, 24000, 480, paced=True).run(engine)
     delay = engine.stats.delay_samples
     np.testing.assert_allclose(out[delay:], 0.1, atol=1e-7)
@@ -132,7 +153,7 @@ def test_worker_errors_surface():
     def broken():
         raise RuntimeError("model exploded")
 
-    engine = AudioEngine(ChunkedGain(work=broken), 24000, 24000, device_block=480, chunk_samples=1920)
+    engine = AudioEngine(ChunkedGain(work=broken), 24000, AudioOutput(24000), device_block=480, chunk_samples=1920)
     with pytest.raises(RuntimeError, match="model exploded"):
         ArrayBackend(np.zeros(24000, np.float32), 24000, 480, paced=True).run(engine)
 
@@ -140,7 +161,7 @@ def test_worker_errors_surface():
 def test_null_backend_and_encoder_results():
     results = []
     processor = ChunkedGain()
-    engine = AudioEngine(processor, 24000, None, device_block=480, chunk_samples=processor.chunk,
-                         on_result=results.append)
+    engine = AudioEngine(processor, 24000, ResultOutput(results.append), device_block=480,
+                         chunk_samples=processor.chunk)
     assert NullBackend(1.0, 24000, 480).run(engine) is None
     assert sum(len(r) for r in results) == 24000

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -144,3 +145,74 @@ def test_sound_server_vanishing_mid_stream_ends_cleanly(tmp_path):
     out, err = app.communicate(timeout=60)
     assert app.returncode == 1
     assert "error: the audio" in err and "Traceback" not in err
+
+
+class PipeFeeder:
+    """Writes a tone into a PulseAudio pipe source in real time until `stop_feeding`, then keeps the pipe
+    open and silent: the source stops delivering, as a stalled or suspended microphone does."""
+
+    def __init__(self, fifo: Path, rate: int = RATE):
+        self.fifo, self.rate = fifo, rate
+        self.feeding, self.done = threading.Event(), threading.Event()
+        self.feeding.set()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        block = self.rate // 100
+        tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(block) / self.rate)).astype(np.float32).tobytes()
+        with open(self.fifo, "wb", buffering=0) as pipe:
+            start, sent = time.monotonic(), 0
+            while self.feeding.is_set():
+                pipe.write(tone)
+                sent += 1
+                time.sleep(max(start + sent / 100 - time.monotonic(), 0))  # pacing, not an assertion
+            self.done.wait()
+
+    def stop_feeding(self):
+        self.feeding.clear()
+
+    def close(self):
+        self.feeding.clear()
+        self.done.set()
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("program", ["live_vc", "live_tokenize"])
+def test_a_stalled_input_is_reported_and_the_program_exits(tmp_path, program):
+    fifo = tmp_path / "mic.fifo"
+    daemon, env = start_pulse(tmp_path, [
+        f"module-pipe-source source_name=pipe_in file={fifo} format=float32le rate={RATE} channels=1",
+        "module-null-sink sink_name=s1",
+    ])
+    feeder = PipeFeeder(fifo)
+    try:
+        args = ["--input-device", "pulse", "--duration", "120", "--quiet"]
+        if program == "live_vc":
+            sf.write(tmp_path / "ref.wav", synthesize("The reference voice speaks for two seconds.",
+                                                     make_voices(1)[0], RATE), RATE)
+            args += ["--ref", str(tmp_path / "ref.wav"), "--output-device", "pulse"]
+        app = subprocess.Popen([sys.executable, str(REPO / "demos" / f"{program}.py"), *args],
+                               env=dict(env, PULSE_SOURCE="pipe_in", PULSE_SINK="s1"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in app.stderr:
+            if line.startswith("streaming:"):
+                break
+        else:
+            pytest.fail(f"{program} ended before streaming: {app.wait()}")
+        feeder.stop_feeding()  # the microphone goes quiet: no more input callbacks
+        try:
+            out, err = app.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            app.kill()
+            # without a per-side stall check live_vc ran on (its output playing silence, counted as
+            # underruns) until --duration; and stopping a stalled stream instead of aborting it hung
+            pytest.fail(f"{program} still runs 30 s after its input stopped")
+    finally:
+        feeder.close()
+        daemon.terminate()
+        daemon.wait(timeout=10)
+    assert app.returncode == 1, err
+    assert "error: the audio input delivered no samples" in err and "Traceback" not in err
+    if program == "live_vc":
+        assert "while the output kept running" in err

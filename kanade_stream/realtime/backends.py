@@ -1,24 +1,62 @@
-"""Where the engine's samples come from and go to: arrays/files (tests, offline runs) and PyAudio
-devices (microphone and speakers)."""
+"""Where the engine's samples come from and go to.
+
+Every backend implements `AudioBackend`: the same device-side facts (rates, block, device timing) and
+one `run` signature, so a session can drive a sound card, a file or an array alike. The PyAudio
+backend (microphone and speakers) lives in `devices.py`; arrays and files are here.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
 from ..audio import load_audio, save_audio
 from .engine import AudioEngine
 
+StatusCallback = Callable[[AudioEngine], None]
+
 
 class DeviceError(RuntimeError):
-    """An audio device is missing, unusable, or went away mid-stream."""
+    """An audio device is missing, unusable, stalled, or went away mid-stream."""
+
+
+@dataclass
+class DeviceTiming:
+    """What a real device reported and what its callbacks showed (milliseconds)."""
+
+    reported_latency_ms: float = 0.0  # PortAudio's input + output latency when the streams opened
+    # worst seen in the callbacks: how long ago the input was captured / until the output is heard
+    driver_latency_ms: tuple[float, float] = (0.0, 0.0)
+    # longest gap between callbacks, input / output (samples arriving in bursts wait that long)
+    callback_gap_ms: tuple[float, float] = (0.0, 0.0)
+
+
+class AudioBackend(Protocol):
+    """A source (and maybe a sink) of samples that drives an engine.
+
+    `input_rate`: rate of the samples it delivers. `output_rate`: the rate its output plays at, or None
+    when it takes whatever rate the processor produces (arrays, files). `block`: input frames per
+    callback. `has_output`: it can take audio (tokens need none). `input_name`/`output_name`: for
+    messages. `timing`: a `DeviceTiming` for a real device clock, None otherwise."""
+
+    input_rate: int
+    output_rate: int | None
+    block: int
+    has_output: bool
+    input_name: str
+    output_name: str | None
+    timing: DeviceTiming | None
+
+    def run(self, engine: AudioEngine, stop: threading.Event | None = None, on_status: StatusCallback | None = None,
+            on_start: Callable[[], None] | None = None, duration: float | None = None):
+        """Stream until the input ends, `stop` is set or `duration` seconds (of input) have passed;
+        returns what the backend collected (the output audio of an array backend) or None."""
 
 
 class ArrayBackend:
@@ -26,260 +64,94 @@ class ArrayBackend:
 
     `paced=False` runs as fast as possible and fully deterministic (the worker runs inline after each
     block); `paced=True` delivers blocks in real time from this thread while the engine's worker
-    thread computes, like a sound card would.
+    thread computes, like a sound card would. After `run`, `output` holds the collected audio
+    (starting with the engine's delay), or None when the engine plays nothing.
     """
+
+    output_rate = None
+    has_output = True
+    timing = None
+    output_name = None
 
     def __init__(self, samples: np.ndarray, sample_rate: int, block: int, paced: bool = False):
         self.samples = np.ascontiguousarray(samples, dtype=np.float32)
         self.input_rate, self.block, self.paced = int(sample_rate), int(block), paced
+        self.input_name = f"array of {len(self.samples)} samples"
+        self.output: np.ndarray | None = None
 
-    def run(self, engine: AudioEngine, status: Callable[[AudioEngine], None] | None = None) -> np.ndarray | None:
-        produce = engine.output_ring is not None
-        out_block = math.ceil(self.block * (engine.output_rate or self.input_rate) / self.input_rate)
-        out = np.zeros(out_block, dtype=np.float32)
+    def run(self, engine: AudioEngine, stop: threading.Event | None = None, on_status: StatusCallback | None = None,
+            on_start: Callable[[], None] | None = None, duration: float | None = None) -> np.ndarray | None:
+        plays = engine.output_rate is not None
+        out_rate = engine.output_rate or self.input_rate
+        out = np.zeros(-(-self.block * out_rate // self.input_rate), dtype=np.float32)
+        end = len(self.samples) if duration is None else min(len(self.samples), round(duration * self.input_rate))
+        stop = stop if stop is not None else threading.Event()
         collected = []
-        if produce:
-            engine.on_output(out[:0])  # the output side is ready from the first block on
+        engine.on_output(out[:0])  # the output side is ready from the first block on
         if self.paced:
             engine.start()
-        start = time.perf_counter()
+        if on_start is not None:
+            on_start()
+        start, fed = time.perf_counter(), 0
         try:
-            for i, pos in enumerate(range(0, len(self.samples), self.block)):
+            for i, pos in enumerate(range(0, end, self.block)):
+                if stop.is_set():
+                    break
                 if self.paced:  # wait for the moment this block would arrive from a device
                     delay = start + pos / self.input_rate - time.perf_counter()
                     if delay > 0:
-                        time.sleep(delay)
-                engine.on_input(self.samples[pos : pos + self.block])
+                        stop.wait(delay)
+                block = self.samples[pos : min(pos + self.block, end)]
+                engine.on_input(block)
+                fed += len(block)
                 if not self.paced:
                     engine.process_available()
-                if produce:
+                if plays:
                     engine.on_output(out)
                     collected.append(out.copy())
-                if status is not None and i % 25 == 0:
-                    status(engine)
+                if on_status is not None and i % 25 == 0:
+                    on_status(engine)
             if self.paced:  # let the worker drain what is queued before flushing
-                while len(engine.input_ring) and engine.failed is None:
+                while len(engine.input_ring) and engine.failed is None and not stop.is_set():
                     time.sleep(0.005)
         finally:
-            engine.stop()
+            stopped = engine.stop()
         if engine.failed is not None:
             raise engine.failed
-        engine.process_available()
+        if not stopped:
+            raise RuntimeError("the model worker is still inside a push after 2 s; the stream is incomplete")
+        engine.process_available()  # what the worker had not taken yet
         engine.finish()
-        if not produce:
+        if not plays:
             return None
-        # everything still in the output ring is the tail of the stream
-        rest = np.zeros(len(engine.output_ring), dtype=np.float32)
-        engine.output_ring.read(rest)
-        audio = np.concatenate(collected + [rest])
-        expected = math.ceil(len(self.samples) * engine.output_rate / self.input_rate) + engine.stats.delay_samples
-        return audio[:expected]
+        # everything still in the output is the tail of the stream
+        audio = np.concatenate(collected + [engine.output.drain()])
+        self.output = audio[: math.ceil(fed * out_rate / self.input_rate) + engine.stats.delay_samples]
+        return self.output
 
 
 class FileBackend(ArrayBackend):
-    """wav in -> wav out through the engine."""
+    """wav in -> wav out through the engine (`output_path` None: the output is only collected)."""
 
     def __init__(self, input_path: str | Path, output_path: str | Path | None, block_ms: float = 10.0,
                  paced: bool = False, mix: str | None = None):
         samples, rate = load_audio(input_path, mix=mix)
         super().__init__(samples.numpy(), rate, max(1, round(rate * block_ms / 1000)), paced)
         self.output_path = Path(output_path) if output_path is not None else None
+        self.input_name = str(input_path)
+        self.output_name = str(output_path) if output_path is not None else None
 
-    def run(self, engine: AudioEngine, status=None) -> np.ndarray | None:
-        audio = super().run(engine, status)
+    def run(self, engine: AudioEngine, stop: threading.Event | None = None, on_status: StatusCallback | None = None,
+            on_start: Callable[[], None] | None = None, duration: float | None = None) -> np.ndarray | None:
+        audio = super().run(engine, stop, on_status, on_start, duration)
         if audio is not None and self.output_path is not None:
             save_audio(self.output_path, audio, engine.output_rate)
         return audio
 
 
 class NullBackend(ArrayBackend):
-    """Silence in, output discarded: exercises the engine with no device and no file."""
+    """Silence in, output collected but meant to be ignored: exercises the engine with no device and no file."""
 
     def __init__(self, seconds: float, sample_rate: int, block: int):
         super().__init__(np.zeros(int(seconds * sample_rate), dtype=np.float32), sample_rate, block)
-
-
-# --- PyAudio -----------------------------------------------------------------------------------------
-
-def _pyaudio():
-    try:
-        import pyaudio
-    except ImportError as err:  # pragma: no cover - depends on the system
-        raise DeviceError("PyAudio is not installed: apt-get install portaudio19-dev && pip install pyaudio") from err
-    return pyaudio
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """PortAudio probes every host API (ALSA plugins, JACK) and their C libraries print pages of
-    harmless complaints straight to file descriptor 2; real failures still arrive as exceptions."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _open_portaudio():
-    pyaudio = _pyaudio()
-    with _quiet_native_stderr():
-        return pyaudio.PyAudio()
-
-
-def list_devices() -> list[dict]:
-    """Every PortAudio device: index, name, channels, default rate, host API."""
-    pa = _open_portaudio()
-    try:
-        devices = []
-        for i in range(pa.get_device_count()):
-            info = pa.get_device_info_by_index(i)
-            devices.append(dict(index=i, name=info["name"], inputs=int(info["maxInputChannels"]),
-                                outputs=int(info["maxOutputChannels"]), rate=int(info["defaultSampleRate"]),
-                                host_api=pa.get_host_api_info_by_index(info["hostApi"])["name"]))
-        return devices
-    finally:
-        pa.terminate()
-
-
-def format_devices(devices: list[dict]) -> str:
-    if not devices:
-        return "no audio devices found: is a sound server (PulseAudio, PipeWire) or ALSA device available?"
-    lines = [f"{'index':>5}  {'in':>3} {'out':>3} {'rate':>6}  name"]
-    lines += [f"{d['index']:>5}  {d['inputs']:>3} {d['outputs']:>3} {d['rate']:>6}  {d['name']} ({d['host_api']})"
-              for d in devices]
-    return "\n".join(lines)
-
-
-def find_device(spec: str | int | None, kind: str) -> dict:
-    """A device by index, by (case-insensitive) name substring, or the default one of `kind`."""
-    channels_key = "inputs" if kind == "input" else "outputs"
-    devices = [d for d in list_devices() if d[channels_key] > 0]
-    if not devices:
-        raise DeviceError(f"no audio {kind} device found (is a sound server running? `--list-devices` shows all)")
-    if spec is None:
-        pa = _open_portaudio()
-        try:
-            info = pa.get_default_input_device_info() if kind == "input" else pa.get_default_output_device_info()
-        except OSError as err:
-            raise DeviceError(f"no default audio {kind} device: {err}; pick one with --{kind}-device") from err
-        finally:
-            pa.terminate()
-        return next(d for d in devices if d["index"] == info["index"])
-    if str(spec).isdigit():
-        match = [d for d in devices if d["index"] == int(spec)]
-    else:
-        match = [d for d in devices if str(spec).lower() in d["name"].lower()]
-    if not match:
-        raise DeviceError(f"no {kind} device matches {spec!r}; available {kind} devices:\n{format_devices(devices)}")
-    return match[0]
-
-
-class PyAudioBackend:
-    """Microphone -> engine -> speakers, with callbacks that only copy samples."""
-
-    def __init__(self, input_device=None, output_device=None, block_ms: float = 10.0, need_output: bool = True):
-        self.input_info = find_device(input_device, "input")
-        self.output_info = find_device(output_device, "output") if need_output else None
-        self.input_rate = self.input_info["rate"]
-        self.output_rate = self.output_info["rate"] if self.output_info else None
-        self.block = max(1, round(self.input_rate * block_ms / 1000))
-        self.out_block = max(1, round((self.output_rate or self.input_rate) * block_ms / 1000))
-        self.callbacks = {"input": 0, "output": 0}
-        self.device_latency_ms = 0.0  # PortAudio's figure when the streams open
-        # seconds, from callback times: input latency, output latency, longest input gap, longest output gap
-        self.measured_device_latency = np.zeros(4)
-
-    def run(self, engine: AudioEngine, stop: threading.Event, status: Callable[[AudioEngine], None] | None = None,
-            duration: float | None = None, stall_timeout: float = 2.0,
-            on_start: Callable[[], None] | None = None) -> None:
-        pyaudio = _pyaudio()
-        out_buffer = np.zeros(self.out_block, dtype=np.float32)
-
-        # What the driver says, per callback (PortAudio stream times): how long ago the input was captured,
-        # how long until the output is heard, and the longest gap between callbacks on each side (samples
-        # arriving in bursts wait that long). The worst of each is the device part of the latency.
-        measured = self.measured_device_latency
-        last = np.zeros(2)
-
-        def on_input(in_data, frame_count, time_info, flags):
-            engine.on_input(np.frombuffer(in_data, dtype=np.float32))
-            self.callbacks["input"] += 1
-            now, captured = time_info["current_time"], time_info.get("input_buffer_adc_time", 0.0)
-            if captured > 0:
-                measured[0] = max(measured[0], now - captured)
-            if last[0] > 0:
-                measured[2] = max(measured[2], now - last[0])
-            last[0] = now
-            return None, pyaudio.paContinue
-
-        def on_output(in_data, frame_count, time_info, flags):
-            engine.on_output(out_buffer[:frame_count])
-            self.callbacks["output"] += 1
-            now, heard = time_info["current_time"], time_info.get("output_buffer_dac_time", 0.0)
-            if heard > 0:
-                measured[1] = max(measured[1], heard - now)
-            if last[1] > 0:
-                measured[3] = max(measured[3], now - last[1])
-            last[1] = now
-            # PyAudio insists on an immutable bytes object: the one allocation a callback makes
-            return out_buffer[:frame_count].tobytes(), pyaudio.paContinue
-
-        pa = _open_portaudio()
-        streams = []
-        try:
-            try:
-                streams.append(pa.open(format=pyaudio.paFloat32, channels=1, rate=self.input_rate, input=True,
-                                       input_device_index=self.input_info["index"],
-                                       frames_per_buffer=self.block, stream_callback=on_input))
-                if self.output_info is not None:
-                    streams.append(pa.open(format=pyaudio.paFloat32, channels=1, rate=self.output_rate, output=True,
-                                           output_device_index=self.output_info["index"],
-                                           frames_per_buffer=self.out_block, stream_callback=on_output))
-            except OSError as err:
-                raise DeviceError(f"cannot open the audio device(s) ({err}); check --input-device/--output-device "
-                                  "and --list-devices") from err
-            self.device_latency_ms = 1000 * sum(
-                s.get_input_latency() if i == 0 else s.get_output_latency() for i, s in enumerate(streams))
-            engine.start()
-            for s in streams:
-                s.start_stream()
-            if on_start is not None:
-                on_start()
-            self._monitor(engine, streams, stop, status, duration, stall_timeout)
-        finally:
-            engine.stop()
-            for s in streams:
-                try:
-                    s.stop_stream()
-                    s.close()
-                except OSError:
-                    pass  # the device may already be gone
-            pa.terminate()
-
-    def _monitor(self, engine, streams, stop, status, duration, stall_timeout):
-        start = last_change = time.monotonic()
-        last_counts = dict(self.callbacks)
-        while not stop.is_set():
-            stop.wait(0.2)
-            now = time.monotonic()
-            if engine.failed is not None:
-                raise engine.failed
-            if self.callbacks != last_counts:
-                last_counts, last_change = dict(self.callbacks), now
-            if not all(s.is_active() for s in streams):
-                raise DeviceError("the audio stream stopped: was the device unplugged, or its sound server stopped?")
-            if now - last_change > stall_timeout:
-                raise DeviceError(f"the audio device delivered no samples for {now - last_change:.1f} s; "
-                                  "was it unplugged or taken by another program?")
-            if status is not None:
-                status(engine)
-            if duration is not None and now - start >= duration:
-                return
+        self.input_name = f"{seconds:g} s of silence"

@@ -1,35 +1,37 @@
 """The real-time engine: audio threads move samples, one worker runs the model.
 
-    device input --callback--> input ring --worker: processor.push--> output ring --callback--> device output
+    device input --callback--> input ring --worker: processor.push--> output --callback--> device output
 
 Callbacks only copy into and out of lock-free ring buffers (`on_input`, `on_output`), so a slow model
 can never stall the audio device. The worker feeds whatever input has arrived to the streaming
-processor (a `StreamingConverter`, or a `StreamingEncoder` whose results go to `on_result`).
+processor (a `StreamingConverter` or a `StreamingEncoder`) and hands what it returns to the engine's
+output (`outputs.py`: audio for a device, or results for a callback).
 
-Latency is fixed at start: the output ring is primed with `delay_samples` of silence, enough to cover
-the processor's chunk and lookahead, its compute time (half a chunk by default) and one device buffer, so from then on output sample k is the
-processed input sample k - delay_samples. When compute falls behind, the input backlog is cut back to
-one chunk (the dropped samples are counted) and the output ring is never allowed to hold more than the
-fixed delay plus one buffer: latency stays bounded, and every sample dropped or played as silence is
-counted.
+Latency is fixed at start: the output is primed with a delay that covers the processor's chunk and
+lookahead, its compute time (half a chunk by default) and one device buffer, so from then on output
+sample k is the processed input sample k - delay. When compute falls behind, the input backlog is cut
+back to one chunk (the dropped samples are counted) and the output is never allowed to hold more than
+the fixed delay plus its headroom: latency stays bounded, and every sample dropped or played as
+silence is counted.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from .outputs import EngineOutput
 from .ring import RingBuffer
 
 
 class StreamProcessor(Protocol):
-    """What the engine drives: a streaming converter or encoder (kanade_stream.streaming)."""
+    """What the engine drives: a streaming converter or encoder (kanade_stream.streaming). A `flush()`
+    method, if present, is called at the end of a finite stream."""
 
     latency_ms: float
 
@@ -45,7 +47,6 @@ class EngineStats:
     delay_samples: int
     processed_samples: int = 0
     dropped_input_samples: int = 0
-    dropped_output_samples: int = 0
     busy_seconds: float = 0.0
     compute_times: deque = field(default_factory=lambda: deque(maxlen=2000))
     errors: list = field(default_factory=list)
@@ -53,8 +54,7 @@ class EngineStats:
     @property
     def latency_ms(self) -> float:
         """Input-to-output delay through the engine (device buffers excluded)."""
-        rate = self.output_rate or self.input_rate
-        return 1000.0 * self.delay_samples / rate
+        return 1000.0 * self.delay_samples / self.output_rate if self.output_rate else 0.0
 
     @property
     def real_time_factor(self) -> float:
@@ -72,55 +72,40 @@ class AudioEngine:
         self,
         processor: StreamProcessor,
         input_rate: int,
-        output_rate: int | None,
+        output: EngineOutput,
         device_block: int,
-        processor_rate: int | None = None,
         chunk_samples: int | None = None,
         max_backlog_ms: float = 400.0,
         compute_margin_ms: float | None = None,
         ring_seconds: float = 4.0,
-        on_result: Callable[[object], None] | None = None,
     ):
-        """`input_rate`/`output_rate`: device rates (output None for an encoder). `device_block`:
-        frames per device callback. `processor_rate`: the rate of what `processor.push` returns (it is
-        resampled to `output_rate`). `chunk_samples`: the processor's chunk at the input rate.
-        `compute_margin_ms`: time allowed for computing a chunk before its output is due (default half a
-        chunk, the budget a real-time model should keep at p99); slower chunks are counted underruns."""
+        """`input_rate`: the input device's rate. `output`: where results go (an `AudioOutput` at the
+        output device's rate, or a `ResultOutput`). `device_block`: input frames per device callback.
+        `chunk_samples`: the processor's chunk at the input rate. `compute_margin_ms`: time allowed for
+        computing a chunk before its output is due (default half a chunk, the budget a real-time model
+        should keep at p99); slower chunks are counted underruns."""
         self.processor = processor
-        self.input_rate, self.output_rate = int(input_rate), output_rate
+        self.input_rate = int(input_rate)
+        self.output = output
         self.device_block = int(device_block)
         self.chunk_samples = int(chunk_samples or device_block)
         self.max_backlog = max(int(max_backlog_ms / 1000 * input_rate), self.chunk_samples + self.device_block)
         self.input_ring = RingBuffer(int(ring_seconds * input_rate))
-        self.on_result = on_result
-        self.output_ring = None
-        self._resampler = None
-        delay = 0
-        if output_rate is not None:
-            self.output_ring = RingBuffer(int(ring_seconds * output_rate))
-            processor_rate = processor_rate or output_rate
-            if processor_rate != output_rate:
-                import soxr  # streaming, state-carrying resampler for the device side
-
-                self._resampler = soxr.ResampleStream(processor_rate, output_rate, 1, dtype="float32")
-            # chunk + lookahead of the processor, its compute time, and one device buffer of arrival jitter
-            if compute_margin_ms is None:
-                compute_margin_ms = 500.0 * self.chunk_samples / input_rate
-            delay = math.ceil((processor.latency_ms / 1000 + compute_margin_ms / 1000 + self.device_block / input_rate)
-                              * output_rate)
-            delay += self._resampler_delay(processor_rate, output_rate)
-            self.output_ring.write(np.zeros(delay, dtype=np.float32))
-        self.stats = EngineStats(self.input_rate, output_rate, delay)
+        if compute_margin_ms is None:
+            compute_margin_ms = 500.0 * self.chunk_samples / self.input_rate
+        # chunk + lookahead of the processor, its compute time, and one device buffer of arrival jitter
+        output.open(processor.latency_ms / 1000 + compute_margin_ms / 1000 + self.device_block / self.input_rate,
+                    self.device_block, self.input_rate)
+        self.stats = EngineStats(self.input_rate, output.rate, output.delay_samples)
         self._scratch = np.zeros(self.max_backlog + self.device_block, dtype=np.float32)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._input_started = False
-        self._output_started = output_rate is None  # an encoder has no output side to wait for
 
-    @staticmethod
-    def _resampler_delay(processor_rate: int | None, output_rate: int) -> int:
-        # soxr holds back a few ms of lookahead; cover it so the start does not underrun
-        return 0 if processor_rate in (None, output_rate) else math.ceil(0.01 * output_rate)
+    @property
+    def output_rate(self) -> int | None:
+        """The rate a device plays the output at; None when there is nothing to play."""
+        return self.output.rate
 
     # --- audio-thread side: copies only ------------------------------------------------------------
 
@@ -129,17 +114,13 @@ class AudioEngine:
     # until the first input; otherwise the primed delay would grow or be eaten before it matters.
 
     def on_input(self, samples: np.ndarray) -> None:
-        if not self._output_started:
+        if not self.output.started:
             return
         self.input_ring.write(samples)
         self._input_started = True
 
     def on_output(self, out: np.ndarray) -> None:
-        self._output_started = True
-        if not self._input_started:
-            out[:] = 0.0
-            return
-        self.output_ring.read(out, fill_missing=True)
+        self.output.read(out, playing=self._input_started)
 
     # --- worker side -------------------------------------------------------------------------------
 
@@ -160,36 +141,14 @@ class AudioEngine:
             self.stats.compute_times.append(elapsed)
         self.stats.busy_seconds += elapsed
         self.stats.processed_samples += n
-        self._deliver(result)
+        self.output.write(result)
         return n
 
-    def _deliver(self, result) -> None:
-        if self.output_ring is None:
-            if self.on_result is not None and len(result):
-                self.on_result(result)
-            return
-        audio = np.asarray(result, dtype=np.float32)
-        if self._resampler is not None:
-            audio = self._resampler.resample_chunk(audio)
-        # never let the output run further ahead than the fixed delay plus one buffer
-        room = self.stats.delay_samples + 2 * self.device_block - len(self.output_ring)
-        if len(audio) > room:
-            self.stats.dropped_output_samples += len(audio) - max(room, 0)
-            audio = audio[: max(room, 0)]
-        self.output_ring.write(audio)
-
     def finish(self) -> None:
-        """End of stream (file mode): flush the processor's held-back samples."""
+        """End of a finite stream: flush the processor's held-back samples to the output."""
         flush = getattr(self.processor, "flush", None)
         if flush is not None:
-            result = flush()
-            if self.output_ring is not None:
-                audio = np.asarray(result, dtype=np.float32)
-                if self._resampler is not None:
-                    audio = self._resampler.resample_chunk(audio, last=True)
-                self.output_ring.write(audio)
-            elif self.on_result is not None and len(result):
-                self.on_result(result)
+            self.output.write(flush(), last=True)
 
     def start(self) -> None:
         """Start the worker thread (real-time backends)."""
@@ -206,11 +165,15 @@ class AudioEngine:
         except Exception as err:  # reported by the backend's monitor loop; the audio threads keep running
             self.stats.errors.append(err)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Stop the worker thread; False if it is still inside a processor push after `timeout` s."""
         self._stop.set()
         if self._worker is not None:
-            self._worker.join(timeout=5)
+            self._worker.join(timeout=timeout)
+            if self._worker.is_alive():
+                return False
             self._worker = None
+        return True
 
     @property
     def failed(self) -> BaseException | None:
@@ -219,9 +182,9 @@ class AudioEngine:
     def xruns(self) -> dict[str, int]:
         return {
             "input_overrun": self.input_ring.overruns,
-            "output_underrun": self.output_ring.underruns if self.output_ring is not None else 0,
+            "output_underrun": self.output.underruns,
             "dropped_input": self.stats.dropped_input_samples,
-            "dropped_output": self.stats.dropped_output_samples,
+            "dropped_output": self.output.dropped,
         }
 
     def status_line(self) -> str:

@@ -1,6 +1,6 @@
 """The live programs behind demos/live_vc.py and demos/live_tokenize.py.
 
-Both run the streaming student through the engine, on real devices (PyAudio) or on files
+Both run the streaming student through `run_session`, on real devices (PyAudio) or on files
 (`--input in.wav --output out.wav`), print a one-line live status, and a summary at exit. Every way
 this can go wrong ends with one clear message and a non-zero exit code, never a traceback: missing or
 vanished devices, unreadable/silent/short reference clips, a missing model.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -18,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import AudioError, load_audio
-from .backends import DeviceError, FileBackend, PyAudioBackend, format_devices, list_devices
+from ..audio import MIX_CHOICES, AudioError, load_audio
+from .backends import AudioBackend, DeviceError, FileBackend
+from .devices import PyAudioBackend, format_devices, list_devices
 from .engine import AudioEngine
+from .session import SessionOptions, Summary, run_session
 
 MIN_REFERENCE_SECONDS = 1.0
 SILENCE_RMS = 1e-4
@@ -62,6 +65,10 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     if mode == "vc":
         parser.add_argument("--output", default=None, help="file mode: write the converted audio here")
     parser.add_argument("--paced", action="store_true", help="file mode: feed the file in real time")
+    files = "an --input file or --ref clip" if mode == "vc" else "an --input file"
+    parser.add_argument("--mix", choices=MIX_CHOICES, default=None,
+                        help=f"how to mix {files} with several channels down to mono (a stereo --input needs it"
+                        + ("; --ref defaults to mean)" if mode == "vc" else ")"))
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (device mode)")
     parser.add_argument("--summary-json", default=None, help="also write the exit summary as JSON to this file")
     parser.add_argument("--threads", type=int, default=1,
@@ -95,6 +102,16 @@ def _status_printer(quiet: bool):
     return show
 
 
+def main(mode: str) -> None:
+    """The programs' entry point: `run`, then exit at once. Everything is written and closed by then;
+    the interpreter's own teardown (torch's, mostly) takes a second or more on a busy machine, which
+    would otherwise stand between a Ctrl-C and the prompt."""
+    code = run(mode)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run(mode: str, argv: list[str] | None = None) -> int:
     args = build_parser(mode).parse_args(argv)
     try:
@@ -109,97 +126,102 @@ def run(mode: str, argv: list[str] | None = None) -> int:
     except (LiveError, DeviceError, AudioError, FileNotFoundError) as err:
         print(f"\nerror: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before streaming started (loading, opening devices)
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     _print_summary(summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
     return 0
 
 
+def _backend(mode: str, args) -> AudioBackend:
+    if args.input is not None:
+        return FileBackend(args.input, getattr(args, "output", None), block_ms=args.block_ms, paced=args.paced,
+                           mix=args.mix)
+    return PyAudioBackend(args.input_device, getattr(args, "output_device", None), block_ms=args.block_ms,
+                          need_output=mode == "vc")
+
+
+def _processor(mode: str, args, rate: int):
+    from ..streaming import StreamingConverter, StreamingEncoder
+
+    student = _load_student(args.model)
+    reference = load_reference(args.ref, sample_rate=rate, mix=args.mix or "mean") if mode == "vc" else None
+    try:
+        if mode == "vc":
+            return StreamingConverter(student, reference=reference, sample_rate=rate, chunk_ms=args.chunk_ms)
+        return StreamingEncoder(student, sample_rate=rate, chunk_ms=args.chunk_ms)
+    except AudioError:
+        raise
+    except ValueError as err:  # a chunk the input rate cannot cut into whole samples
+        raise LiveError(f"--chunk-ms {args.chunk_ms}: {err}") from err
+
+
 def _run(mode: str, args) -> dict:
     import torch
 
-    from ..streaming import StreamingConverter, StreamingEncoder
-
+    threads = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
-    student = _load_student(args.model)
-    file_mode = args.input is not None
-    if file_mode:
-        backend = FileBackend(args.input, getattr(args, "output", None), block_ms=args.block_ms, paced=args.paced)
-        input_rate = backend.input_rate
-    else:
-        backend = PyAudioBackend(args.input_device, getattr(args, "output_device", None), block_ms=args.block_ms,
-                                 need_output=mode == "vc")
-        input_rate = backend.input_rate
-
-    tokens_seen: list[int] = []
-    if mode == "vc":
-        reference = load_reference(args.ref, sample_rate=input_rate)
-        processor = StreamingConverter(student, reference=reference, sample_rate=input_rate, chunk_ms=args.chunk_ms)
-        output_rate = processor.output_rate if file_mode else backend.output_rate
-        on_result = None
-    else:
-        processor = StreamingEncoder(student, sample_rate=input_rate, chunk_ms=args.chunk_ms)
-        output_rate = None
-
-        def on_result(tokens) -> None:
-            values = [int(t) for t in tokens]
-            tokens_seen.extend(values)
-            if not args.quiet:
-                print(" ".join(str(v) for v in values), flush=True)
-
-    # one chunk of silence first: the first call pays for allocations and kernel selection
-    processor.push(np.zeros(round(input_rate * args.chunk_ms / 1000) * 2, dtype=np.float32))
-    processor.reset()
-    engine = AudioEngine(
-        processor, input_rate, output_rate, device_block=backend.block,
-        processor_rate=getattr(processor, "output_rate", None),
-        chunk_samples=round(input_rate * args.chunk_ms / 1000), on_result=on_result,
-    )
-    status = _status_printer(args.quiet or mode == "tokenize")
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: finish cleanly
-    started = time.monotonic()
     try:
-        if file_mode:
-            backend.run(engine, status)
-        else:
-            output = f" -> {backend.output_info['name']}" if backend.output_info else ""
-            started_line = f"streaming: {backend.input_info['name']}{output}, {args.chunk_ms} ms chunks (Ctrl-C stops)"
-            backend.run(engine, stop, status, duration=args.duration,
-                        on_start=lambda: print(started_line, file=sys.stderr, flush=True))
+        return _run_session(mode, args)
+    finally:
+        torch.set_num_threads(threads)  # run() may be called in-process (tests, scripts)
+
+
+def _run_session(mode: str, args) -> dict:
+    backend = _backend(mode, args)
+    processor = _processor(mode, args, backend.input_rate)
+
+    def print_tokens(tokens) -> None:
+        if not args.quiet:
+            print(" ".join(str(int(t)) for t in tokens), flush=True)
+
+    def started() -> None:
+        output = f" -> {backend.output_name}" if backend.output_name else ""
+        print(f"streaming: {backend.input_name}{output}, {args.chunk_ms} ms chunks (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+
+    stop = threading.Event()
+    options = SessionOptions(
+        duration=args.duration if args.input is None else None,
+        stop=stop,
+        on_status=_status_printer(args.quiet or mode == "tokenize"),
+        on_start=started,
+        on_result=print_tokens if mode == "tokenize" else None,
+    )
+    previous = signal.signal(signal.SIGINT, Interrupts(stop))
+    try:
+        summary = run_session(processor, backend, options)
     finally:
         signal.signal(signal.SIGINT, previous)
         if not args.quiet:
             print(file=sys.stderr)
-    summary = dict(
-        mode=mode,
-        seconds=round(time.monotonic() - started, 3),
-        audio_seconds=round(engine.stats.processed_samples / input_rate, 3),
-        chunk_ms=args.chunk_ms,
-        model_latency_ms=round(processor.latency_ms, 2),
-        engine_latency_ms=round(engine.stats.latency_ms, 2),
-        compute_p50_ms=round(engine.stats.compute_ms(0.5), 2),
-        compute_p99_ms=round(engine.stats.compute_ms(0.99), 2),
-        real_time_factor=round(engine.stats.real_time_factor, 3),
-        **engine.xruns(),
-    )
-    if not file_mode:
-        driver_in, driver_out, gap_in, gap_out = (1000 * backend.measured_device_latency).tolist()
-        summary["device_latency_ms"] = round(backend.device_latency_ms, 2)  # PortAudio's figure at open
-        # worst seen in the callbacks: input and output buffering, longest gaps between callbacks
-        summary["driver_latency_ms"] = [round(driver_in, 2), round(driver_out, 2)]
-        summary["callback_gap_ms"] = [round(gap_in, 2), round(gap_out, 2)]
-        # what a listener can expect at most: engine delay + device buffering + the callback gaps (a sample
-        # arriving in a burst waits up to one gap for its callback on each side)
-        device = max(backend.device_latency_ms, driver_in + driver_out)
-        gaps = max(gap_in, args.block_ms) + max(gap_out, args.block_ms)
-        summary["latency_bound_ms"] = round(engine.stats.latency_ms + device + gaps, 2)
-        summary["input_device"] = backend.input_info["name"]
-        if backend.output_info:
-            summary["output_device"] = backend.output_info["name"]
+    return _summary_dict(mode, summary)
+
+
+class Interrupts:
+    """Ctrl-C while streaming: the first asks the session to stop (it ends within a device poll and still
+    prints its summary); the second exits at once, whatever is still running."""
+
+    def __init__(self, stop: threading.Event, exit=os._exit):
+        self.stop, self.exit, self.count = stop, exit, 0
+
+    def __call__(self, signum=None, frame=None) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.stop.set()
+            return
+        print("\ninterrupted twice: exiting now", file=sys.stderr, flush=True)
+        self.exit(130)
+
+
+def _summary_dict(mode: str, summary: Summary) -> dict:
+    values = summary.to_dict()
+    results = values.pop("results", None)
     if mode == "tokenize":
-        summary["tokens"] = len(tokens_seen)
-    return summary
+        values["tokens"] = results
+    return dict(mode=mode, **values)
 
 
 def _print_summary(summary: dict) -> None:

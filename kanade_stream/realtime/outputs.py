@@ -1,0 +1,131 @@
+"""Where the engine's results go: one small interface, two kinds.
+
+- `AudioOutput`: audio for a device to play. The worker writes into a ring buffer (resampled to the
+  device rate with soxr when the processor's rate differs); the device callback reads from it. The
+  ring is primed with a fixed delay of silence so output sample k is input sample k - delay.
+- `ResultOutput`: each non-empty result (tokens, or audio a caller wants as it comes) is handed to a
+  callback on the worker thread; nothing is played.
+
+The engine calls the same four methods on either, so it never asks which kind it has.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .ring import RingBuffer
+
+
+class EngineOutput(Protocol):
+    """The output side of the engine.
+
+    `rate`: samples per second of what a device reads (None: nothing to play). `delay_samples`: the
+    fixed delay primed at `open`, in those samples. `started`: the consumer runs (a device has pulled
+    once); until then the engine treats input as pre-roll. `underruns`/`dropped`: samples played as
+    silence / thrown away to keep latency bounded, in `rate` samples."""
+
+    rate: int | None
+    delay_samples: int
+    started: bool
+    underruns: int
+    dropped: int
+
+    def open(self, delay_seconds: float, device_block: int, input_rate: int) -> None:
+        """Prepare for a stream: prime `delay_seconds` of delay; `device_block` input frames arrive per
+        device callback at `input_rate` (the output sizes its headroom from that)."""
+
+    def write(self, result, last: bool = False) -> None:
+        """Worker side: what one processor push returned (`last`: the final flush)."""
+
+    def read(self, out: np.ndarray, playing: bool = True) -> None:
+        """Device side: fill `out` (silence while not `playing`, i.e. before the first input)."""
+
+
+class AudioOutput:
+    """Audio for a device: ring buffer + device-rate resampling, read from the device callback."""
+
+    def __init__(self, rate: int, source_rate: int | None = None, ring_seconds: float = 4.0):
+        """`rate`: the device's rate. `source_rate`: the rate of what the processor returns (default
+        `rate`); it is resampled to `rate`."""
+        self.rate = int(rate)
+        self.source_rate = int(source_rate or rate)
+        self.ring = RingBuffer(int(ring_seconds * self.rate))
+        self._resampler = None
+        if self.source_rate != self.rate:
+            import soxr  # streaming, state-carrying resampler for the device side
+
+            self._resampler = soxr.ResampleStream(self.source_rate, self.rate, 1, dtype="float32")
+        self.delay_samples = 0
+        self.headroom = 0
+        self.started = False
+        self.dropped = 0
+
+    def open(self, delay_seconds: float, device_block: int, input_rate: int) -> None:
+        self.delay_samples = math.ceil(delay_seconds * self.rate) + self._resampler_delay()
+        # Input and output callbacks interleave, so right after a push the ring may hold up to one device
+        # buffer beyond the delay; allow two. Counted in this ring's samples: a device buffer of
+        # `device_block` input frames is `device_block * rate / input_rate` output frames.
+        self.headroom = 2 * -(-device_block * self.rate // input_rate)
+        self.ring.write(np.zeros(self.delay_samples, dtype=np.float32))
+
+    def _resampler_delay(self) -> int:
+        # soxr holds back a few ms of lookahead; cover it so the start does not underrun
+        return 0 if self._resampler is None else math.ceil(0.01 * self.rate)
+
+    def write(self, result, last: bool = False) -> None:
+        audio = np.asarray(result, dtype=np.float32)
+        if self._resampler is not None:
+            audio = self._resampler.resample_chunk(audio, last=last)
+        if not last:
+            # never let the output run further ahead than the fixed delay plus the headroom
+            room = max(self.delay_samples + self.headroom - len(self.ring), 0)
+            if len(audio) > room:
+                self.dropped += len(audio) - room
+                audio = audio[:room]
+        self.ring.write(audio)
+
+    def read(self, out: np.ndarray, playing: bool = True) -> None:
+        self.started = True
+        if not playing:
+            out[:] = 0.0
+            return
+        self.ring.read(out, fill_missing=True)
+
+    def drain(self) -> np.ndarray:
+        """Everything still queued (the tail of a finished stream)."""
+        rest = np.zeros(len(self.ring), dtype=np.float32)
+        self.ring.read(rest)
+        return rest
+
+    @property
+    def underruns(self) -> int:
+        return self.ring.underruns
+
+
+class ResultOutput:
+    """Results to a callback (on the worker thread), nothing to play. Counts the items delivered."""
+
+    rate = None
+    delay_samples = 0
+    started = True  # no device to wait for
+    underruns = 0
+    dropped = 0
+
+    def __init__(self, on_result: Callable[[object], None] | None = None):
+        self.on_result = on_result
+        self.items = 0
+
+    def open(self, delay_seconds: float, device_block: int, input_rate: int) -> None:
+        pass  # results are delivered as soon as they are final: no delay to prime
+
+    def write(self, result, last: bool = False) -> None:
+        if len(result):
+            self.items += len(result)
+            if self.on_result is not None:
+                self.on_result(result)
+
+    def read(self, out: np.ndarray, playing: bool = True) -> None:
+        out[:] = 0.0
