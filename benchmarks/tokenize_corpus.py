@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60], help="long-file lengths")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--window-seconds", type=float, default=None, help="windowed encoding (default: the CLI's)")
+    parser.add_argument("--context-seconds", type=float, default=None)
     parser.add_argument("--model", default=None, help="teacher (default: the embedded demo teacher)")
     parser.add_argument("--ssl-model", default=None)
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -88,6 +90,8 @@ def main() -> None:
         return child_peak_memory(args.child)
 
     model = (["--model", args.model] if args.model else []) + (["--ssl-model", args.ssl_model] if args.ssl_model else [])
+    windows = ((["--window-seconds", str(args.window_seconds)] if args.window_seconds else [])
+               + (["--context-seconds", str(args.context_seconds)] if args.context_seconds is not None else []))
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // 2)))
     print(f"# {platform.node()}: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}; "
           f"model: {args.model or 'embedded demo teacher'}")
@@ -114,12 +118,13 @@ def main() -> None:
                       f"{args.files / seconds:5.2f} files/s, {audio_seconds / seconds:6.1f} audio-hours per hour")
             print(f"  speed-up 2 vs 1: {rows[0][1] / rows[1][1]:.2f}x")
         if not args.skip_memory:
-            print("peak memory (windowed encoding above 40 s):")
+            print(f"peak memory (windows: {args.window_seconds or 'default 30'} s, context "
+                  f"{args.context_seconds if args.context_seconds is not None else 'default 5'} s):")
             for minutes in args.minutes:
                 path = scratch / f"long{minutes:g}min.wav"
                 make_long_file(path, minutes)
                 seconds, stdout = run([sys.executable, __file__, "--child", "tokenize", str(path), "--out",
-                                       str(scratch / "long"), "--overwrite", *model])
+                                       str(scratch / "long"), "--overwrite", *model, *windows])
                 peak = json.loads(stdout.strip().splitlines()[-1])["peak_mb"]
                 print(f"  {minutes:g} min: peak {peak:7.0f} MB, {seconds:6.1f} s wall "
                       f"({minutes * 60 / seconds:.1f}x real time)")
