@@ -79,6 +79,7 @@ def speaker_similarity(a, rate_a: int, b, rate_b: int) -> float:
     embedding_a, embedding_b = speaker_embedding(a, rate_a), speaker_embedding(b, rate_b)
     silent = [name for name, e in (("first", embedding_a), ("second", embedding_b)) if e is None]
     if silent:
-        warnings.warn(f"the {' and '.join(silent)} clip has no speech (silence or under {MIN_VOICED_SECONDS} s "
-                      "voiced): speaker similarity is NaN", NoSpeechWarning, stacklevel=2)
+        subject = f"the {' and '.join(silent)} clip" + ("s have" if len(silent) > 1 else " has")
+        warnings.warn(f"{subject} no speech (silence, or under {MIN_VOICED_SECONDS} s voiced): speaker similarity "
+                      "is NaN", NoSpeechWarning, stacklevel=2)
     return cosine_similarity(embedding_a, embedding_b)
