@@ -14,6 +14,8 @@ Rows
   vocoder (source mel) the vocoder on the teacher's mel spectrogram of the source: the vocoder's own ceiling
   griffin-lim          Griffin-Lim on the same mel (the weight-free fallback)
   teacher resynthesis  teacher encode -> decode (the source's own voice) -> vocoder
+    (griffin-lim)      the same mel through Griffin-Lim: with the two rows above, tells the decoder's loss from
+                       the vocoder's
   teacher VC           teacher voice conversion to another held-out voice -> vocoder
   student resynthesis  student encode -> decode, offline
   student stream VC    StreamingConverter at --chunk-ms chunks, the source pushed in 20 ms pieces, then flush
@@ -47,6 +49,7 @@ import platform
 import subprocess
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +57,10 @@ import torch
 
 from kanade_stream import KanadeTeacher, load_audio, load_vocoder, resample, save_audio, vocode
 from kanade_stream.evaluation import (
-    HELDOUT_VOICES, VOICE_GENDERS, NoSpeechWarning, build_heldout_set, cosine_similarity, judge_versions,
-    mean_embedding, speaker_embedding, transcribe, word_errors,
+    HELDOUT_VOICES, VOICE_GENDERS, FliteError, JudgeMissingError, NoSpeechWarning, build_heldout_set,
+    cosine_similarity, judge_versions, mean_embedding, speaker_embedding, transcribe, word_errors,
 )
+from kanade_stream.evaluation.judges import require
 from kanade_stream.pretrained import default_student, default_teacher, default_vocoder
 from kanade_stream.streaming import StreamingConverter, load_student
 from kanade_stream.vocoder import GRIFFIN_LIM
@@ -66,12 +70,13 @@ ROWS = {  # key: label
     "vocoder": "vocoder (source mel)",
     "griffin-lim": "griffin-lim (source mel)",
     "teacher-resynth": "teacher resynthesis",
+    "teacher-resynth-gl": "teacher resynthesis (griffin-lim)",
     "teacher-vc": "teacher VC",
     "student-resynth": "student resynthesis",
     "student-stream-vc": "student stream VC",
 }
 CONVERSIONS = ("teacher-vc", "student-stream-vc")
-TEACHER_ROWS = ("vocoder", "griffin-lim", "teacher-resynth", "teacher-vc")
+TEACHER_ROWS = ("vocoder", "griffin-lim", "teacher-resynth", "teacher-resynth-gl", "teacher-vc")
 STUDENT_ROWS = ("student-resynth", "student-stream-vc")
 PIECE_MS = 20  # the size of each push into the streaming converter (an audio callback's block)
 
@@ -98,6 +103,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.sentences < 2:
         parser.error("--sentences must be >= 2: a conversion's reference is another sentence of the target voice")
+    if len(args.voices) < 2 and any(row in CONVERSIONS for row in args.rows):
+        parser.error("conversions need at least two --voices (a source voice and a target voice)")
     if "source" not in args.rows:
         args.rows = ["source"] + args.rows  # every other row is judged against it
     return args
@@ -133,7 +140,7 @@ def load_models(args) -> dict:
         vocoder_name = args.vocoder or default_vocoder()
         models["vocoder"] = load_vocoder(vocoder_name)
         models["paths"]["vocoder"] = str(vocoder_name)
-        if "griffin-lim" in args.rows:
+        if "griffin-lim" in args.rows or "teacher-resynth-gl" in args.rows:
             models["griffin-lim"] = load_vocoder(GRIFFIN_LIM)
             models["paths"]["griffin-lim"] = GRIFFIN_LIM
     if any(row in args.rows for row in STUDENT_ROWS):
@@ -177,6 +184,7 @@ def make_outputs(args, clips: list[dict], pairs, models: dict, rate: int) -> tup
     records, seconds = [], {}
 
     def run(row, clip, fn, target=None, reference=None):
+        torch.manual_seed(zlib.crc32(f"{row}/{clip}/{target}".encode()))  # Griffin-Lim starts from random phases
         start = time.perf_counter()
         audio, out_rate = fn()
         seconds[row] = seconds.get(row, 0.0) + time.perf_counter() - start
@@ -197,14 +205,20 @@ def make_outputs(args, clips: list[dict], pairs, models: dict, rate: int) -> tup
                     run("vocoder", k, lambda: (vocode(vocoder, mel), model_rate))
                 if "griffin-lim" in args.rows:
                     run("griffin-lim", k, lambda: (vocode(models["griffin-lim"], mel), model_rate))
-                if "teacher-resynth" in args.rows:
-                    def resynth():
-                        f = teacher.encode(wave, sample_rate=rate)
-                        length = resample(wave, rate, model_rate).numel()
-                        decoded = teacher.decode(f.global_embedding, content_token_indices=f.content_token_indices,
-                                                 target_audio_length=length)
-                        return vocode(vocoder, decoded), model_rate
-                    run("teacher-resynth", k, resynth)
+                if "teacher-resynth" in args.rows or "teacher-resynth-gl" in args.rows:
+                    decoded = {}
+
+                    def resynth(vocoder_model):
+                        if not decoded:  # decoded once, timed with the first of these rows
+                            f = teacher.encode(wave, sample_rate=rate)
+                            decoded["mel"] = teacher.decode(f.global_embedding,
+                                                            content_token_indices=f.content_token_indices,
+                                                            target_audio_length=resample(wave, rate, model_rate).numel())
+                        return vocode(vocoder_model, decoded["mel"]), model_rate
+                    if "teacher-resynth" in args.rows:
+                        run("teacher-resynth", k, lambda: resynth(vocoder))
+                    if "teacher-resynth-gl" in args.rows:
+                        run("teacher-resynth-gl", k, lambda: resynth(models["griffin-lim"]))
             if student is not None and "student-resynth" in args.rows:
                 def student_resynth():
                     f = student.encode(wave, sample_rate=rate)
@@ -294,6 +308,12 @@ def summarise(records: list[dict], clips: list[dict], pairs, row: str) -> dict:
     result = {"row": row, "label": ROWS[row], "clips": len(rows), "wer": errors / words,
               "delta_wer": (errors - source_errors) / words, "sim_source": nanmean([r["sim_source"] for r in rows]),
               "no_speech": sum(r["silent"] for r in rows), "sim_target": math.nan, "target_minus_source": math.nan}
+    if row == "source":  # what unintelligible speech scores: each transcript against another sentence's text
+        texts = {(c["voice"], c["sentence"]): c["text"] for c in clips}
+        count = 1 + max(c["sentence"] for c in clips)
+        wrong = [word_errors(texts[(clips[r["clip"]]["voice"], (clips[r["clip"]]["sentence"] + 1) % count)],
+                             r["hypothesis"]) for r in rows]
+        result["wer_other_text"] = sum(e for e, _ in wrong) / sum(n for _, n in wrong)
     if row in CONVERSIONS or row == "source":
         if row == "source":  # where the conversions start: the sources against the same targets
             scored = [{"sim_target": cosine_similarity(source[k]["embedding"], mean_embedding(
@@ -359,7 +379,9 @@ def write_chart(path: Path, summaries: list[dict]) -> str:
     x = np.arange(len(labels))
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     left.bar(x, [s["wer"] for s in summaries], color="#4c72b0")
-    left.axhline(summaries[0]["wer"], color="black", linestyle="--", linewidth=1, label="source WER (judge floor)")
+    left.axhline(summaries[0]["wer"], color="black", linestyle="--", linewidth=1, label="source (the judge's own errors)")
+    left.axhline(summaries[0]["wer_other_text"], color="gray", linestyle=":", linewidth=1,
+                 label="unintelligible (sources vs another sentence's text)")
     left.set_title("word error rate (pocketsphinx), lower is better")
     left.set_ylabel("WER")
     width = 0.38
@@ -405,7 +427,12 @@ def main(argv=None) -> dict:
     print(f"judges: pocketsphinx {machine['pocketsphinx']}, resemblyzer {machine['resemblyzer']}; "
           f"voices: {machine['flite']}")
 
-    items = build_heldout_set(args.cache, sentences=args.sentences, voices=args.voices, first=args.first)
+    try:  # before any model runs: the judges, then the held-out clips
+        require("pocketsphinx", "pocketsphinx", "speech recognition (word error rate)")
+        require("resemblyzer", "resemblyzer", "speaker similarity")
+        items = build_heldout_set(args.cache, sentences=args.sentences, voices=args.voices, first=args.first)
+    except (JudgeMissingError, FliteError, ValueError) as err:
+        raise SystemExit(f"quality.py: {err}") from err
     rate = 16000
     clips = []
     for item in items:
@@ -429,6 +456,11 @@ def main(argv=None) -> dict:
     lines = table(summaries, tokens)
     if any("same_gender" in s for s in summaries if s["row"] != "source"):
         lines += [""] + gender_lines([s for s in summaries if s["row"] != "source"])
+    floor = summaries[0]
+    lines += ["", f"reading guide: judges on the sources themselves: WER {fmt(floor['wer'])}, same-voice similarity "
+                  f"{fmt(floor['sim_source'])}, similarity between different held-out voices {fmt(floor['sim_target'])}; "
+                  f"unintelligible speech: WER ~{fmt(floor['wer_other_text'])} (the source transcripts scored against "
+                  "another sentence's text)"]
     if tokens:
         per_level = ", ".join(f"{a:.3f}" for a in tokens["per_level"]) if tokens["per_level"] else "n/a"
         lines += ["", f"student vs teacher tokens on the {len(clips)} sources: {tokens['tokens_compared']} compared, "
