@@ -139,7 +139,7 @@ class SSLModelSettings:
     conv_dim: int = 64
     pos_conv_kernel: int = 32
     pos_conv_groups: int = 4
-    dropout: float = 0.05
+    dropout: float = 0.0
 
 
 @dataclass
@@ -152,11 +152,11 @@ class SSLLosses:
 class SSLSettings(PhaseSettings):
     """--phase ssl: masked phone prediction on the synthetic voice corpus (training/ssl_phase.py)."""
 
-    steps: int = 300
+    steps: int = 200
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1.0e-3, weight_decay=0.01, warmup=0.1))
     log_every: int = 10
-    val_every: int = 100
-    ckpt_every: int = 100
+    val_every: int = 50
+    ckpt_every: int = 50
     plot_clips: int = 0
     batch_size: int | None = 8
     chunk_seconds: float | None = 2.0

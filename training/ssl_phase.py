@@ -104,7 +104,7 @@ class LabelledClips:
         audio, _ = sf.read(path, start=start, frames=self.chunk, dtype="float32", always_2d=False)
         n = num_frames(self.chunk)
         if index not in self._segments:
-            self._segments[index] = read_phones(self.root / entry["phones"])
+            self._segments[index] = read_phones(self.root / entry["phones"], entry.get("phone_set"))
         labels = frame_labels(self._segments[index], n, start=start / SAMPLE_RATE)
         valid = num_frames(len(audio)) if len(audio) >= 400 else 0
         labels[valid:] = UNKNOWN

@@ -33,11 +33,11 @@ import soundfile as sf
 from .. import corpus
 from .festival import FESTIVAL_VOICES, installed_voices, synthesize_batch
 from .perturb import Perturbation, apply
-from .phones import PHONES
+from .phones import PHONES, to_common
 from .text import corpus_sentences
 
 SAMPLE_RATE = 16000
-FORMAT = 1
+FORMAT = 2
 HELD_OUT_SPEAKERS = ("rms", "awb", "awb_time", "slt", "bdl", "clb", "jmk", "ksp", "arctic")
 SPLITS = ("train", "heldout")
 
@@ -142,14 +142,21 @@ def _write_phones(path: Path, segments) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def read_phones(path: str | Path) -> list[tuple[float, float, str | None]]:
-    """A `.phones` file as (start s, end s, inventory phone or None)."""
+def read_phones(path: str | Path, phone_set: str | None = None) -> list[tuple[float, float, str | None]]:
+    """A `.phones` file as (start s, end s, inventory phone or None); with `phone_set` (the manifest's), the
+    synthesizer's own phone is mapped again with today's map rather than the one the file was built with."""
     out = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         parts = line.split("\t")
-        if len(parts) >= 3:
+        if len(parts) >= 4 and phone_set is not None:
+            out.append((float(parts[0]), float(parts[1]), to_common(parts[3], phone_set)))
+        elif len(parts) >= 3:
             out.append((float(parts[0]), float(parts[1]), None if parts[2] == "?" else parts[2]))
     return out
+
+
+def phone_set_of(spec: VoiceSpec) -> str:
+    return "espeak" if spec.synth == "espeak" else FESTIVAL_VOICES[spec.base].phone_set
 
 
 def synthesize_voice(spec: VoiceSpec, texts: list[str]):
@@ -199,7 +206,7 @@ def build_voice(out_dir: Path, spec: VoiceSpec, texts: list[str]) -> list[dict]:
         unknown += sum(1 for s in segments if s[2] is None)
         entries.append({"path": rel.as_posix(), "speaker": spec.name, "split": spec.split, "text": text,
                         "duration": round(len(audio) / SAMPLE_RATE, 4), "sample_rate": SAMPLE_RATE,
-                        "phones": rel.with_suffix(".phones").as_posix(), "synth": spec.synth,
+                        "phones": rel.with_suffix(".phones").as_posix(), "phone_set": phone_set_of(spec), "synth": spec.synth,
                         "base_voice": spec.base})
     meta.write_text(json.dumps({"hash": digest, "spec": spec.to_dict(), "unknown_phones": unknown,
                                 "entries": entries}, indent=1) + "\n", encoding="utf-8")

@@ -11,8 +11,13 @@ from .phones import SILENCE, to_common
 Segment = tuple[float, float, "str | None", str]  # start s, end s, inventory phone (None: unknown), source phone
 
 
-def synthesize_aligned(text: str, voice: corpus.Voice, sample_rate: int = 16000) -> tuple[np.ndarray, list[Segment]]:
-    """float32 audio at `sample_rate` (as corpus.synthesize: peak-normalised) and its phone segments."""
+PAD_SECONDS = 0.25  # eSpeak starts and stops speaking at the first and last sample: add silence as speech has
+
+
+def synthesize_aligned(text: str, voice: corpus.Voice, sample_rate: int = 16000, pad: float = PAD_SECONDS
+                       ) -> tuple[np.ndarray, list[Segment]]:
+    """float32 audio at `sample_rate` (as corpus.synthesize: peak-normalised) with `pad` s of silence at
+    each end, and its phone segments."""
     with corpus._lock:
         engine = corpus._engine()
         pcm = engine.synth(text, voice, phonemes=True)
@@ -37,4 +42,10 @@ def synthesize_aligned(text: str, voice: corpus.Voice, sample_rate: int = 16000)
             segments.append((start / rate, min(end, len(pcm)) / rate, to_common(name, "espeak"), name))
     if segments and segments[-1][1] < duration:
         segments.append((segments[-1][1], duration, SILENCE, "_"))
+    if pad > 0:
+        n = int(round(pad * sample_rate))
+        audio = np.pad(audio, (n, n))
+        shift = n / sample_rate
+        segments = [(0.0, shift, SILENCE, "_")] + [(s + shift, e + shift, p, src) for s, e, p, src in segments]
+        segments.append((segments[-1][1], len(audio) / sample_rate, SILENCE, "_"))
     return audio, segments

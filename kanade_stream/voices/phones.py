@@ -40,7 +40,7 @@ ESPEAK = {
     "I#": "ih", "i": "iy", "i:": "iy", "E": "eh", "E2": "eh", "e@": "eh", "eI": "ey", "aI": "ay", "aI@": "ay",
     "aI3": "ay", "aU": "aw", "aU@": "aw", "OI": "oy", "oU": "ow", "@U": "ow", "oU#": "ow", "O": "ao", "O:": "ao",
     "O@": "ao", "o@": "ao", "U": "uh", "U@": "uh", "u:": "uw", "u": "uw", "i@": "ih", "i@3": "ih", "IR": "ih",
-    "VR": "ah", "a2": "ae", "aI2": "ay", "eI2": "ey", "e": "eh", "o": "ow",
+    "VR": "ah", "O2": "ao", "A@r": "aa", "a2": "ae", "aI2": "ay", "eI2": "ey", "e": "eh", "o": "ow",
     "p": "p", "b": "b", "t": "t", "d": "d", "k": "k", "g": "g", "f": "f", "v": "v", "T": "th", "D": "dh",
     "s": "s", "z": "z", "S": "sh", "Z": "zh", "h": "hh", "tS": "ch", "dZ": "jh", "m": "m", "n": "n", "N": "ng",
     "l": "l", "r": "r", "w": "w", "j": "y", "t#": "t", "d#": "d", "n-": "n", "l-": "l", "m-": "m", "r-": "r",
@@ -87,6 +87,8 @@ def to_common(phone: str, phone_set: str) -> str | None:
     candidates = [phone]
     if phone_set == "espeak":
         candidates.append(phone.lstrip("',%=").rstrip(";"))
+        if phone.strip("',%=;") == "":
+            return None
     else:
         stripped = phone.rstrip("0123456789")
         candidates += [stripped, stripped.rstrip(":")]
