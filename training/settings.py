@@ -160,7 +160,8 @@ class SSLSettings(PhaseSettings):
     plot_clips: int = 0
     batch_size: int | None = 8
     chunk_seconds: float | None = 2.0
-    corpus: Literal["tiny", "small", "full"] = "tiny"  # kanade_stream.voices.builder recipe
+    # kanade_stream.voices.builder recipe, or "prebuilt": the voice corpus already in corpus_dir, as it is
+    corpus: Literal["tiny", "small", "full", "prebuilt"] = "tiny"
     corpus_dir: str | None = None  # default: <cache>/ssl-corpus-<corpus>
     corpus_jobs: int = 1  # synthesis processes
     val_clips: int = 16  # from the corpus's held-out voices
@@ -349,6 +350,8 @@ def load_settings(path: str | Path | None = None) -> RunSettings:
 def check_settings(settings: RunSettings) -> None:
     check_phases(settings, PHASES + ("ssl",))
     ssl = settings.ssl
+    if ssl.corpus == "prebuilt" and not ssl.corpus_dir:
+        raise SettingsError("ssl.corpus: prebuilt needs ssl.corpus_dir (a folder made by kanade_stream.voices.builder)")
     if not 0 < ssl.mask_prob < 1 or ssl.mask_length < 1:
         raise SettingsError(f"ssl.mask_prob must be in (0, 1) and ssl.mask_length >= 1, got {ssl.mask_prob}, "
                             f"{ssl.mask_length}")

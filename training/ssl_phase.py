@@ -293,11 +293,17 @@ def make_ssl_task(run, runtime: Runtime):
     batch_size, chunk_seconds = run.batch_size("ssl"), run.chunk_seconds("ssl")
     if runtime.world_size > 1:
         raise ValueError("the SSL phase runs in one process (no torchrun)")
-    info = build_voice_corpus(corpus_dir(settings), settings.corpus, jobs=settings.corpus_jobs,
-                              progress=runtime.is_main)
     from kanade_stream.corpus import load_manifest
+    from kanade_stream.voices.builder import load_voice_corpus
 
+    if settings.corpus == "prebuilt":
+        info = load_voice_corpus(corpus_dir(settings))
+    else:
+        info = build_voice_corpus(corpus_dir(settings), settings.corpus, jobs=settings.corpus_jobs,
+                                  progress=runtime.is_main)
     entries = load_manifest(info.manifest)
+    if not any(e["split"] == "heldout" for e in entries):
+        raise ValueError(f"the voice corpus {info.out_dir} has no heldout voices to validate on")
     train = [e for e in entries if e["split"] == "train"]
     val = spread([e for e in entries if e["split"] == "heldout"], settings.val_clips)
     chunk = num_frames_to_samples(int(round(chunk_seconds * SAMPLE_RATE / HOP)))

@@ -247,6 +247,7 @@ def build_voice_corpus(out_dir: str | Path, recipe: CorpusRecipe | str = "tiny",
     params = {"format": FORMAT, "recipe": asdict(recipe), "voices": [s.to_dict() for s in specs],
               "sentences_sha256": hashlib.sha256("\n".join(sentences).encode()).hexdigest(),
               "phones": list(PHONES)}
+    params = json.loads(json.dumps(params))  # as stored: tuples become lists
     meta = out_dir / "corpus.json"
     try:
         stored = json.loads(meta.read_text(encoding="utf-8"))
@@ -290,6 +291,18 @@ def _info(out_dir, entries, specs, reused) -> VoiceCorpusInfo:
             voices[e["split"]].append(e["speaker"])
     return VoiceCorpusInfo(out_dir, out_dir / "manifest.jsonl", voices, len(entries),
                            round(sum(e["duration"] for e in entries) / 3600, 3), reused, specs)
+
+
+def load_voice_corpus(out_dir: str | Path) -> VoiceCorpusInfo:
+    """A complete corpus made by build_voice_corpus, whatever its recipe."""
+    out_dir = Path(out_dir).expanduser()
+    try:
+        stored = json.loads((out_dir / "corpus.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{out_dir} holds no voice corpus ({err})") from None
+    if not stored.get("complete") or "voices" not in stored.get("params", {}):
+        raise ValueError(f"{out_dir} holds no complete voice corpus (corpus.json)")
+    return _info(out_dir, corpus.load_manifest(out_dir), [], True)
 
 
 def main(argv=None) -> int:
