@@ -34,7 +34,9 @@ def check_alignment(audio, segments):
     db = frame_energy_db(audio, n)
     sil = labels == PHONE_INDEX[SILENCE]
     assert sil.any() and (~sil).any()
-    assert np.mean(db[sil] < -45) > 0.85, "silence labels on sound"
+    # festival's pauses keep some recording noise (down to about -38 dB): silence is relative to the speech
+    quiet = max(-45.0, float(np.median(db[~sil])) - 15.0)
+    assert np.mean(db[sil] < quiet) > 0.85, "silence labels on sound"
     assert np.mean(db[~sil] > -45) > 0.8, "phone labels on silence"
     # the first and last speech frames (by energy) are within 5 frames (100 ms) of the first / last phone
     # (the phase vocoder of a pitch shift smears a little)
