@@ -98,3 +98,12 @@ def test_task_head_predicts_every_phone():
 
     task = SSLTask(Runtime(), SSLSettings())
     assert task.head.out_features == len(PHONES)
+
+
+def test_export_of_a_checkpoint(voice_corpus, tmp_path):
+    from training.ssl_phase import export_checkpoint
+
+    settings = tiny_ssl_settings(tmp_path / "run", voice_corpus, steps=4)
+    train_ssl(settings, Runtime(), stop_after=1, progress=False)
+    folder = export_checkpoint(tmp_path / "run" / "ssl" / "checkpoints" / "last.pt", settings.ssl, tmp_path / "x")
+    assert SSLFeatureExtractor.from_pretrained(folder).feature_dim == 32

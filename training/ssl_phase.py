@@ -369,3 +369,38 @@ def loss_curve(folder: str | Path) -> list[tuple[int, float]]:
 
 __all__ = ["SSLTask", "train_ssl", "wavlm_config", "export_ssl", "mask_spans", "LabelledBatch", "num_frames",
            "loss_curve"]
+
+
+def export_checkpoint(checkpoint: str | Path, settings: SSLSettings, folder: str | Path) -> Path:
+    """The SSL model of a checkpoint (e.g. <out>/ssl/checkpoints/last.pt of a run still going) as a
+    transformers folder, as the phase's own export writes it at the end."""
+    from transformers import WavLMModel
+
+    from .checkpoint import read_checkpoint
+
+    state = read_checkpoint(checkpoint)["models"]["ssl"]
+    config = wavlm_config(settings.model)
+    net = nn.ModuleDict({"wavlm": WavLMModel(config), "head": nn.Linear(config.hidden_size, len(PHONES))})
+    net.load_state_dict(state)
+    return export_ssl(net["wavlm"], net["head"], Path(folder))
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from .settings import load_settings
+
+    p = argparse.ArgumentParser(prog="python -m training.ssl_phase",
+                                description="Export the SSL model of a --phase ssl checkpoint as a transformers folder.")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--config", default=None, help="the run's recipe (its ssl.model section sizes the model)")
+    args = p.parse_args(argv)
+    print(export_checkpoint(args.checkpoint, load_settings(args.config).ssl, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
