@@ -36,10 +36,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kanade_stream.corpus import load_manifest  # noqa: E402
-from kanade_stream.ssl import SSLFeatureExtractor  # noqa: E402
-from kanade_stream.voices.builder import read_phones  # noqa: E402
-from kanade_stream.voices.phones import PHONES, UNKNOWN, frame_labels  # noqa: E402
+from kanade_stream.corpus import load_manifest
+from kanade_stream.ssl import SSLFeatureExtractor
+from kanade_stream.voices.builder import read_phones
+from kanade_stream.voices.phones import PHONES, UNKNOWN, frame_labels
 
 RATE, HOP, WIN = 16000, 320, 400
 ARCTIC_VOICES = ("rms", "awb", "slt")  # held out: evaluation only
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
 
     # 2. speakers: 8 training voices, per-utterance split
     spk_voices = probe_voices[:8]
-    X, Y, S, U = {k: [] for k in feats.fns}, [], [], []
+    X, Y, U = {k: [] for k in feats.fns}, [], []
     for v_index, v in enumerate(spk_voices):
         utts = [e for e in entries if e["speaker"] == v][:6]
         Xv, _, _ = corpus_frames(feats, args.corpus, utts)

@@ -14,7 +14,14 @@ from kanade_stream.voices.perturb import Perturbation
 from kanade_stream.voices.phones import PHONES
 from training.runtime import Runtime
 from training.settings import SettingsError, load_settings
-from training.ssl_phase import SSLTask, loss_curve, make_ssl_task, mask_spans, num_frames, train_ssl
+from training.ssl_phase import (
+    SSLTask,
+    loss_curve,
+    make_ssl_task,
+    mask_spans,
+    num_frames,
+    train_ssl,
+)
 
 ESPEAK = dict(name="x", language="en-us", variant="m3", pitch=50, pitch_range=50, rate=175)
 
@@ -53,7 +60,7 @@ def test_mask_spans():
 
 def test_ssl_loss_goes_down_on_a_batch(voice_corpus, tmp_path):
     torch.set_num_threads(2)
-    task, stream, val = make_ssl_task(tiny_ssl_settings(tmp_path, voice_corpus), Runtime())
+    task, stream, _ = make_ssl_task(tiny_ssl_settings(tmp_path, voice_corpus), Runtime())
     batch, _ = next(stream)
     assert batch.labels.shape == (4, num_frames(batch.wave.shape[1]))
     assert ((batch.labels >= 0) & (batch.labels < len(PHONES))).float().mean() > 0.9

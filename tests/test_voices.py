@@ -10,11 +10,28 @@ import soundfile as sf
 
 from kanade_stream import corpus
 from kanade_stream.voices import builder
-from kanade_stream.voices.builder import (CorpusRecipe, HeldOutVoiceError, VoiceSpec, build_voice_corpus,
-                                          check_not_held_out, read_phones)
-from kanade_stream.voices.festival import FESTIVAL_VOICES, festival_available, installed_voices
+from kanade_stream.voices.builder import (
+    CorpusRecipe,
+    HeldOutVoiceError,
+    VoiceSpec,
+    build_voice_corpus,
+    check_not_held_out,
+    read_phones,
+)
+from kanade_stream.voices.festival import (
+    FESTIVAL_VOICES,
+    festival_available,
+    installed_voices,
+)
 from kanade_stream.voices.perturb import Perturbation, apply
-from kanade_stream.voices.phones import PHONE_INDEX, PHONE_SETS, PHONES, SILENCE, frame_labels, to_common
+from kanade_stream.voices.phones import (
+    PHONE_INDEX,
+    PHONE_SETS,
+    PHONES,
+    SILENCE,
+    frame_labels,
+    to_common,
+)
 from kanade_stream.voices.text import DOCS_SENTENCES_FILE, corpus_sentences
 
 needs_festival = pytest.mark.skipif(not festival_available() or "kal_diphone" not in installed_voices(),
@@ -77,7 +94,7 @@ def test_espeak_phoneme_events_line_up_with_the_audio():
     assert np.array_equal(audio, again)
     # the plain corpus synthesis is unchanged by asking for events
     plain = corpus.synthesize("The kettle whistled while we searched for clean mugs.", voice, 16000)
-    n = int(round(0.25 * 16000))
+    n = round(0.25 * 16000)
     assert np.allclose(audio[n:n + len(plain)], plain, atol=1e-6)
 
 
@@ -159,7 +176,7 @@ def _digest(folder):
 def test_builder_is_deterministic_cached_and_aligned(tmp_path):
     recipe = CorpusRecipe(utterances_per_voice=2, festival_weight=1.0)
     a = build_voice_corpus(tmp_path / "a", recipe, specs=_specs())
-    b = build_voice_corpus(tmp_path / "b", recipe, specs=_specs())
+    build_voice_corpus(tmp_path / "b", recipe, specs=_specs())
     assert not a.reused and a.num_utterances == 2 * (len(_specs()) - 1) + 1
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     again = build_voice_corpus(tmp_path / "a", recipe, specs=_specs())

@@ -76,7 +76,7 @@ class LabelledBatch:
     wave: torch.Tensor
     labels: torch.Tensor
 
-    def to(self, device, non_blocking: bool = False) -> "LabelledBatch":
+    def to(self, device, non_blocking: bool = False) -> LabelledBatch:
         return LabelledBatch(self.wave.to(device, non_blocking=non_blocking),
                              self.labels.to(device, non_blocking=non_blocking))
 
@@ -367,8 +367,16 @@ def loss_curve(folder: str | Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f) if r.get("loss")]
 
 
-__all__ = ["SSLTask", "train_ssl", "wavlm_config", "export_ssl", "mask_spans", "LabelledBatch", "num_frames",
-           "loss_curve"]
+__all__ = [
+    "LabelledBatch",
+    "SSLTask",
+    "export_ssl",
+    "loss_curve",
+    "mask_spans",
+    "num_frames",
+    "train_ssl",
+    "wavlm_config",
+]
 
 
 def export_checkpoint(checkpoint: str | Path, settings: SSLSettings, folder: str | Path) -> Path:

@@ -96,7 +96,8 @@ def synthesize_batch(voice: str, texts: list[str], sample_rate: int = 16000, tim
                 f" (utt.save.wave utt \"{tmp}/{i}.wav\" 'riff) (utt.save.segs utt \"{tmp}/{i}.segs\")) nil)")
         script = tmp / "batch.scm"
         script.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        proc = subprocess.run(["festival", "-b", str(script)], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(["festival", "-b", str(script)], capture_output=True, text=True, timeout=timeout,
+                              check=False)  # failed sentences have no files: counted below
         out = []
         for i in range(len(texts)):
             wav, segs = tmp / f"{i}.wav", tmp / f"{i}.segs"

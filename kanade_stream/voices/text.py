@@ -34,7 +34,6 @@ _SKIP_DIRS = ("test/", "idlelib/idle_test", "lib2to3/tests", "site-packages", "t
 
 def extract_python_doc_sentences() -> list[str]:
     import sysconfig
-
     from pydoc_data.topics import topics
 
     texts = [topics[k] for k in sorted(topics)]
