@@ -114,6 +114,20 @@ class CorpusInfo:
 # --------------------------------------------------------------------------------------------------------
 
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+_INITIALIZE_PHONEME_EVENTS = 0x0001
+_EVENT_LIST_TERMINATED, _EVENT_PHONEME, _EVENT_END = 0, 7, 5
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    """espeak_EVENT (speak_lib.h); `sample` is the event's position in output samples."""
+
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", _EventId)]
 
 
 class _ESpeak:
@@ -148,6 +162,7 @@ class _ESpeak:
         self._copies = 0
         self._library = self._new_copy()
         self._chunks: list[bytes] = []
+        self._events: list[tuple[int, str]] | None = None  # (sample, eSpeak phoneme) when asked for
         self._callback = _SynthCallback(self._collect)  # kept on self: ctypes must not free it while in use
         self._libc = _load_libc()
         try:
@@ -172,6 +187,16 @@ class _ESpeak:
     def _collect(self, wav, num_samples: int, _events) -> int:
         if wav and num_samples > 0:
             self._chunks.append(ctypes.string_at(wav, 2 * num_samples))
+        if self._events is not None and _events:
+            events = ctypes.cast(_events, ctypes.POINTER(_Event))
+            i = 0
+            while events[i].type != _EVENT_LIST_TERMINATED:
+                event = events[i]
+                if event.type == _EVENT_PHONEME:
+                    self._events.append((int(event.sample), event.id.string.decode("utf-8", "replace")))
+                elif event.type == _EVENT_END:
+                    self._events.append((int(event.sample), "_"))
+                i += 1
         return 0  # 0 = keep synthesising
 
     def _open(self) -> ctypes.CDLL:
@@ -197,8 +222,8 @@ class _ESpeak:
         if maps.exists() and str(self._library) in maps.read_text():
             self._library = self._new_copy()
 
-    def synth(self, text: str, voice: Voice) -> np.ndarray:
-        """int16 samples at ESPEAK_SAMPLE_RATE."""
+    def synth(self, text: str, voice: Voice, phonemes: bool = False) -> np.ndarray:
+        """int16 samples at ESPEAK_SAMPLE_RATE; with `phonemes`, self._events holds (start sample, phoneme)."""
         if not (self.data_path / "voices" / "!v" / voice.variant).is_file():
             raise ValueError(
                 f"voice {voice.name!r}: eSpeak NG has no variant {voice.variant!r}; "
@@ -208,7 +233,8 @@ class _ESpeak:
         initialised = False
         try:
             rate = lib.espeak_Initialize(
-                _AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(self.data_path), _INITIALIZE_DONT_EXIT
+                _AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(self.data_path),
+                _INITIALIZE_DONT_EXIT | (_INITIALIZE_PHONEME_EVENTS if phonemes else 0),
             )
             if rate != ESPEAK_SAMPLE_RATE:
                 raise RuntimeError(
@@ -234,6 +260,7 @@ class _ESpeak:
                 self._libc.srand(seed)
             encoded = text.encode("utf-8") + b"\0"
             self._chunks = []
+            self._events = [] if phonemes else None
             status = lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             if status != _EE_OK:
                 raise RuntimeError(f"eSpeak NG synthesis failed (error {status}) for {text!r} with voice {voice}")

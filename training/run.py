@@ -5,6 +5,7 @@
     torchrun --nproc_per_node 8 training/run.py --config kanade_25hz --data /data/LibriTTS
     python training/run.py --phase vocoder --init charactr/vocos-mel-24khz --data /data/LibriTTS
     python training/run.py --resume               # continue the run in --out where it stopped
+    python training/run.py --phase ssl            # pretrain a small WavLM on the synthetic voice corpus
 
 Everything lands in --out (default from the config, runs/teacher-tiny for the tiny one): one folder per
 phase (checkpoints, CSV/TensorBoard logs, mel PNGs) and `export/`, the latest teacher in the official
@@ -31,7 +32,7 @@ from training.runtime import init_runtime, shutdown_runtime
 from training.settings import PHASES, RunSettings, SettingsError, check_settings, load_settings
 
 PHASE_ALIASES = {"1": ["phase1"], "2": ["phase2"], "phase1": ["phase1"], "phase2": ["phase2"],
-                 "vocoder": ["vocoder"], "all": list(PHASES)}
+                 "vocoder": ["vocoder"], "all": list(PHASES), "ssl": ["ssl"]}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,8 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--config", default=None,
                    help="recipe: tiny (default), kanade_25hz, kanade_12hz, or a YAML file (see training/configs)")
-    p.add_argument("--phase", default="all", choices=["1", "2", "vocoder", "all"],
-                   help="what to train: 1 (tokenizer), 2 (GAN post-training of the mel decoder), vocoder, or all in turn")
+    p.add_argument("--phase", default="all", choices=["1", "2", "vocoder", "all", "ssl"],
+                   help="what to train: 1 (tokenizer), 2 (GAN post-training of the mel decoder), vocoder, or all in "
+                        "turn; ssl pretrains the WavLM SSL model on the synthetic voice corpus (not part of all)")
     p.add_argument("--data", default=None,
                    help="a folder of audio (scanned recursively; speaker = folder), a manifest.jsonl, or a folder "
                         "holding one (default: the embedded eSpeak corpus)")
@@ -118,11 +120,23 @@ def main(argv=None) -> int:
     try:
         settings = apply_overrides(load_settings(args.config), args, phases)
         runtime = init_runtime(settings.precision, args.device)
+        if phases == ["ssl"]:
+            from training.ssl_phase import ssl_summary, train_ssl
+
+            result = train_ssl(settings, runtime, resume=args.resume, overwrite=args.overwrite,
+                               stop_after=args.stop_after, progress=not args.no_progress)
+            print(ssl_summary(result, Path(settings.out), time.time() - start))
+            return 0 if result is None or result.completed or args.stop_after else 1
         results = train_teacher(settings, phases, runtime, resume=args.resume, init=args.init,
                                 vocoder_init=args.vocoder_init, overwrite=args.overwrite, stop_after=args.stop_after,
                                 progress=not args.no_progress)
     except (DataError, CheckpointError, SettingsError, ConfigError, AudioError, RunError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as err:
+        if phases != ["ssl"]:
+            raise
+        print(f"error: {err}", file=sys.stderr)  # the voice corpus: a held-out voice, festival missing ...
         return 2
     finally:
         if runtime is not None:

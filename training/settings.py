@@ -129,6 +129,49 @@ class VocoderSettings(PhaseSettings):
 
 
 @dataclass
+class SSLModelSettings:
+    """The WavLM that the SSL phase pretrains (conv front end as WavLM's: 7 layers, 320 samples a frame)."""
+
+    hidden_size: int = 96
+    num_layers: int = 9  # the Kanade configs read hidden states up to layer 9
+    num_heads: int = 4
+    intermediate_size: int = 192
+    conv_dim: int = 64
+    pos_conv_kernel: int = 32
+    pos_conv_groups: int = 4
+    dropout: float = 0.0
+
+
+@dataclass
+class SSLLosses:
+    masked_weight: float = 1.0  # cross-entropy of the phone of masked frames
+    unmasked_weight: float = 0.2  # ... and of the other frames
+
+
+@dataclass
+class SSLSettings(PhaseSettings):
+    """--phase ssl: masked phone prediction on the synthetic voice corpus (training/ssl_phase.py)."""
+
+    steps: int = 200
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1.0e-3, weight_decay=0.01, warmup=0.1))
+    log_every: int = 10
+    val_every: int = 50
+    ckpt_every: int = 50
+    plot_clips: int = 0
+    batch_size: int | None = 8
+    chunk_seconds: float | None = 2.0
+    # kanade_stream.voices.builder recipe, or "prebuilt": the voice corpus already in corpus_dir, as it is
+    corpus: Literal["tiny", "small", "full", "prebuilt"] = "tiny"
+    corpus_dir: str | None = None  # default: <cache>/ssl-corpus-<corpus>
+    corpus_jobs: int = 1  # synthesis processes
+    val_clips: int = 16  # from the corpus's held-out voices
+    mask_prob: float = 0.08  # a frame starts a masked span with this probability
+    mask_length: int = 10
+    losses: SSLLosses = field(default_factory=SSLLosses)
+    model: SSLModelSettings = field(default_factory=SSLModelSettings)
+
+
+@dataclass
 class DataSettings:
     path: str | None = None  # folder or manifest.jsonl; None = the embedded eSpeak corpus
     sample_rate: int = 24000
@@ -154,6 +197,7 @@ class RunSettings:
     phase1: Phase1Settings = field(default_factory=Phase1Settings)
     phase2: Phase2Settings = field(default_factory=Phase2Settings)
     vocoder: VocoderSettings = field(default_factory=VocoderSettings)
+    ssl: SSLSettings = field(default_factory=SSLSettings)
 
     def phase(self, name: str) -> PhaseSettings:
         return getattr(self, name)
@@ -304,7 +348,15 @@ def load_settings(path: str | Path | None = None) -> RunSettings:
 
 
 def check_settings(settings: RunSettings) -> None:
-    check_phases(settings, PHASES)
+    check_phases(settings, PHASES + ("ssl",))
+    ssl = settings.ssl
+    if ssl.corpus == "prebuilt" and not ssl.corpus_dir:
+        raise SettingsError("ssl.corpus: prebuilt needs ssl.corpus_dir (a folder made by kanade_stream.voices.builder)")
+    if not 0 < ssl.mask_prob < 1 or ssl.mask_length < 1:
+        raise SettingsError(f"ssl.mask_prob must be in (0, 1) and ssl.mask_length >= 1, got {ssl.mask_prob}, "
+                            f"{ssl.mask_length}")
+    if ssl.model.hidden_size % ssl.model.num_heads or ssl.model.hidden_size % ssl.model.pos_conv_groups:
+        raise SettingsError("ssl.model.hidden_size must be a multiple of num_heads and pos_conv_groups")
 
 
 def check_phases(settings, phases) -> None:

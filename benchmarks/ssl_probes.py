@@ -1,0 +1,271 @@
+"""Probes of an SSL model trained by `training/run.py --phase ssl`, against the log-mel and the random tiny
+WavLM that the embedded teacher uses.
+
+    python benchmarks/ssl_probes.py --ssl-model runs/ssl-full/ssl/export --corpus ~/.cache/kanade_stream/ssl-corpus-full
+
+1. Phone probe: a linear classifier on frames of training voices (the corpus's train split) predicts the
+   frame phone of unseen voices (its heldout split: festival ked and two eSpeak voices with their
+   perturbations, none of which the SSL model was trained on). Frame accuracy; higher = more content.
+2. Speaker probe: an MLP on single frames tells 8 training voices apart (utterances split 4 train / 2 test).
+   Frame accuracy (chance 1/8); lower = less speaker information.
+3. Cross-voice agreement on the held-out CMU ARCTIC voices (flite rms, awb, slt), which no training ever
+   sees: K-means (K=64) tokens of the frames; the same sentence in two voices is DTW-aligned and the share
+   of aligned frames with the same token measured, against two different sentences in one voice (the
+   agreement expected by chance alignment). Higher "same sentence" over "different" = speaker-independent
+   content. The sentences are written here for the probe (not Harvard sentences).
+
+Writes a JSON (--out) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kanade_stream.corpus import load_manifest
+from kanade_stream.ssl import SSLFeatureExtractor
+from kanade_stream.voices.builder import read_phones
+from kanade_stream.voices.phones import PHONES, UNKNOWN, frame_labels
+
+RATE, HOP, WIN = 16000, 320, 400
+ARCTIC_VOICES = ("rms", "awb", "slt")  # held out: evaluation only
+PROBE_SENTENCES = (
+    "A quiet river runs past the old mill every morning.",
+    "She packed three sandwiches and a bottle of water for the trip.",
+    "The window rattled when the heavy truck drove by.",
+    "My brother fixed the broken chair with glue and string.",
+    "Nobody expected the concert to finish so early.",
+    "Fresh bread smells wonderful on a cold winter day.",
+)
+
+
+def n_frames(samples: int) -> int:
+    return (samples - WIN) // HOP + 1
+
+
+class Features:
+    """name -> function(wave (samples,) float32 16 kHz) -> (frames, dim)"""
+
+    def __init__(self, ssl_model: str | None, layers: list[int], random_layers: list[int]):
+        self.fns = {}
+        import torchaudio
+
+        mel = torchaudio.transforms.MelSpectrogram(RATE, n_fft=512, win_length=WIN, hop_length=HOP, n_mels=80,
+                                                   center=False)
+        self.fns["mel"] = lambda w: torch.log(mel(w) + 1e-5).T
+        if ssl_model:
+            ext = SSLFeatureExtractor.from_pretrained(ssl_model, num_layers=max(layers))
+            self._add("ssl", ext, layers)
+        embedded = ROOT / "kanade_stream" / "assets" / "teacher-tiny" / "wavlm"
+        if embedded.is_dir():
+            ext = SSLFeatureExtractor.from_pretrained(embedded, num_layers=max(random_layers))
+            self._add("random-wavlm", ext, random_layers)
+
+    def _add(self, name, ext, layers):
+        cache = {}
+
+        def run(w, layer):
+            key = (id(w), w.shape[0])
+            if key not in cache:
+                cache.clear()
+                cache[key] = ext(w[None])
+            return cache[key][layer - 1][0]
+
+        for layer in layers:
+            self.fns[f"{name}-L{layer}"] = (lambda w, layer=layer: run(w, layer))
+
+    @torch.no_grad()
+    def __call__(self, wave: np.ndarray) -> dict[str, torch.Tensor]:
+        w = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        n = n_frames(len(wave))
+        return {k: f(w)[:n].float() for k, f in self.fns.items()}
+
+
+def spread(entries, voices, per_voice):
+    out = []
+    for v in voices:
+        out += [e for e in entries if e["speaker"] == v][:per_voice]
+    return out
+
+
+def corpus_frames(feats: Features, root: Path, entries) -> tuple[dict[str, list], list, list]:
+    X, Y, S = {k: [] for k in feats.fns}, [], []
+    for e in entries:
+        wave, rate = sf.read(root / e["path"], dtype="float32")
+        f = feats(wave)
+        n = min(v.shape[0] for v in f.values())
+        labels = frame_labels(read_phones(root / e["phones"], e.get("phone_set")), n)
+        for k, v in f.items():
+            X[k].append(v[:n])
+        Y.append(torch.from_numpy(labels))
+        S.append(torch.full((n,), hash(e["speaker"]) % 10**9))
+    return X, Y, S
+
+
+def fit_probe(x, y, x_test, y_test, classes, hidden=0, steps=300, seed=0):
+    torch.manual_seed(seed)
+    keep, keep_t = y != UNKNOWN, y_test != UNKNOWN
+    x, y, x_test, y_test = x[keep], y[keep], x_test[keep_t], y_test[keep_t]
+    mean, std = x.mean(0), x.std(0) + 1e-5
+    x, x_test = (x - mean) / std, (x_test - mean) / std
+    model = torch.nn.Linear(x.shape[1], classes) if not hidden else torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, classes))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        return float((model(x_test).argmax(-1) == y_test).float().mean())
+
+
+def kmeans(x, k=64, iters=25, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(len(x), generator=g)[:k]].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centres).argmin(1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                centres[j] = members.mean(0)
+    return centres
+
+
+def dtw_path(a: torch.Tensor, b: torch.Tensor) -> list[tuple[int, int]]:
+    d = (1 - F.normalize(a, dim=1) @ F.normalize(b, dim=1).T).numpy().astype(np.float64)
+    n, m = d.shape
+    cost = np.full((n + 1, m + 1), np.inf)
+    cost[0, 0] = 0
+    for i in range(1, n + 1):
+        prev, row, di = cost[i - 1], cost[i], d[i - 1]
+        diag = np.minimum(prev[1:], prev[:-1])
+        for j in range(1, m + 1):
+            row[j] = di[j - 1] + min(diag[j - 1], row[j - 1])
+    i, j, path = n, m, []
+    while i > 0 and j > 0:
+        path.append((i - 1, j - 1))
+        step = np.argmin([cost[i - 1, j - 1], cost[i - 1, j], cost[i, j - 1]])
+        i, j = (i - 1, j - 1) if step == 0 else ((i - 1, j) if step == 1 else (i, j - 1))
+    return path[::-1]
+
+
+def arctic_waves(folder: Path) -> dict[tuple[str, int], np.ndarray]:
+    import torchaudio
+
+    if shutil.which("flite") is None:
+        return {}
+    waves = {}
+    for voice in ARCTIC_VOICES:
+        for i, text in enumerate(PROBE_SENTENCES):
+            path = folder / f"{voice}_{i}.wav"
+            subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True,
+                           capture_output=True)
+            wave, rate = sf.read(path, dtype="float32")
+            if rate != RATE:
+                wave = torchaudio.functional.resample(torch.from_numpy(wave), rate, RATE).numpy()
+            waves[(voice, i)] = wave / (np.abs(wave).max() + 1e-9) * 0.9
+    return waves
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ssl-model", default=None, help="transformers WavLM folder from --phase ssl")
+    p.add_argument("--corpus", required=True, type=Path, help="a voice corpus (kanade_stream.voices.builder)")
+    p.add_argument("--layers", default="1,3,6,9")
+    p.add_argument("--train-voices", type=int, default=12)
+    p.add_argument("--per-voice", type=int, default=6)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    layers = [int(x) for x in args.layers.split(",")]
+    feats = Features(args.ssl_model, layers, [6, 9])
+    entries = load_manifest(args.corpus)
+    train_voices = list(dict.fromkeys(e["speaker"] for e in entries if e["split"] == "train"))
+    held_voices = list(dict.fromkeys(e["speaker"] for e in entries if e["split"] == "heldout"))
+    step = max(1, len(train_voices) // args.train_voices)
+    probe_voices = train_voices[::step][:args.train_voices]
+    results = {"ssl_model": args.ssl_model, "corpus": str(args.corpus), "probe_train_voices": probe_voices,
+               "unseen_voices": held_voices, "phone_acc": {}, "speaker_acc": {}, "arctic_agreement": {}}
+
+    # 1. phones: train voices -> unseen voices
+    Xtr, Ytr, _ = corpus_frames(feats, args.corpus, spread(entries, probe_voices, args.per_voice))
+    Xte, Yte, _ = corpus_frames(feats, args.corpus, spread(entries, held_voices, args.per_voice))
+    ytr, yte = torch.cat(Ytr), torch.cat(Yte)
+    for k in feats.fns:
+        results["phone_acc"][k] = fit_probe(torch.cat(Xtr[k]), ytr, torch.cat(Xte[k]), yte, len(PHONES))
+    results["phone_majority"] = float((yte == torch.bincount(ytr[ytr >= 0]).argmax()).float().mean())
+
+    # 2. speakers: 8 training voices, per-utterance split
+    spk_voices = probe_voices[:8]
+    X, Y, U = {k: [] for k in feats.fns}, [], []
+    for v_index, v in enumerate(spk_voices):
+        utts = [e for e in entries if e["speaker"] == v][:6]
+        Xv, _, _ = corpus_frames(feats, args.corpus, utts)
+        for u in range(len(utts)):
+            n = Xv["mel"][u].shape[0]
+            for k in feats.fns:
+                X[k].append(Xv[k][u])
+            Y.append(torch.full((n,), v_index))
+            U.append(torch.full((n,), u))
+    y, u = torch.cat(Y), torch.cat(U)
+    for k in feats.fns:
+        x = torch.cat(X[k])
+        results["speaker_acc"][k] = fit_probe(x[u < 4], y[u < 4], x[u >= 4], y[u >= 4], len(spk_voices), hidden=256)
+
+    # 3. held-out ARCTIC voices: K-means tokens, same sentence across voices vs different sentences
+    with tempfile.TemporaryDirectory() as tmp:
+        waves = arctic_waves(Path(tmp))
+    if waves:
+        fa = {key: feats(w) for key, w in waves.items()}
+        for k in feats.fns:
+            allx = torch.cat([f[k] for f in fa.values()])
+            mean, std = allx.mean(0), allx.std(0) + 1e-5
+            z = {key: (f[k] - mean) / std for key, f in fa.items()}
+            centres = kmeans(torch.cat(list(z.values())))
+            tok = {key: torch.cdist(v, centres).argmin(1) for key, v in z.items()}
+            same, diff = [], []
+            for i in range(len(PROBE_SENTENCES)):
+                for a in range(len(ARCTIC_VOICES)):
+                    for b in range(a + 1, len(ARCTIC_VOICES)):
+                        ka, kb = (ARCTIC_VOICES[a], i), (ARCTIC_VOICES[b], i)
+                        path = dtw_path(z[ka], z[kb])
+                        same.append(np.mean([int(tok[ka][p] == tok[kb][q]) for p, q in path]))
+                    j = (i + 1) % len(PROBE_SENTENCES)
+                    ka, kb = (ARCTIC_VOICES[a], i), (ARCTIC_VOICES[a], j)
+                    path = dtw_path(z[ka], z[kb])
+                    diff.append(np.mean([int(tok[ka][p] == tok[kb][q]) for p, q in path]))
+            results["arctic_agreement"][k] = {"same_sentence_two_voices": float(np.mean(same)),
+                                              "two_sentences_one_voice": float(np.mean(diff))}
+    results["wall_s"] = round(time.time() - start, 1)
+    print(f"{'features':<18} {'phone acc (unseen voices)':>26} {'speaker acc (8, chance .125)':>29} "
+          f"{'ARCTIC same-sent/2 voices':>26} {'diff-sent/1 voice':>18}")
+    for k in feats.fns:
+        ag = results["arctic_agreement"].get(k, {})
+        print(f"{k:<18} {results['phone_acc'][k]:>26.3f} {results['speaker_acc'][k]:>29.3f} "
+              f"{ag.get('same_sentence_two_voices', float('nan')):>26.3f} "
+              f"{ag.get('two_sentences_one_voice', float('nan')):>18.3f}")
+    print(f"(phone majority class {results['phone_majority']:.3f}; {results['wall_s']} s)")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""The SSL training corpus: many synthetic voices with frame-level phone alignments from the synthesizers.
+
+    phones.py    the shared phone inventory (ARPAbet 39 + sil), each synthesizer's map onto it, 50 Hz labels
+    espeak.py    eSpeak NG + its phoneme events (through kanade_stream.corpus's ctypes binding)
+    festival.py  festival voices (kal, ked, Italian, Catalan, Czech, Finnish, Russian) + utt.save.segs times
+    perturb.py   speed (vocal-tract length) and pitch perturbations that keep the alignments valid
+    text.py      ~5,700 sentences from the Python documentation (PSF License), shipped in data/
+    builder.py   the deterministic, cached corpus builder (recipes tiny / small / full); refuses the
+                 held-out CMU ARCTIC voices (rms, awb, slt, ... in any synthesizer)
+
+    python -m kanade_stream.voices.builder --recipe full --out ~/.cache/kanade_stream/ssl-corpus-full
+
+Needs festival and its voices from Debian: festival festvox-kallpc16k festvox-kdlpc16k festvox-italp16k
+festvox-itapc16k festvox-ca-ona-hts festvox-czech-dita festvox-czech-machac festvox-suopuhe-lj
+festvox-suopuhe-mv festvox-ru (the recipes use those installed; eSpeak NG comes from espeakng-loader).
+"""

@@ -1,0 +1,84 @@
+"""Perturbations that make new voices from a synthesizer's voice and keep its alignment valid.
+
+`Perturbation(speed, semitones)`: resampling by `speed` scales the duration by 1/speed and the formants
+(vocal-tract length) and pitch by `speed`; a phase-vocoder pitch shift then sets the pitch to `semitones`
+from the original without changing the duration. So the formants move by `speed`, the pitch by
+`semitones`, and segment times are divided by `speed`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    speed: float = 1.0  # > 1: shorter, higher formants
+    semitones: float = 0.0  # final pitch change
+
+    def __post_init__(self):
+        if not 0.5 <= self.speed <= 2.0 or not -12 <= self.semitones <= 12:
+            raise ValueError(f"perturbation out of range: {self}")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.speed == 1.0 and self.semitones == 0.0
+
+    @property
+    def tag(self) -> str:
+        return "orig" if self.is_identity else f"s{self.speed:.2f}p{self.semitones:+.1f}"
+
+
+def effective_speed(speed: float, sample_rate: int) -> float:
+    """The speed the resampler really applies: sample_rate * speed rounded to 100 Hz."""
+    return int(round(sample_rate * speed / 100)) * 100 / sample_rate
+
+
+def apply(audio: np.ndarray, sample_rate: int, p: Perturbation, segments: list | None = None):
+    """(perturbed float32 audio, segments with times / speed)."""
+    import torch
+    import torchaudio.functional as AF
+
+    if p.is_identity:
+        return audio, segments
+    speed = effective_speed(p.speed, sample_rate)
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    with torch.no_grad():
+        if speed != 1.0:
+            # play at speed x: treat the samples as if recorded at sample_rate * speed
+            x = AF.resample(x, int(round(sample_rate * speed)), sample_rate)
+        shift = p.semitones - 12 * math.log2(speed)
+        if abs(shift) > 1e-3:
+            x = _pitch_shift(x, sample_rate, shift)
+    y = x.numpy().astype(np.float32)
+    peak = float(np.abs(y).max())
+    if peak > 0:
+        y = y * (0.9 / peak)
+    if segments is not None:
+        segments = [(s / speed, e / speed, *rest) for s, e, *rest in segments]
+    return y, segments
+
+
+def _pitch_shift(x, sample_rate: int, semitones: float):
+    """Phase-vocoder stretch by f, then resampling by 1/f, with f = 2**(semitones/12) rounded so that the
+    resampling ratio is sample_rate : a multiple of 100 Hz (torchaudio's own pitch_shift resamples with
+    an arbitrary ratio, whose filter is huge and slow). Keeps the length."""
+    import torch
+    import torchaudio.functional as AF
+
+    n = x.shape[-1]
+    new_rate = int(round(sample_rate / 2 ** (semitones / 12) / 100)) * 100
+    factor = sample_rate / new_rate  # pitch factor really applied
+    n_fft, hop = 512, 128
+    window = torch.hann_window(n_fft)
+    spec = torch.stft(x, n_fft, hop, window=window, return_complex=True)
+    phase_advance = torch.linspace(0, torch.pi * hop, spec.shape[-2])[..., None]
+    stretched = AF.phase_vocoder(spec, 1.0 / factor, phase_advance)
+    y = torch.istft(stretched, n_fft, hop, window=window, length=int(round(n * factor)))
+    y = AF.resample(y, sample_rate, new_rate)
+    if y.shape[-1] >= n:
+        return y[..., :n]
+    return torch.nn.functional.pad(y, (0, n - y.shape[-1]))

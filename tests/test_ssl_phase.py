@@ -1,0 +1,116 @@
+"""--phase ssl: masked phone prediction lowers its loss, resumes, and exports a WavLM folder that the
+teacher and SSLFeatureExtractor load as they load WavLM Base+."""
+
+import json
+
+import pytest
+import torch
+
+from kanade_stream import KanadeTeacher
+from kanade_stream.config import tiny_config
+from kanade_stream.ssl import SSLFeatureExtractor
+from kanade_stream.voices.builder import CorpusRecipe, VoiceSpec, build_voice_corpus
+from kanade_stream.voices.perturb import Perturbation
+from kanade_stream.voices.phones import PHONES
+from training.runtime import Runtime
+from training.settings import SettingsError, load_settings
+from training.ssl_phase import (
+    SSLTask,
+    loss_curve,
+    make_ssl_task,
+    mask_spans,
+    num_frames,
+    train_ssl,
+)
+
+ESPEAK = dict(name="x", language="en-us", variant="m3", pitch=50, pitch_range=50, rate=175)
+
+
+@pytest.fixture(scope="module")
+def voice_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ssl-corpus")
+    specs = [VoiceSpec(name="es-a", synth="espeak", base="en-us+m3", espeak=ESPEAK),
+             VoiceSpec(name="es-b", synth="espeak", base="en+f2", espeak={**ESPEAK, "variant": "f2", "language": "en"},
+                       perturbation=Perturbation(1.1, 2.0)),
+             VoiceSpec(name="es-c", synth="espeak", base="en-us+m1", espeak={**ESPEAK, "variant": "m1"},
+                       split="heldout")]
+    build_voice_corpus(out, CorpusRecipe(utterances_per_voice=4), specs=specs)
+    return out
+
+
+def tiny_ssl_settings(out, corpus, steps=4):
+    s = load_settings("tiny")
+    s.out = str(out)
+    ssl = s.ssl
+    ssl.corpus, ssl.corpus_dir = "prebuilt", str(corpus)
+    ssl.steps, ssl.log_every, ssl.val_every, ssl.ckpt_every = steps, 1, 1000, 1000
+    ssl.batch_size, ssl.chunk_seconds, ssl.val_clips = 4, 1.0, 2
+    ssl.optim.lr, ssl.optim.warmup = 3e-3, 0.0
+    m = ssl.model
+    m.hidden_size, m.num_heads, m.intermediate_size, m.conv_dim, m.pos_conv_kernel, m.pos_conv_groups = \
+        32, 2, 64, 16, 8, 2
+    return s
+
+
+def test_mask_spans():
+    mask = mask_spans(3, 50, 0.08, 10, torch.Generator().manual_seed(0))
+    assert mask.shape == (3, 50) and mask.any(dim=1).all() and not mask.all()
+    assert num_frames(16000) == 49
+
+
+def test_ssl_loss_goes_down_on_a_batch(voice_corpus, tmp_path):
+    torch.set_num_threads(2)
+    task, stream, _ = make_ssl_task(tiny_ssl_settings(tmp_path, voice_corpus), Runtime())
+    batch, _ = next(stream)
+    assert batch.labels.shape == (4, num_frames(batch.wave.shape[1]))
+    assert ((batch.labels >= 0) & (batch.labels < len(PHONES))).float().mean() > 0.9
+    losses = [task.train_step(batch, i)["loss"] for i in range(10)]
+    assert max(losses[-3:]) < 0.93 * losses[0], losses  # from chance (ln 40 = 3.7 per CE) towards the prior
+
+
+def test_ssl_phase_exports_a_wavlm_the_teacher_loads(voice_corpus, tmp_path):
+    settings = tiny_ssl_settings(tmp_path / "run", voice_corpus, steps=4)
+    first = train_ssl(settings, Runtime(), stop_after=2, progress=False)
+    assert not first.completed and first.step == 2
+    result = train_ssl(settings, Runtime(), resume="auto", progress=False)
+    assert result.completed and result.step == 4 and {"acc_masked", "ce_masked"} <= set(result.val)
+    assert [s for s, _ in loss_curve(tmp_path / "run" / "ssl")] == [1, 2, 3, 4]
+    folder = result.export
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert json.loads((folder / "phones.json").read_text()) == list(PHONES)
+    ssl = SSLFeatureExtractor.from_pretrained(folder)
+    assert ssl.feature_dim == 32 and ssl.num_layers == 9 and ssl.sample_rate == 16000
+    # a tiny release on top of it, loaded the way a WavLM Base+ release is
+    config = tiny_config(ssl_dim=32)
+    release = KanadeTeacher(config, ssl).save_pretrained(tmp_path / "release")
+    teacher = KanadeTeacher.from_pretrained(release, ssl_model=folder)
+    features = teacher.encode(torch.randn(24000) * 0.1, sample_rate=24000)
+    assert features.content_token_indices.numel() > 0
+    # finished: --resume skips it
+    assert train_ssl(settings, Runtime(), resume="auto", progress=False) is None
+
+
+def test_ssl_settings_are_checked():
+    s = load_settings("ssl_full")
+    assert s.ssl.model.num_layers >= max(tiny_config().local_ssl_layers + tiny_config().global_ssl_layers)
+    s.ssl.corpus, s.ssl.corpus_dir = "prebuilt", None
+    from training.settings import check_settings
+
+    with pytest.raises(SettingsError, match="corpus_dir"):
+        check_settings(s)
+
+
+def test_task_head_predicts_every_phone():
+    from training.settings import SSLSettings
+
+    task = SSLTask(Runtime(), SSLSettings())
+    assert task.head.out_features == len(PHONES)
+
+
+def test_export_of_a_checkpoint(voice_corpus, tmp_path):
+    from training.ssl_phase import export_checkpoint
+
+    settings = tiny_ssl_settings(tmp_path / "run", voice_corpus, steps=4)
+    train_ssl(settings, Runtime(), stop_after=1, progress=False)
+    folder = export_checkpoint(tmp_path / "run" / "ssl" / "checkpoints" / "last.pt", settings.ssl, tmp_path / "x")
+    assert SSLFeatureExtractor.from_pretrained(folder).feature_dim == 32
