@@ -59,12 +59,14 @@ class AudioOutput:
 
             self._resampler = soxr.ResampleStream(self.source_rate, self.rate, 1, dtype="float32")
         self.delay_samples = 0
+        self.resampler_delay = 0  # of the delay, the samples that cover the device-rate resampler
         self.headroom = 0
         self.started = False
         self.dropped = 0
 
     def open(self, delay_seconds: float, device_block: int, input_rate: int) -> None:
-        self.delay_samples = math.ceil(delay_seconds * self.rate) + self._resampler_delay()
+        self.resampler_delay = self._resampler_delay()
+        self.delay_samples = math.ceil(delay_seconds * self.rate) + self.resampler_delay
         # Input and output callbacks interleave, so right after a push the ring may hold up to one device
         # buffer beyond the delay; allow two. Counted in this ring's samples: a device buffer of
         # `device_block` input frames is `device_block * rate / input_rate` output frames.
