@@ -84,7 +84,7 @@ def test_live_vc_through_pulseaudio(pulse, tmp_path):
     app = subprocess.Popen(
         [sys.executable, str(REPO / "demos" / "live_vc.py"), "--ref", str(tmp_path / "ref.wav"),
          "--input-device", "pulse", "--output-device", "pulse", "--duration", f"{seconds:.1f}",
-         "--summary-json", str(tmp_path / "summary.json"), "--quiet"],
+         "--summary-json", str(tmp_path / "summary.json"), "--quiet", "--chunk-ms", "40"],
         env=app_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     recorder = subprocess.Popen(
         ["parecord", "--device=mix.monitor", "--channels=2", f"--rate={RATE}", "--format=float32le",

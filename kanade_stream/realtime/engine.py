@@ -141,7 +141,9 @@ class AudioEngine:
         backlog = len(self.input_ring)
         if backlog > self.max_backlog:
             # behind real time: keep only the newest chunk, so latency stays bounded (counted)
-            self.stats.dropped_input_samples += self.input_ring.discard_oldest(keep=self.chunk_samples)
+            lost = self.input_ring.discard_oldest(keep=self.chunk_samples)
+            self.stats.dropped_input_samples += lost
+            self.output.lost_input(lost, self.input_rate)
         n = self.input_ring.read(self._scratch[: self.max_backlog])
         if n == 0:
             return 0

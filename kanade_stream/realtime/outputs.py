@@ -43,9 +43,17 @@ class EngineOutput(Protocol):
     def read(self, out: np.ndarray, playing: bool = True) -> None:
         """Device side: fill `out` (silence while not `playing`, i.e. before the first input)."""
 
+    def lost_input(self, samples: int, input_rate: int) -> None:
+        """Worker side: the engine threw away `samples` input samples (at `input_rate`) to catch up."""
+
 
 class AudioOutput:
-    """Audio for a device: ring buffer + device-rate resampling, read from the device callback."""
+    """Audio for a device: ring buffer + device-rate resampling, read from the device callback.
+
+    The delay stays what it was primed to, whatever goes wrong: samples the device asked for before they
+    were computed were played as silence (underruns), so when they arrive late they are skipped, not
+    played late (which would add their lateness to the latency from then on); input the engine threw
+    away to catch up leaves a gap of silence of its length, so what follows still plays on time."""
 
     def __init__(self, rate: int, source_rate: int | None = None, ring_seconds: float = 4.0):
         """`rate`: the device's rate. `source_rate`: the rate of what the processor returns (default
@@ -63,6 +71,11 @@ class AudioOutput:
         self.headroom = 0
         self.started = False
         self.dropped = 0
+        # The timeline, in output samples since the stream started: `_target` is where the next sample
+        # the worker writes belongs; the ring's end is at its total written plus `_missed`, the silence
+        # the device played in place of samples not there yet (incremented by the device side only).
+        self._target = 0
+        self._missed = 0
 
     def open(self, delay_seconds: float, device_block: int, input_rate: int) -> None:
         self.resampler_delay = self._resampler_delay()
@@ -72,20 +85,34 @@ class AudioOutput:
         # `device_block` input frames is `device_block * rate / input_rate` output frames.
         self.headroom = 2 * -(-device_block * self.rate // input_rate)
         self.ring.write(np.zeros(self.delay_samples, dtype=np.float32))
+        self._target = self.ring.total_written
 
     def _resampler_delay(self) -> int:
         # soxr holds back a few ms of lookahead; cover it so the start does not underrun
         return 0 if self._resampler is None else math.ceil(0.01 * self.rate)
 
+    def lost_input(self, samples: int, input_rate: int) -> None:
+        self._target += round(samples * self.rate / input_rate)
+
     def write(self, result, last: bool = False) -> None:
         audio = np.asarray(result, dtype=np.float32)
         if self._resampler is not None:
             audio = self._resampler.resample_chunk(audio, last=last)
+        gap = self._target - (self.ring.total_written + self._missed)
+        self._target += len(audio)
+        if gap > 0:  # input was thrown away: silence in its place keeps what follows on time
+            audio = np.concatenate([np.zeros(gap, np.float32), audio])
+        elif gap < 0 and len(audio):  # late: the device already played silence in their place
+            skip = min(-gap, len(audio))
+            audio = audio[skip:]
+            self.dropped += skip
         if not last:
-            # never let the output run further ahead than the fixed delay plus the headroom
+            # never let the output run further ahead than the fixed delay plus the headroom (device clocks
+            # that drift apart); what is cut is forgotten by the timeline too
             room = max(self.delay_samples + self.headroom - len(self.ring), 0)
             if len(audio) > room:
                 self.dropped += len(audio) - room
+                self._target -= len(audio) - room
                 audio = audio[:room]
         self.ring.write(audio)
 
@@ -94,7 +121,7 @@ class AudioOutput:
         if not playing:
             out[:] = 0.0
             return
-        self.ring.read(out, fill_missing=True)
+        self._missed += len(out) - self.ring.read(out, fill_missing=True)
 
     def drain(self) -> np.ndarray:
         """Everything still queued (the tail of a finished stream)."""
@@ -122,6 +149,9 @@ class ResultOutput:
 
     def open(self, delay_seconds: float, device_block: int, input_rate: int) -> None:
         pass  # results are delivered as soon as they are final: no delay to prime
+
+    def lost_input(self, samples: int, input_rate: int) -> None:
+        pass  # counted by the engine; results carry their own positions
 
     def write(self, result, last: bool = False) -> None:
         if len(result):
