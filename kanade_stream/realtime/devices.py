@@ -13,6 +13,7 @@ import numpy as np
 
 from .backends import DeviceError, DeviceTiming, StatusCallback
 from .engine import AudioEngine
+from .priority import raise_priority
 
 
 def _pyaudio():
@@ -197,6 +198,8 @@ class PyAudioBackend:
         last = np.zeros(2)
 
         def on_input(in_data, frame_count, time_info, flags):
+            if not watch.counts["input"]:  # the first callback: PortAudio's audio thread, once
+                engine.stats.scheduling["audio"] = raise_priority("audio", engine.realtime)
             engine.on_input(np.frombuffer(in_data, dtype=np.float32))
             watch.tick("input")
             now, captured = time_info["current_time"], time_info.get("input_buffer_adc_time", 0.0)
@@ -208,6 +211,8 @@ class PyAudioBackend:
             return None, pyaudio.paContinue
 
         def on_output(in_data, frame_count, time_info, flags):
+            if not watch.counts["output"]:
+                raise_priority("audio", engine.realtime)
             engine.on_output(out_buffer[:frame_count])
             watch.tick("output")
             now, heard = time_info["current_time"], time_info.get("output_buffer_dac_time", 0.0)

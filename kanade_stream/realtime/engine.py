@@ -28,6 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from .outputs import EngineOutput
+from .priority import raise_priority
 from .ring import RingBuffer
 
 
@@ -54,6 +55,7 @@ class EngineStats:
     late_chunks: int = 0  # chunks whose compute took longer than the allowance
     # the fixed delay, part by part (ms): algorithmic (the processor), compute, device block, resampler
     latency_parts: dict = field(default_factory=dict)
+    scheduling: dict = field(default_factory=dict)  # role: what priority.raise_priority got
     compute_times: deque = field(default_factory=lambda: deque(maxlen=2000))
     errors: list = field(default_factory=list)
 
@@ -84,13 +86,16 @@ class AudioEngine:
         max_backlog_ms: float = 400.0,
         compute_margin_ms: float | None = None,
         ring_seconds: float = 4.0,
+        realtime: bool = True,
     ):
         """`input_rate`: the input device's rate. `output`: where results go (an `AudioOutput` at the
         output device's rate, or a `ResultOutput`). `device_block`: input frames per device callback.
         `chunk_samples`: the processor's chunk at the input rate. `compute_margin_ms`: time allowed for
         computing a chunk before its output is due (default half a chunk, the budget a real-time model
-        should keep at p99); slower chunks are counted underruns."""
+        should keep at p99); slower chunks are counted (`late_chunks`). `realtime`: the worker and the
+        backends' audio threads ask for real-time scheduling (priority.py)."""
         self.processor = processor
+        self.realtime = realtime
         self.input_rate = int(input_rate)
         self.output = output
         self.device_block = int(device_block)
@@ -107,6 +112,8 @@ class AudioEngine:
         resampler_ms = 1000.0 * getattr(output, "resampler_delay", 0) / output.rate if output.rate else 0.0
         if resampler_ms:
             parts["resampler"] = resampler_ms
+        if hasattr(output, "input_clock"):  # input that has arrived: the clock an audio output keeps up with
+            output.input_clock = lambda: self.input_ring.total_written
         self.stats = EngineStats(self.input_rate, output.rate, output.delay_samples,
                                  compute_allowance_ms=float(compute_margin_ms), latency_parts=parts)
         self._scratch = np.zeros(self.max_backlog + self.device_block, dtype=np.float32)
@@ -177,6 +184,7 @@ class AudioEngine:
 
     def _work(self) -> None:
         idle = max(self.device_block / self.input_rate / 4, 0.001)
+        self.stats.scheduling["worker"] = raise_priority("worker", self.realtime)
         try:
             while not self._stop.is_set():
                 if self.process_available() == 0:

@@ -98,6 +98,10 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     parser.add_argument("--summary-json", default=None, help="also write the exit summary as JSON to this file")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the model (default 1: on a busy laptop more threads mostly wait)")
+    parser.add_argument("--no-realtime", action="store_true",
+                        help="leave the audio threads and the model worker at normal priority (default: they ask "
+                             "for real-time scheduling, where the system grants it, so a busy machine does not "
+                             "make them wait)")
     parser.add_argument("--quiet", action="store_true", help="no live status line")
     return parser
 
@@ -207,7 +211,7 @@ def _backend(mode: str, args, student, feed_sink: str | None = None) -> AudioBac
                           need_output=mode == "vc")
 
 
-def _processor(mode: str, args, student, rate: int, warm_up_chunks: int = 25):
+def _processor(mode: str, args, student, rate: int, warm_up_chunks: int = 25, realtime: bool = True):
     """The streaming processor at the chosen chunk (see CHUNK_OPTIONS), gated unless --no-gate, with its
     warm-up compute profile and notes for the user."""
     from ..streaming import StreamingConverter, StreamingEncoder
@@ -230,11 +234,11 @@ def _processor(mode: str, args, student, rate: int, warm_up_chunks: int = 25):
 
     if args.chunk_ms is not None:
         processor = make(args.chunk_ms)
-        profile = measure_compute(processor, warm_up_chunks)
+        profile = measure_compute(processor, warm_up_chunks, realtime=realtime)
         notes = [] if profile.keeps_up else [f"{profile.describe()}: this machine may not keep up with "
                                              f"--chunk-ms {args.chunk_ms} (expect late chunks and underruns)"]
         return processor, profile, notes
-    return choose_processor(make, CHUNK_OPTIONS, warm_up_chunks)
+    return choose_processor(make, CHUNK_OPTIONS, warm_up_chunks, realtime=realtime)
 
 
 def _run(mode: str, args) -> dict:
@@ -264,7 +268,8 @@ def _run_session(mode: str, args) -> dict:
 def _stream(mode: str, args, mic) -> dict:
     student = _load_student(args.model)
     backend = _backend(mode, args, student, feed_sink=mic.sink if mic is not None else None)
-    processor, profile, notes = _processor(mode, args, student, backend.input_rate)
+    processor, profile, notes = _processor(mode, args, student, backend.input_rate,
+                                           realtime=not args.no_realtime and args.input is None)
     for note in notes:
         print(f"note: {note}", file=sys.stderr, flush=True)
     chunk_ms = profile.chunk_ms
@@ -290,6 +295,7 @@ def _stream(mode: str, args, mic) -> dict:
         on_start=started,
         on_result=print_tokens if mode == "tokenize" else None,
         compute=profile,
+        realtime=not args.no_realtime,
     )
     interrupts = Interrupts(stop)
     previous = {sig: signal.signal(sig, interrupts) for sig in (signal.SIGINT, signal.SIGTERM)}

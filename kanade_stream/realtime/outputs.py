@@ -12,11 +12,15 @@ The engine calls the same four methods on either, so it never asks which kind it
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Callable, Protocol
 
 import numpy as np
 
 from .ring import RingBuffer
+
+
+LAG_WINDOW = 25  # worker writes (one per device block or chunk) a lag must last before the output skips
 
 
 class EngineOutput(Protocol):
@@ -53,7 +57,10 @@ class AudioOutput:
     The delay stays what it was primed to, whatever goes wrong: samples the device asked for before they
     were computed were played as silence (underruns), so when they arrive late they are skipped, not
     played late (which would add their lateness to the latency from then on); input the engine threw
-    away to catch up leaves a gap of silence of its length, so what follows still plays on time."""
+    away to catch up leaves a gap of silence of its length, so what follows still plays on time; and an
+    output device that falls behind the input device (it started late, paused, or its clock is slower)
+    skips ahead once it is behind by more than the headroom for a while, instead of carrying the lag.
+    Skipped samples count as dropped."""
 
     def __init__(self, rate: int, source_rate: int | None = None, ring_seconds: float = 4.0):
         """`rate`: the device's rate. `source_rate`: the rate of what the processor returns (default
@@ -76,6 +83,14 @@ class AudioOutput:
         # the device played in place of samples not there yet (incremented by the device side only).
         self._target = 0
         self._missed = 0
+        # Device side: samples delivered while playing, and skips done; worker side: skips asked for.
+        self._played = 0
+        self._skip_done = 0
+        self._skip_requested = 0
+        self._lags: deque = deque(maxlen=LAG_WINDOW)
+        # what the engine has received (input samples, its rate): the clock the output must keep up with
+        self.input_clock: Callable[[], int] | None = None
+        self.input_rate: int | None = None
 
     def open(self, delay_seconds: float, device_block: int, input_rate: int) -> None:
         self.resampler_delay = self._resampler_delay()
@@ -86,6 +101,7 @@ class AudioOutput:
         self.headroom = 2 * -(-device_block * self.rate // input_rate)
         self.ring.write(np.zeros(self.delay_samples, dtype=np.float32))
         self._target = self.ring.total_written
+        self.input_rate = int(input_rate)
 
     def _resampler_delay(self) -> int:
         # soxr holds back a few ms of lookahead; cover it so the start does not underrun
@@ -98,7 +114,8 @@ class AudioOutput:
         audio = np.asarray(result, dtype=np.float32)
         if self._resampler is not None:
             audio = self._resampler.resample_chunk(audio, last=last)
-        gap = self._target - (self.ring.total_written + self._missed)
+        # where the next sample written will be played, in device samples since the stream started
+        gap = self._target - (self.ring.total_written + self._missed - self._skip_requested)
         self._target += len(audio)
         if gap > 0:  # input was thrown away: silence in its place keeps what follows on time
             audio = np.concatenate([np.zeros(gap, np.float32), audio])
@@ -115,13 +132,32 @@ class AudioOutput:
                 self._target -= len(audio) - room
                 audio = audio[:room]
         self.ring.write(audio)
+        if not last and self.input_clock is not None:
+            self._keep_up()
+
+    def _keep_up(self) -> None:
+        """Skip ahead when the device has played less than the input has delivered, by more than the
+        headroom, at every write for a while (input arrives in bursts: a single late look is no lag)."""
+        arrived = self.input_clock() * self.rate // self.input_rate
+        self._lags.append(arrived - self._played - self._skip_requested)
+        lag = min(self._lags)
+        if len(self._lags) == self._lags.maxlen and lag > self.headroom:
+            skip = lag - self.headroom // 2
+            self._skip_requested += skip
+            self._target -= skip  # what follows is played that much earlier too
+            self.dropped += skip
+            self._lags.clear()
 
     def read(self, out: np.ndarray, playing: bool = True) -> None:
         self.started = True
         if not playing:
             out[:] = 0.0
             return
+        pending = self._skip_requested - self._skip_done
+        if pending > 0:
+            self._skip_done += self.ring.skip(pending)
         self._missed += len(out) - self.ring.read(out, fill_missing=True)
+        self._played += len(out)
 
     def drain(self) -> np.ndarray:
         """Everything still queued (the tail of a finished stream)."""

@@ -7,7 +7,8 @@ with libpulse-simple (ctypes, no extra Python package) and asks for its buffers 
 - record: `fragsize` = one block, with PA_STREAM_ADJUST_LATENCY (pa_simple's flags), so the source
   hands over each block as soon as it is captured;
 - playback: `tlength` = the requested output buffering, also the whole latency up to the speaker
-  (the server sizes the sink's own buffer out of it).
+  (the server sizes the sink's own buffer out of it), and `prebuf` 0: a late write is a gap of
+  silence, never a pause of the stream that would add to the latency from then on.
 
 The streams run at the rates the caller names (the model's own rates: the server resamples for the
 hardware), so the engine needs no resampler of its own. One thread reads blocks, one writes them; both
@@ -31,6 +32,7 @@ import numpy as np
 from .backends import DeviceError, DeviceTiming, StatusCallback
 from .devices import CallbackWatch
 from .engine import AudioEngine
+from .priority import raise_priority
 
 PA_STREAM_PLAYBACK, PA_STREAM_RECORD = 1, 2
 PA_SAMPLE_FLOAT32LE = 5
@@ -115,8 +117,11 @@ class _Stream:
         unset = 0xFFFFFFFF
         if direction == PA_STREAM_RECORD:
             attr = _BufferAttr(unset, unset, unset, unset, nbytes)
-        else:  # prebuf: start playing once one block is there; minreq: ask for a block at a time
-            attr = _BufferAttr(unset, nbytes, unset, unset, unset)
+        else:
+            # prebuf 0: the server never pauses the stream to refill it. A late write plays silence in its
+            # place and the late samples are dropped, so the stream stays on its timeline (with prebuf,
+            # each underrun paused it until the buffer refilled, and every pause added to the latency).
+            attr = _BufferAttr(unset, nbytes, 0, unset, unset)
         error = ctypes.c_int(0)
         self.handle = simple.pa_simple_new(server.encode() if server else None, b"kanade-stream", direction,
                                            _device_name(device), name.encode(), ctypes.byref(spec), None,
@@ -139,6 +144,8 @@ class _Stream:
     def latency(self) -> float:
         """Seconds: record, how long the oldest sample not yet read has waited; playback, until the last
         sample written is heard. Negative when the server does not answer."""
+        if not self.handle:
+            return -1.0
         error = ctypes.c_int(0)
         usec = self._simple.pa_simple_get_latency(self.handle, ctypes.byref(error))
         return -1.0 if usec == 0xFFFFFFFFFFFFFFFF else usec / 1e6
@@ -209,65 +216,74 @@ class PulseBackend:
                              f"{self.output_rate} Hz")
         watch = CallbackWatch(("input", "output") if plays else ("input",), self.stall_timeout)
         errors: list[BaseException] = []
-        done = threading.Event()
         streams: dict[str, _Stream] = {}
-        try:
-            streams["input"] = _Stream(self.input_device, PA_STREAM_RECORD, self.server, self.input_rate,
-                                       self.block, "kanade-stream input")
-            if plays:
-                out_buffer = max(self.out_block, round(self.output_rate * self.buffer_ms / 1000))
-                streams["output"] = _Stream(self.output_device, PA_STREAM_PLAYBACK, self.server, self.output_rate,
-                                            out_buffer, "kanade-stream output")
-        except DeviceError:
-            for s in streams.values():
-                s.free()
-            raise
+        opened = {side: threading.Event() for side in watch.counts}
+        go, done = threading.Event(), threading.Event()
+        out_buffer = max(self.out_block, round((self.output_rate or 1) * self.buffer_ms / 1000))
 
-        def read_loop() -> None:
-            block = np.zeros(self.block, dtype=np.float32)
+        # Each side opens its stream on its own thread, after raising that thread's priority: libpulse's
+        # thread for the stream (it answers the server's requests for data) inherits the scheduling of
+        # the thread that creates it. At normal priority on a busy machine it answered late, the server
+        # ran out of samples and paused the stream, and every pause added to the latency.
+        def side_loop(side: str) -> None:
+            raise_priority("audio", engine.realtime)
+            if side == "input":
+                engine.stats.scheduling["audio"] = raise_priority("audio", engine.realtime)
+            try:
+                if side == "input":
+                    stream = _Stream(self.input_device, PA_STREAM_RECORD, self.server, self.input_rate,
+                                     self.block, "kanade-stream input")
+                else:
+                    stream = _Stream(self.output_device, PA_STREAM_PLAYBACK, self.server, self.output_rate,
+                                     out_buffer, "kanade-stream output")
+            except BaseException as err:  # noqa: BLE001 - raised on the caller's thread
+                errors.append(err)
+                opened[side].set()
+                return
+            streams[side] = stream
+            opened[side].set()
+            go.wait()
+            block = np.zeros(self.block if side == "input" else self.out_block, dtype=np.float32)
             try:
                 while not done.is_set():
-                    streams["input"].read(block)
-                    engine.on_input(block)
-                    watch.tick("input")
+                    if side == "input":
+                        stream.read(block)
+                        engine.on_input(block)
+                    else:
+                        engine.on_output(block)
+                        stream.write(block)  # blocks while the server's buffer is full: the pace
+                    watch.tick(side)
             except BaseException as err:  # noqa: BLE001 - reported by the monitor loop
-                errors.append(err)
+                if not done.is_set():
+                    errors.append(err)
+            finally:
+                done.wait()  # the monitor loop reads the stream's latency until then
+                stream.free()
 
-        def write_loop() -> None:
-            block = np.zeros(self.out_block, dtype=np.float32)
-            try:
-                while not done.is_set():
-                    engine.on_output(block)
-                    streams["output"].write(block)  # blocks while the server's buffer is full: the pace
-                    watch.tick("output")
-            except BaseException as err:  # noqa: BLE001
-                errors.append(err)
-
-        threads = {"input": threading.Thread(target=read_loop, name="kanade-stream-pulse-in", daemon=True)}
-        if plays:
-            threads["output"] = threading.Thread(target=write_loop, name="kanade-stream-pulse-out", daemon=True)
-        engine.start()
+        threads = {side: threading.Thread(target=side_loop, args=(side,), name=f"kanade-stream-pulse-{side}",
+                                          daemon=True) for side in watch.counts}
         for t in threads.values():
             t.start()
-        clean = False
+        for event in opened.values():
+            event.wait()
+        if errors:
+            done.set()
+            go.set()
+            raise errors[0]
+        engine.start()
+        go.set()
         try:
             if on_start is not None:
                 on_start()
             self._monitor(engine, streams, watch, errors, stop, on_status, duration)
-            clean = True
         finally:
             done.set()
             engine.stop()
-            for t in threads.values():
-                t.join(timeout=1.0)
             # a thread still blocked inside libpulse (a stalled source) keeps its stream: freeing it under
             # the thread would crash; the process ends soon after and the server drops the connection
-            for side, s in streams.items():
-                if not threads[side].is_alive():
-                    s.free()
+            for t in threads.values():
+                t.join(timeout=1.0)
             self._timing(engine)
-        if clean and errors:
-            raise errors[0]
 
     def _monitor(self, engine, streams, watch, errors, stop, on_status, duration) -> None:
         start = time.monotonic()

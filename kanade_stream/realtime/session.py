@@ -27,6 +27,7 @@ import numpy as np
 from .backends import AudioBackend, StatusCallback
 from .engine import AudioEngine, StreamProcessor
 from .outputs import AudioOutput, EngineOutput, ResultOutput
+from .priority import raise_priority
 
 
 @dataclass
@@ -47,6 +48,7 @@ class SessionOptions:
     compute_margin_ms: float | None = None
     # the warm-up's measurement when the caller already made one (choose_processor): not measured again
     compute: "ComputeProfile | None" = None
+    realtime: bool = True  # the worker and audio threads ask for real-time scheduling (priority.py)
 
 
 KEEP_UP_MEDIAN = 0.7  # a chunk's median compute may take this fraction of the chunk...
@@ -80,8 +82,26 @@ class ComputeProfile:
                 f" p99 {self.quantile(0.99):.1f} ms")
 
 
-def measure_compute(processor: StreamProcessor, chunks: int = 25, seed: int = 0) -> ComputeProfile:
-    """Push `chunks` timed chunks of quiet noise (after two untimed ones) and reset the processor."""
+def measure_compute(processor: StreamProcessor, chunks: int = 25, seed: int = 0, realtime: bool = False
+                    ) -> ComputeProfile:
+    """Push `chunks` timed chunks of quiet noise (after two untimed ones) and reset the processor.
+    `realtime`: measure on a thread scheduled as the engine's worker will be (priority.py)."""
+    if realtime:
+        result: list = []
+
+        def measure() -> None:
+            raise_priority("worker")
+            try:
+                result.append(measure_compute(processor, chunks, seed))
+            except BaseException as err:  # noqa: BLE001 - raised again on the caller's thread
+                result.append(err)
+
+        thread = threading.Thread(target=measure, name="kanade-stream-warm-up")
+        thread.start()
+        thread.join()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
     rate = getattr(processor, "sample_rate", None)
     chunk = int(getattr(processor, "chunk_samples"))
     noise = (0.003 * np.random.default_rng(seed).standard_normal((chunks + 2) * chunk)).astype(np.float32)
@@ -97,13 +117,13 @@ def measure_compute(processor: StreamProcessor, chunks: int = 25, seed: int = 0)
 
 
 def choose_processor(make: Callable[[int], StreamProcessor], chunk_options: list[int], chunks: int = 25,
-                     ) -> tuple[StreamProcessor, ComputeProfile, list[str]]:
+                     realtime: bool = False) -> tuple[StreamProcessor, ComputeProfile, list[str]]:
     """The first of `chunk_options` (ms, shortest first) whose warm-up compute keeps up: (processor, its
     compute profile, notes on the ones that did not). The last option is taken whatever its compute."""
     notes = []
     for i, chunk_ms in enumerate(chunk_options):
         processor = make(chunk_ms)
-        profile = measure_compute(processor, chunks)
+        profile = measure_compute(processor, chunks, realtime=realtime)
         if profile.keeps_up or i == len(chunk_options) - 1:
             return processor, profile, notes
         notes.append(f"{profile.describe()}: too slow to keep up in real time on this machine "
@@ -135,6 +155,7 @@ class Summary:
     gate_delay_ms: float | None = None  # latency the noise gate adds on top of the model's (None: no gate)
     # the engine delay part by part (ms): algorithmic, compute, device block, resampler
     latency_parts_ms: dict | None = None
+    scheduling: dict | None = None  # what the worker and audio threads got: SCHED_FIFO n, nice n or normal
     # real devices only
     device_latency_ms: float | None = None  # the device's own figure when the streams opened (in + out)
     driver_latency_ms: list[float] | None = None  # worst buffering seen in the callbacks: input, output
@@ -178,13 +199,14 @@ def run_session(processor: StreamProcessor, backend: AudioBackend, options: Sess
     chunk = getattr(processor, "chunk_samples", backend.block)
     profile = options.compute
     if profile is None and options.warm_up:
-        profile = measure_compute(processor, options.warm_up_chunks)
+        profile = measure_compute(processor, options.warm_up_chunks, realtime=options.realtime)
     allowance = options.compute_margin_ms
     if allowance is None and profile is not None:
         allowance = profile.allowance_ms
     output = make_output(processor, backend, options.on_result)
     engine = AudioEngine(processor, rate, output, device_block=backend.block, chunk_samples=chunk,
-                         max_backlog_ms=options.max_backlog_ms, compute_margin_ms=allowance)
+                         max_backlog_ms=options.max_backlog_ms, compute_margin_ms=allowance,
+                         realtime=options.realtime)
     started = time.monotonic()
     backend.run(engine, options.stop, on_status=options.on_status, on_start=options.on_start,
                 duration=options.duration)
@@ -248,6 +270,7 @@ def summarize(engine: AudioEngine, backend: AudioBackend, seconds: float) -> Sum
         late_chunks=stats.late_chunks,
         gate_delay_ms=None if gate is None else round(gate, 2),
         latency_parts_ms={k: round(v, 2) for k, v in _parts(engine).items()},
+        scheduling=dict(stats.scheduling) or None,
     )
     if isinstance(engine.output, ResultOutput):
         summary.results = engine.output.items
