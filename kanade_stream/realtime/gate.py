@@ -24,6 +24,7 @@ against an adaptive (minimum-statistics) noise floor.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 
 import numpy as np
@@ -41,7 +42,9 @@ class SileroDetector:
         from silero_vad import load_silero_vad  # weights ship in the package: no network
 
         self._torch = torch
-        self.model = load_silero_vad()
+        with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the package ships TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.model = load_silero_vad()
         self.model.eval()
 
     def reset(self) -> None:
@@ -189,12 +192,21 @@ class VoiceGate:
             out[inside] = known[index[inside]]
             return out
 
-        here = is_open(window)
-        fade_in = np.clip(1 - ((window + 1) * self.window_seconds - t) / self.fade_in, 0, 1) * is_open(window + 1)
-        fade_out = np.clip(1 - (t - window * self.window_seconds) / self.fade_out, 0, 1) * is_open(window - 1)
-        gains = np.where(here, 1.0, np.maximum(fade_in, fade_out)).astype(np.float32)
+        w = self.window_seconds
+        gains = is_open(window).astype(np.float64)
+        # ramps up before an open window starts, down after one ends (fades may span several windows)
+        reach_in = math.ceil(self.fade_in / w) if self.fade_in > 0 else 0
+        reach_out = math.ceil(self.fade_out / w) if self.fade_out > 0 else 0
+        for j in range(1, reach_in + 1):
+            ramp = np.clip(1 - ((window + j) * w - t) / self.fade_in, 0, 1)
+            gains = np.maximum(gains, ramp * is_open(window + j))
+        for j in range(1, reach_out + 1):
+            ramp = np.clip(1 - (t - (window - j + 1) * w) / self.fade_out, 0, 1)
+            gains = np.maximum(gains, ramp * is_open(window - j))
+        gains[gains < 1e-6] = 0.0  # the ends of ramps: exactly silent, not float dust
+        gains = gains.astype(np.float32)
         # forget the windows no later output sample can need
-        keep_from = int(window[-1]) - 1 - self._first
+        keep_from = int(window[-1]) - reach_out - self._first
         if keep_from > 0:
             del self._open[:keep_from]
             self._first += keep_from

@@ -83,7 +83,9 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
         parser.add_argument("--no-gate", action="store_true",
                             help="no noise gate: background noise and silence are converted too (default: the "
                                  "output is silent while the input carries no voice)")
-    parser.add_argument("--block-ms", type=float, default=10.0, help="device buffer in ms (default 10)")
+    parser.add_argument("--block-ms", type=float, default=None,
+                        help="device block in ms: samples move in blocks this long (default 5 with the pulse "
+                             "backend, 10 with PortAudio and files)")
     parser.add_argument("--device-buffer-ms", type=float, default=None,
                         help="pulse backend: playback buffering asked of the server (default two blocks)")
     parser.add_argument("--input", default=None, help="file mode: read this audio file instead of the microphone")
@@ -196,19 +198,24 @@ def _use_pulse(args) -> bool:
     return server_available()
 
 
+PULSE_BLOCK_MS = 5.0  # measured through a real PulseAudio server: 5 ms blocks and a 10 ms playback buffer
+OTHER_BLOCK_MS = 10.0  # ran without underruns at 40 ms chunks; PortAudio's ALSA path gained nothing below 10
+
+
 def _backend(mode: str, args, student, feed_sink: str | None = None) -> AudioBackend:
     if args.input is not None:
-        return FileBackend(args.input, getattr(args, "output", None), block_ms=args.block_ms, paced=args.paced,
-                           mix=args.mix)
+        return FileBackend(args.input, getattr(args, "output", None), block_ms=args.block_ms or OTHER_BLOCK_MS,
+                           paced=args.paced, mix=args.mix)
     if feed_sink is not None or _use_pulse(args):
         from .pulse import PulseBackend
 
         # the model's own rates: the server converts for the hardware, the engine needs no resampler
         return PulseBackend(args.input_device, feed_sink or getattr(args, "output_device", None),
                             input_rate=student.config.ssl_sample_rate, output_rate=student.output_rate,
-                            block_ms=args.block_ms, buffer_ms=args.device_buffer_ms, need_output=mode == "vc")
-    return PyAudioBackend(args.input_device, getattr(args, "output_device", None), block_ms=args.block_ms,
-                          need_output=mode == "vc")
+                            block_ms=args.block_ms or PULSE_BLOCK_MS, buffer_ms=args.device_buffer_ms,
+                            need_output=mode == "vc")
+    return PyAudioBackend(args.input_device, getattr(args, "output_device", None),
+                          block_ms=args.block_ms or OTHER_BLOCK_MS, need_output=mode == "vc")
 
 
 def _processor(mode: str, args, student, rate: int, warm_up_chunks: int = 25, realtime: bool = True):
