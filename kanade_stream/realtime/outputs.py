@@ -87,6 +87,7 @@ class AudioOutput:
         self._played = 0
         self._skip_done = 0
         self._skip_requested = 0
+        self._shift = 0  # device samples the timeline was moved forward by: skips and cuts at the cap
         self._lags: deque = deque(maxlen=LAG_WINDOW)
         # what the engine has received (input samples, its rate): the clock the output must keep up with
         self.input_clock: Callable[[], int] | None = None
@@ -130,6 +131,7 @@ class AudioOutput:
             if len(audio) > room:
                 self.dropped += len(audio) - room
                 self._target -= len(audio) - room
+                self._shift += len(audio) - room
                 audio = audio[:room]
         self.ring.write(audio)
         if not last and self.input_clock is not None:
@@ -139,11 +141,13 @@ class AudioOutput:
         """Skip ahead when the device has played less than the input has delivered, by more than the
         headroom, at every write for a while (input arrives in bursts: a single late look is no lag)."""
         arrived = self.input_clock() * self.rate // self.input_rate
-        self._lags.append(arrived - self._played - self._skip_requested)
+        # what the device has played, plus what the timeline was moved forward by (skips and cuts)
+        self._lags.append(arrived - self._played - self._shift)
         lag = min(self._lags)
         if len(self._lags) == self._lags.maxlen and lag > self.headroom:
-            skip = lag - self.headroom // 2
+            skip = min(lag - self.headroom // 2, len(self.ring))  # only what is queued can be skipped
             self._skip_requested += skip
+            self._shift += skip
             self._target -= skip  # what follows is played that much earlier too
             self.dropped += skip
             self._lags.clear()

@@ -33,7 +33,7 @@ def _pactl(*args: str, check: bool = True) -> str:
     except subprocess.TimeoutExpired as err:
         raise DeviceError("the PulseAudio server does not answer (pactl timed out)") from err
     if check and done.returncode != 0:
-        message = (done.stderr or done.stdout).strip()
+        message = " ".join((done.stderr or done.stdout).split("\n")[0].split())  # one line
         if "Connection refused" in message or "Connection failure" in message or "No such file" in message:
             raise DeviceError(f"no PulseAudio / PipeWire server is running ({message}); a virtual microphone "
                               "needs one")
