@@ -47,8 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage", default="all", choices=STAGES + ("all",), help="run one stage, or all (default)")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every selected stage")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (finished stages are skipped)")
-    p.add_argument("--overwrite", action="store_true", help="start over, deleting what --out holds")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out: finished stages are skipped, an unfinished one goes on from its "
+                        "last.pt, else its newest readable step_*.pt; never deletes anything")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over, deleting the folder of each stage run (needed when it already holds a run)")
     p.add_argument("--eval-only", action="store_true", help="only write the evaluation report of <out>/export")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None,

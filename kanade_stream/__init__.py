@@ -22,7 +22,7 @@ __all__ = [
     "vocode",
 ]
 
-# --- streaming student (issue 5) ---
+# --- the streaming student ---
 from .streaming import (  # noqa: E402
     KanadeStudent, StreamingConverter, StreamingDecoder, StreamingEncoder, StudentConfig, StudentLoadError,
     export_student, load_student,

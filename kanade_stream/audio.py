@@ -65,6 +65,8 @@ def as_waveform(audio, name: str = "audio", mix: str | None = None) -> torch.Ten
             f"{name} has dtype {audio.dtype}; pass float samples in [-1, 1] "
             "(for int16 PCM divide by 32768, or read files with kanade_stream.load_audio)"
         )
+    if audio.numel() == 0:
+        raise AudioError(f"{name} is empty (0 samples)")
     if audio.dim() == 2:
         # (channels, samples) with few channels; (samples, channels) as soundfile gives is also common
         if audio.shape[0] > audio.shape[1]:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import KanadeConfig
+from .hub import HubUnavailable, hub_download
 
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"
@@ -36,15 +37,15 @@ def resolve_release(name_or_path: str | Path, revision: str | None = None) -> tu
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
         raise CheckpointError(f"no Kanade model at {text!r}: give a folder with {CONFIG_NAME} + {WEIGHTS_NAME} "
                               "or a hub id such as frothywater/kanade-25hz")
-    from huggingface_hub import hf_hub_download
-
     try:
-        config = hf_hub_download(text, CONFIG_NAME, revision=revision)
-        weights = hf_hub_download(text, WEIGHTS_NAME, revision=revision)
-    except Exception as err:  # the hub raises many types (offline, not found, gated ...)
+        config = hub_download(text, CONFIG_NAME, "Kanade model", revision)
+        weights = hub_download(text, WEIGHTS_NAME, "Kanade model", revision)
+    except HubUnavailable as err:
+        raise CheckpointError(str(err)) from err
+    except Exception as err:  # the hub raises many types (not found, gated ...)
         raise CheckpointError(f"cannot download {text!r} from the Hugging Face hub: {err}\n"
                               "Without network access, download the folder elsewhere and pass its path.") from err
-    return Path(config), Path(weights)
+    return config, weights
 
 
 def bundled_ssl_model(folder: Path) -> str | None:

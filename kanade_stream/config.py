@@ -34,18 +34,91 @@ SSL_HUB_IDS = {
     "wavlm_large": "microsoft/wavlm-large",
 }
 
-# Transformer init_args we accept but that do not change inference (flash attention is a kernel choice,
-# max_seq_len only sizes a RoPE cache, dropout is off in eval, xavier init is overwritten by weights).
-_TRANSFORMER_IGNORED = {"max_seq_len": None, "use_flash_attention": None, "dropout": None, "use_xavier_init": None}
+# Transformer init_args accepted without effect on inference: max_seq_len, use_flash_attention, dropout,
+# use_xavier_init (flash attention is a kernel choice, max_seq_len only sizes a RoPE cache, dropout is off
+# in eval, xavier init is overwritten by weights).
 # Transformer init_args whose non-default values we do not implement.
 _TRANSFORMER_FIXED = {"qkv_bias": False, "proj_bias": False, "multiple_of": 256, "ffn_dim_multiplier": None,
                       "causal": False}
-_TRANSFORMER_KEYS = {"dim", "n_layers", "n_heads", "window_size", "use_rope", "rope_theta", "input_dim",
-                     "output_dim", "adanorm_condition_dim", "use_adaln_zero", "norm_eps"}
 
 
 class ConfigError(ValueError):
     pass
+
+
+# --- what each setting must be: a misspelt key or a wrong type is an error naming it ------------------
+
+_OPTIONAL = type(None)
+_SCALAR_TYPES = {
+    "ssl_model": str, "ssl_output_layer": int, "local_ssl_layers": "int list", "global_ssl_layers": "int list",
+    "normalize_ssl_features": bool, "downsample_factor": int, "mel_upsample_factor": int,
+    "use_conv_downsample": bool, "mel_interpolation_mode": str, "local_interpolation_mode": str,
+    "sample_rate": int, "n_fft": int, "hop_length": int, "n_mels": int, "padding": str,
+}
+_TRANSFORMER_TYPES = {
+    "dim": int, "n_layers": int, "n_heads": int, "window_size": (int, _OPTIONAL), "use_rope": bool,
+    "rope_theta": float, "input_dim": (int, _OPTIONAL), "output_dim": (int, _OPTIONAL),
+    "adanorm_condition_dim": (int, _OPTIONAL), "use_adaln_zero": bool, "norm_eps": float,
+    "max_seq_len": (int, _OPTIONAL), "use_flash_attention": bool, "dropout": float, "use_xavier_init": bool,
+    "qkv_bias": bool, "proj_bias": bool, "multiple_of": int, "ffn_dim_multiplier": (float, _OPTIONAL),
+    "causal": bool,
+}
+COMPONENT_TYPES = {
+    "ssl_feature_extractor": {"model_name": str, "output_layer": int, "sample_rate": int},
+    "local_encoder": _TRANSFORMER_TYPES,
+    "feature_decoder": _TRANSFORMER_TYPES,
+    "mel_prenet": _TRANSFORMER_TYPES,
+    "mel_decoder": _TRANSFORMER_TYPES,
+    "local_quantizer": {"input_dim": int, "output_dim": int, "levels": "int list"},
+    "global_encoder": {"input_channels": int, "output_channels": int, "num_layers": int, "dim": int,
+                       "intermediate_dim": int},
+    "mel_postnet": {"input_channels": int, "channels": int, "kernel_size": int, "num_layers": int,
+                    "use_layer_norm": bool},
+}
+_REQUIRED = {
+    "local_encoder": ("dim", "n_layers", "n_heads"), "feature_decoder": ("dim", "n_layers", "n_heads"),
+    "mel_prenet": ("dim", "n_layers", "n_heads"), "mel_decoder": ("dim", "n_layers", "n_heads"),
+    "local_quantizer": ("input_dim", "output_dim", "levels"),
+    "global_encoder": ("input_channels", "output_channels", "num_layers", "dim", "intermediate_dim"),
+}
+
+
+def _type_name(expected) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", _OPTIONAL: "null"}
+    if expected == "int list":
+        return "a list of integers"
+    if isinstance(expected, tuple):
+        return " or ".join(names[t] for t in expected)
+    return names[expected]
+
+
+def _has_type(value, expected) -> bool:
+    if expected == "int list":
+        return isinstance(value, (list, tuple)) and all(_has_type(v, int) for v in value)
+    if isinstance(expected, tuple):
+        return any(_has_type(value, t) for t in expected)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is _OPTIONAL:
+        return value is None
+    return isinstance(value, expected)
+
+
+def check_settings(section: str, settings: dict, types: dict, required: tuple = ()) -> None:
+    """Refuse unknown keys, missing required keys and values of the wrong type, naming each."""
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{section}: expected a mapping of settings, got {settings!r}")
+    unknown = sorted(set(settings) - set(types))
+    if unknown:
+        raise ConfigError(f"{section}: unknown setting(s) {unknown}; known: {sorted(types)}")
+    missing = [key for key in required if key not in settings]
+    if missing:
+        raise ConfigError(f"{section}: missing required setting(s) {missing}")
+    for key, value in settings.items():
+        if not _has_type(value, types[key]):
+            raise ConfigError(f"{section}.{key}: expected {_type_name(types[key])}, got {value!r}")
 
 
 @dataclass
@@ -83,9 +156,7 @@ class KanadeConfig:
     def transformer_kwargs(self, name: str) -> dict:
         """Keyword arguments of `modules.Transformer` for the component `name`, checked."""
         args = dict(getattr(self, name))
-        unknown = set(args) - _TRANSFORMER_KEYS - set(_TRANSFORMER_IGNORED) - set(_TRANSFORMER_FIXED)
-        if unknown:
-            raise ConfigError(f"{name}: unknown Transformer settings {sorted(unknown)}")
+        check_settings(name, args, _TRANSFORMER_TYPES, _REQUIRED[name])
         for key, supported in _TRANSFORMER_FIXED.items():
             if key in args and args[key] != supported:
                 raise ConfigError(f"{name}: {key}={args[key]!r} is not supported (only {supported!r})")
@@ -109,11 +180,9 @@ class KanadeConfig:
             scalars = model["config"]
         except (KeyError, TypeError) as err:
             raise ConfigError("not a Kanade release config: expected model.init_args.config") from err
+        check_settings("config", scalars, _SCALAR_TYPES)
         known = {f.name for f in fields(cls)}
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in scalars.items() if k in known}
-        unknown = set(scalars) - known - {"local_interpolation_mode"}
-        if unknown:
-            raise ConfigError(f"unknown model settings {sorted(unknown)}")
         for name in COMPONENT_CLASSES:
             component = model.get(name)
             if component is None:
@@ -125,6 +194,7 @@ class KanadeConfig:
             if class_path.rsplit(".", 1)[-1] != expected:
                 raise ConfigError(f"{name}: expected a {expected}, got class_path {class_path!r}")
             args = dict(component.get("init_args") or {})
+            check_settings(name, args, COMPONENT_TYPES[name], _REQUIRED.get(name, ()))
             if name == "ssl_feature_extractor":
                 kwargs["ssl_model"] = args.get("model_name", cls.ssl_model)
                 kwargs["ssl_output_layer"] = int(args.get("output_layer", cls.ssl_output_layer))
@@ -167,6 +237,8 @@ class KanadeConfig:
         return path
 
     def validate(self) -> None:
+        for name in ("local_quantizer", "global_encoder", "mel_postnet"):
+            check_settings(name, getattr(self, name), COMPONENT_TYPES[name], _REQUIRED.get(name, ()))
         if self.padding not in ("center", "same"):
             raise ConfigError(f"padding {self.padding!r} is not supported (center or same)")
         if self.mel_interpolation_mode != "linear":

@@ -37,6 +37,10 @@ class SSLFeatureExtractor(nn.Module):
         path = Path(name_or_path)
         if path.exists() and not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a transformers WavLM folder (no config.json in it)")
+        if not path.exists():  # a hub id: fail at once when it cannot be fetched
+            from .hub import require_hub
+
+            require_hub(str(name_or_path), "SSL model", cached_probe="config.json")
         try:
             model = WavLMModel.from_pretrained(str(name_or_path))
         except OSError as err:

@@ -1,6 +1,6 @@
 """The full bidirectional Kanade tokenizer (the teacher), with the official inference API.
 
-Data path (DESIGN.md section 1): 24 kHz audio -> symmetric zero padding -> 16 kHz -> WavLM layers
+Data path: 24 kHz audio -> symmetric zero padding -> 16 kHz -> WavLM layers
 1..9 -> content branch (normalised mean of layers 6 and 9 -> local transformer -> strided conv -> FSQ)
 and global branch (mean of layers 1 and 2 -> ConvNeXt -> attentive stats pooling); tokens + global
 embedding -> mel prenet -> transposed conv -> linear interpolation to the mel length -> AdaLN-Zero mel

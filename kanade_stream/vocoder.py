@@ -44,6 +44,9 @@ def load_vocoder(name_or_path: str | Path = DEFAULT_VOCODER, device: str | torch
         model = Vocos.from_hparams(str(config))
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     else:
+        from .hub import require_hub
+
+        require_hub(str(name_or_path), "vocoder", cached_probe="config.yaml")  # fail at once when offline
         try:
             model = Vocos.from_pretrained(str(name_or_path))
         except Exception as err:  # hub errors come in many types

@@ -154,8 +154,8 @@ def encode_windowed(teacher, audio: AudioFile | torch.Tensor, window_seconds: fl
 
     with tempfile.TemporaryDirectory(prefix="kanade-windowed-", dir=scratch_dir) as scratch, \
             _whole_file_group_norm(ssl, ssl_input, windows, window, total_frames):
-        content = np.lib.format.open_memmap(Path(scratch) / "content.npy", mode="w+", dtype=np.float32,
-                                            shape=(total_frames, ssl.feature_dim))
+        # plain file reads and writes, not a memory map: mapped pages would count in the process's memory
+        content = _FrameFile(Path(scratch) / "content.f32", ssl.feature_dim)
         sums = torch.zeros(ssl.feature_dim, dtype=torch.float64)
         squares = torch.zeros(ssl.feature_dim, dtype=torch.float64)
         pooling = teacher.global_encoder.pooling
@@ -169,7 +169,7 @@ def encode_windowed(teacher, audio: AudioFile | torch.Tensor, window_seconds: fl
                 layers = ssl(ssl_input(first, last))
                 keep = slice(left, left + stop - start)
                 local_in = teacher.mix_layers(layers, config.local_ssl_layers)[0]
-                content[start:stop] = local_in[keep].float().cpu().numpy()
+                content.append(local_in[keep].float().cpu().numpy())
                 sums += local_in[keep].double().sum(0).cpu()
                 squares += local_in[keep].double().pow(2).sum(0).cpu()
                 hidden = teacher.global_encoder.backbone(teacher.mix_layers(layers, config.global_ssl_layers)
@@ -191,7 +191,7 @@ def encode_windowed(teacher, audio: AudioFile | torch.Tensor, window_seconds: fl
             for i, start in enumerate(windows):
                 stop = min(start + window, total_frames)
                 left, right = min(local_reach, start), min(local_reach, total_frames - stop)
-                x = torch.from_numpy(np.array(content[start - left: stop + right])).to(device)
+                x = torch.from_numpy(content.read(start - left, stop + right)).to(device)
                 if normalize:
                     x = (x - mean) / (std + 1e-8)
                 encoded = teacher.local_encoder(x[None])[:, left: left + stop - start]
@@ -199,8 +199,30 @@ def encode_windowed(teacher, audio: AudioFile | torch.Tensor, window_seconds: fl
                 tokens.append(teacher.local_quantizer.encode(latent)[1][0].cpu())
                 if progress is not None:
                     progress(len(windows) + i + 1, 2 * len(windows))
-            del content
+            content.close()
     return WindowedResult(torch.cat(tokens), global_embedding.cpu(), len(windows))
+
+
+class _FrameFile:
+    """Frames (T, dim) float32 on disk, appended in order and read back by range."""
+
+    def __init__(self, path: Path, dim: int):
+        self.dim, self.frames = dim, 0
+        self.file = open(path, "w+b")
+
+    def append(self, frames: np.ndarray) -> None:
+        self.file.seek(self.frames * self.dim * 4)
+        self.file.write(np.ascontiguousarray(frames, dtype=np.float32).tobytes())
+        self.frames += frames.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        self.file.flush()
+        self.file.seek(start * self.dim * 4)
+        data = np.frombuffer(self.file.read((stop - start) * self.dim * 4), dtype=np.float32)
+        return data.reshape(stop - start, self.dim).copy()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _local_receptive_field(teacher) -> int:

@@ -10,6 +10,7 @@ from distill.pipeline import distill_student as run
 from distill.settings import STAGES, DistillSettings
 from kanade_stream.corpus import build_corpus
 from kanade_stream.streaming import load_student
+from training.checkpoint import ResumeError
 from training.runtime import Runtime
 from training.settings import DataSettings, OptimSettings
 
@@ -76,6 +77,10 @@ def test_resume_continues_exactly(corpus, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # starting over in a folder that holds checkpoints needs --overwrite; nothing is deleted without it
+    with pytest.raises(ResumeError, match=r"decoder already holds a training run \(checkpoints .*--overwrite"):
+        run(settings_for(corpus, tmp_path / "b", steps=4), ["decoder"], Runtime(), progress=False)
+    assert (tmp_path / "b" / "decoder" / "checkpoints" / "last.pt").is_file()
 
 
 def test_full_run_writes_student_and_report(corpus, tmp_path):

@@ -1,5 +1,7 @@
 """Bad audio and bad checkpoints are refused with messages that say what is wrong and how to fix it."""
 
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -56,6 +58,9 @@ def test_load_audio_errors(tmp_path):
     (tmp_path / "junk.wav").write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match="cannot read"):
         load_audio(tmp_path / "junk.wav")
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 24000)  # a valid WAV with no samples
+    with pytest.raises(AudioError, match=r"empty.wav is empty \(0 samples\)"):
+        load_audio(tmp_path / "empty.wav")
 
 
 def _release_copy(tmp_path, mutate):
@@ -111,14 +116,6 @@ def test_missing_files_corrupt_weights_and_bad_config(tmp_path):
         KanadeTeacher.from_pretrained(tmp_path / "nowhere" / "at-all")
 
 
-def test_hub_id_offline_gives_clear_error(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at call time, not import
-    with pytest.raises(CheckpointError, match="cannot download 'someone/not-a-kanade-model'"):
-        KanadeTeacher.from_pretrained("someone/not-a-kanade-model")
-
-
 def test_unsupported_settings_are_refused():
     config = KanadeConfig.from_yaml(REFERENCE / "config.yaml")
     config.local_encoder = dict(config.local_encoder, qkv_bias=True)
@@ -140,3 +137,67 @@ def test_full_size_official_architecture_matches_released_parameter_list(variant
             released[name] = [int(x) for x in shape.strip("[]").split(",")]
     assert ours == released
     assert abs(sum(np.prod(s) for s in ours.values()) / 1e6 - (117.72 if variant == "25hz" else 119.95)) < 0.01
+
+
+_SECTIONS = {  # section -> (an existing key whose value gets a wrong type, that value)
+    "config": ("downsample_factor", "two"),
+    "ssl_feature_extractor": ("output_layer", "nine"),
+    "local_encoder": ("n_heads", "four"),
+    "local_quantizer": ("levels", [8, "eight"]),
+    "feature_decoder": ("window_size", 6.5),
+    "global_encoder": ("num_layers", True),
+    "mel_prenet": ("use_rope", "yes"),
+    "mel_decoder": ("adanorm_condition_dim", "128"),
+    "mel_postnet": ("channels", None),
+}
+
+
+def _release_dict():
+    import yaml
+
+    return yaml.safe_load((OFFICIAL_CONFIGS / "kanade_25hz_config.yaml").read_text())
+
+
+def _section(data, name):
+    model = data["model"]["init_args"]
+    return model["config"] if name == "config" else model[name]["init_args"]
+
+
+@pytest.mark.parametrize("name", sorted(_SECTIONS))
+def test_config_refuses_misspelt_keys_and_wrong_types_in_every_section(name):
+    data = _release_dict()
+    KanadeConfig.from_release_dict(data)  # the untouched config loads
+    key, bad = _SECTIONS[name]
+    misspelt = _release_dict()
+    _section(misspelt, name)[key + "s"] = _section(misspelt, name)[key]
+    with pytest.raises(ConfigError, match=rf"{name}: unknown setting\(s\) \['{key}s'\]"):
+        KanadeConfig.from_release_dict(misspelt)
+    _section(data, name)[key] = bad
+    with pytest.raises(ConfigError, match=rf"{name}\.{key}: expected .*got {re.escape(repr(bad))}"):
+        KanadeConfig.from_release_dict(data)
+
+
+@pytest.mark.parametrize("offline_by", ["env", "network"])
+def test_hub_ids_fail_at_once_without_network(monkeypatch, offline_by):
+    import huggingface_hub
+
+    from kanade_stream import hub
+    from kanade_stream.ssl import SSLFeatureExtractor
+    from kanade_stream.vocoder import load_vocoder
+
+    if offline_by == "env":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to download: the failure should come before any retrying")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    with pytest.raises(CheckpointError, match="pass its local folder"):
+        KanadeTeacher.from_pretrained("someone/not-cached-kanade")
+    with pytest.raises(OSError, match="SSL model 'someone/not-cached-wavlm'.*local folder"):
+        SSLFeatureExtractor.from_pretrained("someone/not-cached-wavlm")
+    with pytest.raises(OSError, match="vocoder 'someone/not-cached-vocos'.*local folder"):
+        load_vocoder("someone/not-cached-vocos")

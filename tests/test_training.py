@@ -224,9 +224,34 @@ def test_stop_and_resume_gives_the_same_weights(tmp_path, corpus):
     assert resumed.completed and resumed.step == 6
     a, b = straight.models["teacher"].state_dict(), resumed.models["teacher"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # without --resume an existing run is not overwritten by accident
-    with pytest.raises(ResumeError, match="--resume"):
+    # without --resume an existing run is not overwritten by accident: the message names what is there
+    with pytest.raises(ResumeError, match=r"holds a training run \(checkpoints .*step_0000006.pt.*--resume.*--overwrite"):
         fit(settings)
+    assert read_checkpoint(tmp_path / "b" / "phase1" / "checkpoints" / "last.pt")["step"] == 6
+    with pytest.raises(ResumeError, match="pass one of them"):
+        fit(settings, resume="auto", overwrite=True)
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resume_without_last_pt_continues_from_the_newest_step_checkpoint(tmp_path, corpus, capsys):
+    straight = fit(tiny_settings(tmp_path / "a", corpus, steps=6))["phase1"]
+    settings = tiny_settings(tmp_path / "b", corpus, steps=6, ckpt_every=2, keep_checkpoints=5)
+    fit(settings, stop_after=4)
+    checkpoints = tmp_path / "b" / "phase1" / "checkpoints"
+    (checkpoints / "last.pt").unlink()
+    before = files_under(tmp_path / "b")
+    capsys.readouterr()
+    resumed = fit(settings, resume="auto")["phase1"]
+    assert "last.pt is missing; resuming from" in capsys.readouterr().err
+    assert resumed.completed and resumed.step == 6
+    a, b = straight.models["teacher"].state_dict(), resumed.models["teacher"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # continued from step 4, exactly
+    assert before <= files_under(tmp_path / "b")  # nothing was deleted
+    steps = [line.split(",")[0] for line in (tmp_path / "b" / "phase1" / "logs" / "train.csv").read_text().splitlines()]
+    assert steps == ["step", "2", "4", "6"]  # the first run's log rows are kept, none repeated
 
 
 def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path, corpus, capsys):
@@ -240,11 +265,29 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path, corpus, capsys
     torch.save(state, tmp_path / "mismatched.pt")
     with pytest.raises(CheckpointError, match="shape mismatch"):
         fit(settings, resume=str(tmp_path / "mismatched.pt"))
-    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk
     args = ["--data", str(corpus), "--out", str(tmp_path / "c"), "--phase", "1", "--steps", "4", "--batch-size", "4",
-            "--chunk-seconds", "1", "--num-workers", "0", "--resume", "--no-progress"]
+            "--chunk-seconds", "1", "--num-workers", "0", "--no-progress"]
+    # a corrupt last.pt (here a new file, not the hard link of step_0000002.pt): resume from step_0000002.pt
+    last.unlink()
+    last.write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert run_mod.main(args + ["--resume", "--stop-after", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "cannot read training checkpoint" in err and "resuming from" in err and "step_0000002.pt" in err
+    assert read_checkpoint(last)["step"] == 3
+    # every checkpoint truncated, as by a broken disk: refused with what was found, nothing deleted
+    for path in last.parent.glob("*.pt"):
+        path.write_bytes(path.read_bytes()[:1000])
+    before = files_under(tmp_path / "c")
+    assert run_mod.main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "no readable checkpoint" in err and "step_0000003.pt" in err
+    assert "--overwrite" in err
+    # starting over without --overwrite is refused too
     assert run_mod.main(args) == 2
-    assert "corrupt or incomplete" in capsys.readouterr().err
+    assert "already holds a training run (checkpoints step_0000002.pt, step_0000003.pt, last.pt)" in \
+        capsys.readouterr().err
+    assert files_under(tmp_path / "c") == before
     with pytest.raises(CheckpointError, match="not a kanade-stream training checkpoint"):
         torch.save({"hello": 1}, tmp_path / "foreign.pt")
         read_checkpoint(tmp_path / "foreign.pt")

@@ -1,13 +1,17 @@
-"""Training checkpoints (resumable state) and exports (release formats).
+"""Training checkpoints: the resumable state of a phase, and which checkpoint a phase resumes from.
 
 A training checkpoint is one `torch.save` file holding everything needed to continue exactly: the models,
 optimizers and LR schedulers, the step, the data position (epoch, batches done in it) and the RNG states
-of python, numpy and torch (CPU and CUDA) of every process. It is written atomically (temp file + rename),
-so an interrupt while saving never leaves a broken `last.pt`.
+of python, numpy and torch (CPU and CUDA) of every process. It is written atomically (temp file, fsync,
+rename), so an interrupt or a full disk while saving never leaves a broken `last.pt`.
 
 Loading checks everything before touching the model: a truncated or foreign file, a checkpoint of another
 phase, or one whose parameters do not match the model built from the config are refused with a message
 that says which, instead of a shape error deep inside `load_state_dict`.
+
+Resuming never deletes anything: when `last.pt` is missing or unreadable the newest readable
+`step_*.pt` is used, and a folder whose checkpoints are all unreadable is refused with what was found.
+Only `--overwrite` deletes a phase folder, and only when starting it over.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -81,12 +86,32 @@ def seed_everything(seed: int) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Write atomically: a temp file, flushed and fsynced, then renamed over `path`. A crash or a full disk
+    leaves the previous file whole (and at worst a stray .tmp)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX); where folders cannot be opened (Windows) there is nothing to do."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -99,8 +124,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, pickled foreign objects ...
         raise CheckpointError(f"cannot read training checkpoint {path}: {type(err).__name__}: {err}\n"
-                              "The file is corrupt or incomplete (e.g. the disk filled up while saving); "
-                              "resume from an older checkpoint in the same folder, or start again.") from err
+                              "The file is corrupt or incomplete. Plain --resume falls back to the newest readable "
+                              "step_*.pt of the phase; --resume <file> picks one.") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a kanade-stream training checkpoint (format "
                               f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}); "
@@ -122,8 +147,9 @@ def check_compatible(state: dict, phase: str, modules: dict[str, nn.Module], sou
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
-    """Periodic checkpoints step_*.pt in step order."""
-    return sorted(Path(folder).glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    """Periodic checkpoints step_<digits>.pt in step order."""
+    found = [p for p in Path(folder).glob("step_*.pt") if re.fullmatch(r"step_\d+\.pt", p.name)]
+    return sorted(found, key=lambda p: int(p.stem.split("_")[1]))
 
 
 def prune_checkpoints(folder: str | os.PathLike, keep: int) -> None:
@@ -132,13 +158,17 @@ def prune_checkpoints(folder: str | os.PathLike, keep: int) -> None:
 
 
 def link_or_copy(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (a durable copy where links are not possible), atomically."""
     tmp = target.with_name(target.name + ".tmp")
     tmp.unlink(missing_ok=True)
     try:
         os.link(source, tmp)
     except OSError:
         shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
     os.replace(tmp, target)
+    _fsync_dir(target.parent)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -150,23 +180,67 @@ class ResumeError(CheckpointError):
     """A run folder that cannot be resumed or started as asked; the message says what was found."""
 
 
-def prepare_folder(folder: Path, resume: str | None, overwrite: bool, runtime: Runtime) -> Path | None:
-    """The checkpoint to resume from (None = start), after checking what is already in `folder`."""
-    last = folder / "checkpoints" / LAST
+def check_resume_flags(resume, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ResumeError("--resume continues a run and --overwrite deletes it: pass one of them")
+
+
+def prepare_folder(folder: str | os.PathLike, resume: str | None, overwrite: bool, runtime: Runtime) -> Path | None:
+    """The checkpoint a phase resumes from, or None to start it. Nothing is deleted unless `overwrite`.
+
+    resume=None: start. A folder that already holds files is refused unless `overwrite` (which deletes it).
+    resume="auto": continue from checkpoints/last.pt; when it is missing or unreadable, from the newest
+        readable step_*.pt (and the log says so). Checkpoints none of which can be read are refused with
+        what was found; a folder without checkpoints starts the phase and keeps its files.
+    resume=<file>: that checkpoint.
+    """
+    folder = Path(folder)
+    check_resume_flags(resume, overwrite)
     if resume not in (None, "auto"):
         return Path(resume)
     if resume == "auto":
-        if last.is_file():
-            return last
-        if runtime.is_main and folder.exists():
-            log.info("%s has no checkpoint to resume: starting this phase", folder)
-    existing = folder.exists() and any(folder.iterdir())
-    if existing and resume is None:
+        return _resume_point(folder, runtime)
+    if folder.exists() and any(folder.iterdir()):
+        found = _contents(folder)
         if not overwrite:
-            raise ResumeError(f"{folder} already holds a training run: continue it with --resume, start over with "
-                              "--overwrite, or choose another --out")
-    if existing and (overwrite or resume == "auto"):
+            raise ResumeError(f"{folder} already holds a training run ({found}): continue it with --resume, start "
+                              "over with --overwrite (deletes it), or choose another --out")
         if runtime.is_main:
+            log.warning("--overwrite: deleting %s (%s)", folder, found)
             shutil.rmtree(folder)
         runtime.barrier()
     return None
+
+
+def _resume_point(folder: Path, runtime: Runtime) -> Path | None:
+    checkpoints = folder / "checkpoints"
+    candidates = [checkpoints / LAST] + list_checkpoints(checkpoints)[::-1]  # last.pt, then newest first
+    problems = []
+    for path in candidates:
+        if not path.is_file():
+            problems.append(f"{path.name} is missing")
+            continue
+        try:
+            read_checkpoint(path)
+        except CheckpointError as err:
+            problems.append(str(err).splitlines()[0])
+            continue
+        if problems and runtime.is_main:
+            log.warning("%s: %s; resuming from %s, the newest readable checkpoint", folder, "; ".join(problems), path)
+        return path
+    if len(problems) > 1 or (checkpoints / LAST).exists():
+        raise ResumeError(f"cannot resume {folder}: no readable checkpoint ({'; '.join(problems)}). Resume from a "
+                          "file elsewhere with --resume <file> and a single --phase, or start this phase over with "
+                          "--overwrite (deletes the folder)")
+    if runtime.is_main and folder.exists() and any(folder.iterdir()):
+        log.info("%s holds no checkpoint to resume: starting this phase (its files are kept)", folder)
+    return None
+
+
+def _contents(folder: Path) -> str:
+    """What a run folder holds, for messages: its checkpoints, else its top-level entries."""
+    checkpoints = folder / "checkpoints"
+    names = [p.name for p in list_checkpoints(checkpoints)] + ([LAST] if (checkpoints / LAST).exists() else [])
+    if names:
+        return "checkpoints " + ", ".join(names)
+    return ", ".join(sorted(p.name for p in folder.iterdir()))

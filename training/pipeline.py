@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from .checkpoint import prepare_folder, seed_everything
+from .checkpoint import check_resume_flags, prepare_folder, seed_everything
 from .data import RunData
 from .export import publish
 from .logs import setup_logging
@@ -59,6 +59,7 @@ def train_teacher(settings: RunSettings, phases: list[str], runtime: Runtime, re
     (one phase). `init` starts the first phase from a release, `vocoder_init` the vocoder from a Vocos.
     `stop_after` stops each phase after that many steps (with a checkpoint). Stops at the first phase that
     does not complete; the results say how far each got."""
+    check_resume_flags(resume, overwrite)
     out = Path(settings.out)
     setup_logging(out, runtime.is_main)
     seed_everything(settings.seed + runtime.rank)

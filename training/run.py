@@ -57,8 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "1/2; a Vocos (charactr/vocos-mel-24khz or a folder) for --phase vocoder")
     p.add_argument("--vocoder-init", default=None, help="a Vocos to fine-tune when --phase all reaches the vocoder")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue where the run in --out stopped (or from the given checkpoint file)")
-    p.add_argument("--overwrite", action="store_true", help="start over, deleting an earlier run of the same phase")
+                   help="continue where the run in --out stopped: from each unfinished phase's last.pt, else its "
+                        "newest readable step_*.pt (or from the given checkpoint file); never deletes anything")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over, deleting the folder of each phase run (needed when it already holds a run)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop (with a checkpoint) after this many steps of the phase; the schedule still spans --steps")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -137,6 +137,38 @@ class _Stream:
         use `kanade_stream.modules.streaming.copy_state` to keep a snapshot)."""
         return dict(self._state)
 
+    def reset(self) -> None:
+        """Start a new stream (the same voice and settings)."""
+        with self._exclusive():
+            self._state = self.runner.init_state(1)
+            self._pending = torch.zeros(0)
+            self._samples_in = self._outputs = 0
+            self._finished = False
+
+    def push(self, samples):
+        """Samples (any length) -> what became final: tokens (LongTensor) from an encoder, converted audio
+        (float32 numpy, at output_rate) from a converter."""
+        samples = check_samples(samples)  # before anything runs: a refused push leaves the stream as it was
+        with self._exclusive():
+            self._check_open()
+            run, keep = self._take_chunks(samples)
+            out = self._run(run)
+            self._pending, self._samples_in = keep, self._samples_in + samples.numel()
+            self._outputs += len(out)
+            return out
+
+    def flush(self):
+        """End of stream: the rest, the last chunk completed with silence, so that the whole output covers
+        the whole input."""
+        with self._exclusive():
+            self._check_open()
+            padding = torch.zeros(self.core.flush_padding(self._samples_in))
+            out = self._run(torch.cat([self._pending, padding]))
+            out = out[: max(self._target_outputs(self._samples_in) - self._outputs, 0)]
+            self._outputs += len(out)
+            self._pending, self._finished = torch.zeros(0), True
+            return out
+
     def _take_chunks(self, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(whole chunks to run now, remainder to keep) of pending + samples."""
         pending = torch.cat([self._pending, samples])
@@ -160,13 +192,6 @@ class StreamingEncoder(_Stream):
         self.with_global = with_global
         self.reset()
 
-    def reset(self) -> None:
-        with self._exclusive():
-            self._state = self.runner.init_state(1)
-            self._pending = torch.zeros(0)
-            self._samples_in = self._tokens_out = 0
-            self._finished = False
-
     def _run(self, samples: torch.Tensor) -> torch.Tensor:
         if samples.numel() == 0:
             return torch.zeros(0, dtype=torch.long)
@@ -174,27 +199,8 @@ class StreamingEncoder(_Stream):
             tokens, self._state = self.runner.step(samples[None].to(self.student.device), self._state)
         return tokens[0].cpu()
 
-    def push(self, samples) -> torch.Tensor:
-        """Samples (any length) -> LongTensor (T,) of the tokens that became final."""
-        samples = check_samples(samples)  # before anything runs: a refused push leaves the stream as it was
-        with self._exclusive():
-            self._check_open()
-            run, keep = self._take_chunks(samples)
-            tokens = self._run(run)
-            self._pending, self._samples_in = keep, self._samples_in + samples.numel()
-            self._tokens_out += tokens.numel()
-            return tokens
-
-    def flush(self) -> torch.Tensor:
-        """End of stream: the remaining tokens (the last one completed with silence)."""
-        with self._exclusive():
-            self._check_open()
-            padding = torch.zeros(self.core.flush_padding(self._samples_in))
-            tokens = self._run(torch.cat([self._pending, padding]))
-            tokens = tokens[: max(self.core.target_tokens(self._samples_in) - self._tokens_out, 0)]
-            self._tokens_out += tokens.numel()
-            self._pending, self._finished = torch.zeros(0), True
-            return tokens
+    def _target_outputs(self, num_samples: int) -> int:
+        return self.core.target_tokens(num_samples)
 
     @property
     def global_embedding(self) -> torch.Tensor | None:
@@ -232,13 +238,6 @@ class StreamingConverter(_Stream):
         self.output_rate = self.student.output_rate
         self.reset()
 
-    def reset(self) -> None:
-        with self._exclusive():
-            self._state = self.runner.init_state(1)
-            self._pending = torch.zeros(0)
-            self._samples_in = self._samples_out = 0
-            self._finished = False
-
     def _run(self, samples: torch.Tensor) -> np.ndarray:
         if samples.numel() == 0:
             return np.zeros(0, dtype=np.float32)
@@ -247,27 +246,8 @@ class StreamingConverter(_Stream):
                                                   self.global_embedding[None])
         return audio[0].cpu().numpy().astype(np.float32, copy=False)
 
-    def push(self, samples) -> np.ndarray:
-        """Samples (any length) -> converted audio that became final (float32, at output_rate)."""
-        samples = check_samples(samples)  # before anything runs: a refused push leaves the stream as it was
-        with self._exclusive():
-            self._check_open()
-            run, keep = self._take_chunks(samples)
-            audio = self._run(run)
-            self._pending, self._samples_in = keep, self._samples_in + samples.numel()
-            self._samples_out += audio.size
-            return audio
-
-    def flush(self) -> np.ndarray:
-        """End of stream: the rest, so that the whole output covers the whole input."""
-        with self._exclusive():
-            self._check_open()
-            padding = torch.zeros(self.core.flush_padding(self._samples_in))
-            audio = self._run(torch.cat([self._pending, padding]))
-            audio = audio[: max(self.core.target_outputs(self._samples_in) - self._samples_out, 0)]
-            self._samples_out += audio.size
-            self._pending, self._finished = torch.zeros(0), True
-            return audio
+    def _target_outputs(self, num_samples: int) -> int:
+        return self.core.target_outputs(num_samples)
 
 
 class StreamingDecoder:

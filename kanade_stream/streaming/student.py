@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..audio import AudioError, as_waveform, check_sample_rate
+from ..checkpoint import CheckpointError, check_state_dict
 from ..modules.fsq import FiniteScalarQuantizer
 from ..modules.streaming import name_states
 from ..modules.transformer import Transformer
@@ -399,16 +400,10 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu", strict:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise StudentLoadError(f"cannot read {weights_path}: {err}") from err
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    mismatched = sorted(f"{k}: file {tuple(weights[k].shape)} vs model {tuple(expected[k].shape)}"
-                        for k in set(expected) & set(weights) if weights[k].shape != expected[k].shape)
-    if mismatched or (strict and (missing or unexpected)):
-        parts = []
-        for title, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if names:
-                parts.append(f"{title} ({len(names)}): " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
-        raise StudentLoadError(f"{weights_path} does not match the config in {config_path}:\n  " + "\n  ".join(parts))
+    try:
+        check_state_dict(model.state_dict(), weights, where=str(weights_path), strict=strict,
+                         hint=f"the weights do not match the config in {config_path}")
+    except CheckpointError as err:
+        raise StudentLoadError(str(err)) from None
     model.load_state_dict(weights, strict=strict)
     return model.to(device).eval()
