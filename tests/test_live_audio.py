@@ -135,6 +135,11 @@ def test_live_vc_through_pulseaudio(pulse, tmp_path, backend, chunk_ms):
           f"{summary['latency_bound_ms']} ms ({summary_line(err)}), summary {summary}")
     # one envelope frame of measurement resolution
     assert measured_ms <= summary["latency_bound_ms"] + 10.0
+    if backend == "pulse":
+        # no output comes before the model's own latency: an earlier lag would be a failed measurement. (Through
+        # PortAudio's ALSA plugin the output arrives in bursts up to ~200 ms apart, which now and then defeats
+        # the loudness-contour measurement: there only the bound is checked, as before.)
+        assert measured_ms >= summary["model_latency_ms"] - 10.0
     assert summary["input_overrun"] == 0
 
 
