@@ -175,3 +175,21 @@ def test_noise_alone_comes_out_as_silence_and_speech_comes_through(sounds, tmp_p
     kept = np.flatnonzero(speech_out[voiced] == ungated[voiced])
     assert len(kept) > 0.9 * (voiced.stop - voiced.start)  # the voice passes untouched (short pauses may fade)
     assert np.all(speech_out[: start - rate // 10] == 0)  # the hiss before it does not
+
+
+def test_the_default_detector_leaves_torch_threads_alone(monkeypatch):
+    """silero_vad sets torch's thread count to 1 when imported; the rest of the process must not notice
+    (it did: in-process tokenization after the gate tests ran on one thread and its floats differed)."""
+    import sys
+
+    import torch
+
+    for name in [m for m in sys.modules if m.split(".")[0] == "silero_vad"]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, as in a new process
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        default_detector()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -39,12 +39,18 @@ class SileroDetector:
 
     def __init__(self):
         import torch
-        from silero_vad import load_silero_vad  # weights ship in the package: no network
 
         self._torch = torch
-        with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the package ships TorchScript
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self.model = load_silero_vad()
+        threads = torch.get_num_threads()
+        try:
+            # importing the package sets torch's thread count to 1 for the whole process: put it back
+            from silero_vad import load_silero_vad  # weights ship in the package: no network
+
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the package ships TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.model = load_silero_vad()
+        finally:
+            torch.set_num_threads(threads)
         self.model.eval()
 
     def reset(self) -> None:

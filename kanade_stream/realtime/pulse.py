@@ -226,9 +226,9 @@ class PulseBackend:
         # the thread that creates it. At normal priority on a busy machine it answered late, the server
         # ran out of samples and paused the stream, and every pause added to the latency.
         def side_loop(side: str) -> None:
-            raise_priority("audio", engine.realtime)
+            got = raise_priority("audio", engine.realtime)
             if side == "input":
-                engine.stats.scheduling["audio"] = raise_priority("audio", engine.realtime)
+                engine.stats.scheduling["audio"] = got
             try:
                 if side == "input":
                     stream = _Stream(self.input_device, PA_STREAM_RECORD, self.server, self.input_rate,
