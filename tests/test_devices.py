@@ -82,3 +82,14 @@ def test_a_driver_that_hangs_in_close_does_not_hold_the_program():
     _close(FakePortAudio(), [stream], timeout=0.05)  # returns although close() has not
     assert not stream.closed
     hang.set()
+
+
+def test_raising_priority_never_fails_and_says_what_it_got():
+    from kanade_stream.realtime.priority import raise_priority
+
+    got = []
+    thread = threading.Thread(target=lambda: got.extend([raise_priority("audio"), raise_priority("worker", False)]))
+    thread.start()
+    thread.join()
+    assert got[0] == "SCHED_FIFO 12" or got[0].startswith("nice") or got[0] == "normal"
+    assert got[1] == "normal"  # disabled: left alone

@@ -165,3 +165,30 @@ def test_null_backend_and_encoder_results():
                          chunk_samples=processor.chunk)
     assert NullBackend(1.0, 24000, 480).run(engine) is None
     assert sum(len(r) for r in results) == 24000
+
+
+def test_late_output_is_skipped_not_played_late():
+    """A worker that stalls for 200 ms: the device plays silence meanwhile (counted), the late samples are
+    thrown away when they come, and from then on the output is on the original timeline again (before,
+    they were played late and every later sample carried their lateness)."""
+    processor = ChunkedGain()
+    block = 240
+    signal = (np.random.default_rng(4).standard_normal(24000 * 3) * 0.1).astype(np.float32)
+    engine = AudioEngine(processor, 24000, AudioOutput(24000), device_block=block, chunk_samples=processor.chunk)
+    out = np.zeros(block, np.float32)
+    played = []
+    engine.on_output(out[:0])
+    for step in range(len(signal) // block):
+        engine.on_input(signal[step * block : (step + 1) * block])
+        if not 100 <= step < 120:  # the worker stalls for 20 blocks
+            engine.process_available()
+        engine.on_output(out)
+        played.append(out.copy())
+    played = np.concatenate(played)
+    delay = engine.stats.delay_samples
+    xruns = engine.xruns()
+    assert xruns["output_underrun"] > 0 and xruns["dropped_output"] > 0 and xruns["dropped_input"] == 0
+    expected = np.concatenate([np.zeros(delay, np.float32), offline(signal)])[: len(played)]
+    wrong = np.flatnonzero(played != expected)
+    assert len(wrong) <= xruns["output_underrun"]  # only the silence played while the worker stalled differs
+    np.testing.assert_array_equal(played[150 * block :], expected[150 * block :])  # back on the timeline

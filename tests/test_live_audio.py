@@ -13,6 +13,7 @@ so the latency is measured on a single timeline, against the bound the demo repo
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -67,12 +68,19 @@ def pulse(tmp_path_factory):
     daemon.wait(timeout=10)
 
 
+def summary_line(stderr: str) -> str:
+    return next((line for line in stderr.splitlines() if line.startswith("latency ")), "")
+
+
 def envelope(x: np.ndarray, hop: int = 441) -> np.ndarray:
     frames = len(x) // hop
     return np.log(np.sqrt((x[: frames * hop].reshape(frames, hop) ** 2).mean(axis=1)) + 1e-5)
 
 
-def test_live_vc_through_pulseaudio(pulse, tmp_path):
+@pytest.mark.parametrize("backend, chunk_ms", [("pulse", 40), ("portaudio", 80)])
+def test_live_vc_through_pulseaudio(pulse, tmp_path, backend, chunk_ms):
+    """Mouth-to-ear on one recording clock is within the bound the program reports (engine delay +
+    device input + device output). No timed assertion beyond that: the figures are printed."""
     voice_a, voice_b = make_voices(2, seed=3)
     speech = synthesize("Every morning the small boat crossed the quiet bay to the market.", voice_a, RATE)
     source = np.concatenate([np.zeros(RATE, np.float32), speech, np.zeros(RATE, np.float32)])
@@ -84,7 +92,8 @@ def test_live_vc_through_pulseaudio(pulse, tmp_path):
     app = subprocess.Popen(
         [sys.executable, str(REPO / "demos" / "live_vc.py"), "--ref", str(tmp_path / "ref.wav"),
          "--input-device", "pulse", "--output-device", "pulse", "--duration", f"{seconds:.1f}",
-         "--summary-json", str(tmp_path / "summary.json"), "--quiet"],
+         "--summary-json", str(tmp_path / "summary.json"), "--quiet", "--backend", backend,
+         "--chunk-ms", str(chunk_ms)],
         env=app_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     recorder = subprocess.Popen(
         ["parecord", "--device=mix.monitor", "--channels=2", f"--rate={RATE}", "--format=float32le",
@@ -122,9 +131,15 @@ def test_live_vc_through_pulseaudio(pulse, tmp_path):
         scores.append(float(np.dot(a[: len(b)], b) / (np.linalg.norm(a[: len(b)]) * np.linalg.norm(b) + 1e-9)))
     measured_ms = 10.0 * int(np.argmax(scores))
     assert max(scores) > 0.3, f"output loudness does not follow the input (best correlation {max(scores):.2f}): {summary}"
-    print(f"measured latency {measured_ms:.0f} ms, reported bound {summary['latency_bound_ms']} ms, summary {summary}")
+    print(f"{backend}, {chunk_ms} ms chunks: measured mouth-to-ear {measured_ms:.0f} ms, reported bound "
+          f"{summary['latency_bound_ms']} ms ({summary_line(err)}), summary {summary}")
     # one envelope frame of measurement resolution
     assert measured_ms <= summary["latency_bound_ms"] + 10.0
+    if backend == "pulse":
+        # no output comes before the model's own latency: an earlier lag would be a failed measurement. (Through
+        # PortAudio's ALSA plugin the output arrives in bursts up to ~200 ms apart, which now and then defeats
+        # the loudness-contour measurement: there only the bound is checked, as before.)
+        assert measured_ms >= summary["model_latency_ms"] - 10.0
     assert summary["input_overrun"] == 0
 
 
@@ -216,3 +231,123 @@ def test_a_stalled_input_is_reported_and_the_program_exits(tmp_path, program):
     assert "error: the audio input delivered no samples" in err and "Traceback" not in err
     if program == "live_vc":
         assert "while the output kept running" in err
+
+
+# --- the virtual microphone -------------------------------------------------------------------------
+
+
+def sources(env) -> list[str]:
+    listing = subprocess.run(["pactl", "list", "short", "sources"], env=env, capture_output=True, text=True, check=True)
+    return [line.split("\t")[1] for line in listing.stdout.splitlines()]
+
+
+def kanade_modules(env) -> list[str]:
+    listing = subprocess.run(["pactl", "list", "short", "modules"], env=env, capture_output=True, text=True, check=True)
+    return [line for line in listing.stdout.splitlines() if "kanade_stream.owner" in line]
+
+
+def wait_for(condition, seconds: float = 20.0) -> bool:
+    """Poll until `condition()` holds (a deadline for a slow machine, not a timing assertion)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def start_live_vc(env, tmp_path, *args) -> subprocess.Popen:
+    app = subprocess.Popen([sys.executable, str(REPO / "demos" / "live_vc.py"), "--ref", str(tmp_path / "ref.wav"),
+                            "--quiet", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in app.stderr:
+        if line.startswith("streaming:"):
+            return app
+    pytest.fail(f"live_vc.py ended before streaming ({app.wait()}): {app.stderr.read()}")
+
+
+@pytest.fixture
+def voices(tmp_path):
+    voice_a, voice_b = make_voices(2, seed=11)
+    sf.write(tmp_path / "ref.wav", synthesize("A reference voice reads this sentence aloud for us.", voice_b, RATE), RATE)
+    speech = synthesize("Every morning the small boat crossed the quiet bay to the market.", voice_a, RATE)
+    sf.write(tmp_path / "speech.wav", np.concatenate([np.zeros(RATE // 2, np.float32), speech]), RATE)
+    return tmp_path
+
+
+def test_virtual_microphone_carries_the_converted_voice_and_goes_away(pulse, voices):
+    name, source = "Kanade test voice", "Kanade_test_voice"
+    app = start_live_vc(dict(pulse, PULSE_SOURCE="vc_in.monitor"), voices, "--virtual-mic", name,
+                        "--duration", "12", "--summary-json", str(voices / "summary.json"))
+    try:
+        assert source in sources(pulse)
+        description = subprocess.run(["pactl", "list", "sources"], env=pulse, capture_output=True, text=True).stdout
+        assert f"Description: {name}" in description
+        # another program records from it, as it would from a microphone
+        recorder = subprocess.Popen(["parecord", f"--device={source}", "--channels=1", f"--rate={RATE}",
+                                     "--format=float32le", "--file-format=wav", str(voices / "mic.wav")], env=pulse)
+        subprocess.run(["paplay", "--device=vc_in", str(voices / "speech.wav")], env=pulse, check=True, timeout=60)
+        recorder.terminate()
+        recorder.wait(timeout=10)
+        out, err = app.communicate(timeout=60)
+    finally:
+        app.kill()
+    assert app.returncode == 0, err
+    recorded, _ = sf.read(voices / "mic.wav", dtype="float32")
+    assert np.sqrt(np.mean(recorded ** 2)) > 0.01, "nothing came out of the virtual microphone"
+    assert json.loads((voices / "summary.json").read_text())["virtual_mic"] == source
+    assert source not in sources(pulse) and kanade_modules(pulse) == []  # removed on exit
+
+
+def test_virtual_microphone_is_removed_after_sigkill_and_leftovers_on_the_next_start(pulse, voices):
+    import signal as signals
+
+    env = dict(pulse, PULSE_SOURCE="vc_in.monitor")
+    app = start_live_vc(env, voices, "--virtual-mic", "--duration", "60")
+    assert "Kanade_voice" in sources(pulse)
+    app.send_signal(signals.SIGKILL)
+    app.wait(timeout=10)
+    # its watchdog (a shell waiting on a pipe only the program held) unloads the modules
+    assert wait_for(lambda: "Kanade_voice" not in sources(pulse)), kanade_modules(pulse)
+
+    # leftovers whose owner is gone (say, the watchdog was killed too) go on the next start
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    owner = f"{socket.gethostname()}:{dead.pid}:1"
+    stale = subprocess.run(["pactl", "load-module", "module-null-sink", "sink_name=stale_feed",
+                            f"sink_properties=\"device.description='stale' kanade_stream.owner={owner}\""],
+                           env=pulse, capture_output=True, text=True, check=True).stdout.strip()
+    assert any(line.startswith(f"{stale}\t") for line in kanade_modules(pulse))
+    app = start_live_vc(env, voices, "--virtual-mic", "--duration", "2")
+    try:
+        assert not any(line.startswith(f"{stale}\t") for line in kanade_modules(pulse))
+        assert len(kanade_modules(pulse)) == 2 and "Kanade_voice" in sources(pulse)  # its own sink and source
+        out, err = app.communicate(timeout=60)
+    finally:
+        app.kill()
+    assert app.returncode == 0, err
+    assert kanade_modules(pulse) == [] and "Kanade_voice" not in sources(pulse)
+
+
+def test_ctrl_c_removes_the_virtual_microphone(pulse, voices):
+    import signal as signals
+
+    app = start_live_vc(dict(pulse, PULSE_SOURCE="vc_in.monitor"), voices, "--virtual-mic", "--duration", "60")
+    assert "Kanade_voice" in sources(pulse)
+    app.send_signal(signals.SIGINT)
+    out, err = app.communicate(timeout=60)
+    assert app.returncode == 0 and "summary:" in err, err
+    assert kanade_modules(pulse) == []
+
+
+def test_virtual_microphone_without_a_sound_server_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    from kanade_stream.realtime.live import run
+
+    sf.write(tmp_path / "ref.wav", synthesize("The reference voice speaks for two seconds.", make_voices(1)[0], RATE),
+             RATE)
+    monkeypatch.setenv("PULSE_SERVER", f"unix:{tmp_path}/no-server-here")
+    assert run("vc", ["--ref", str(tmp_path / "ref.wav"), "--virtual-mic"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no PulseAudio / PipeWire server") and "\n" not in err
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pactl
+    assert run("vc", ["--ref", str(tmp_path / "ref.wav"), "--virtual-mic"]) == 1
+    assert "pactl was not found" in capsys.readouterr().err

@@ -41,7 +41,7 @@ def demo_student():
 def test_live_vc_file_mode_equals_the_offline_conversion_delayed(clips, demo_student, tmp_path):
     out = tmp_path / "out.wav"
     code = run("vc", ["--ref", str(clips / "ref.wav"), "--input", str(clips / "speech.wav"), "--output", str(out),
-                      "--summary-json", str(tmp_path / "summary.json"), "--quiet"])
+                      "--summary-json", str(tmp_path / "summary.json"), "--quiet", "--chunk-ms", "80", "--no-gate"])
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["mode"] == "vc"

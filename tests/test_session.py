@@ -8,7 +8,7 @@ import pytest
 
 from kanade_stream.realtime import ArrayBackend, NullBackend, SessionOptions, run_session
 from kanade_stream.realtime.outputs import AudioOutput, ResultOutput
-from kanade_stream.realtime.session import make_output
+from kanade_stream.realtime.session import make_output, status_line
 
 from .test_engine import ChunkedGain, offline
 
@@ -61,3 +61,94 @@ def test_outputs_follow_the_processor_and_the_backend():
         make_output(Upsampler(), backend)
     with pytest.raises(ValueError, match="takes 16000 Hz"):
         run_session(Upsampler(), NullBackend(0.1, 24000, 240))
+
+
+class FakeClock:
+    """perf_counter for session.py and engine.py, advanced only by the processors below: compute
+    times are exact and the tests never depend on how busy the machine is."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def monotonic(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import types
+
+    from kanade_stream.realtime import engine, session
+
+    fake = FakeClock()
+    for module in (engine, session):
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=fake.perf_counter,
+                                                                   monotonic=fake.monotonic))
+    return fake
+
+
+class Costly(Upsampler):
+    """An Upsampler whose every completed chunk costs `chunk_ms * cost` of (fake) compute."""
+
+    def __init__(self, clock, chunk_ms, cost):
+        ChunkedGain.__init__(self, rate=16000, chunk_ms=chunk_ms, lookahead=0, up=3)
+        self.chunk_samples = self.chunk
+        self.clock, self.cost_ms = clock, chunk_ms * cost
+
+    def push(self, samples):
+        out = super().push(samples)
+        if len(out):
+            self.clock.now += self.cost_ms / 1000
+        return out
+
+
+def test_the_compute_allowance_comes_from_the_warm_up(clock):
+    from kanade_stream.realtime.session import measure_compute
+
+    profile = measure_compute(Costly(clock, 40, 0.3), chunks=25)
+    assert profile.chunk_ms == 40 and profile.quantile(0.99) == pytest.approx(12.0)
+    assert profile.allowance_ms == pytest.approx(12.0 + 3.0) and profile.keeps_up  # p99 + a quarter
+    summary = run_session(Costly(clock, 40, 0.3), NullBackend(0.5, 16000, 160))
+    assert summary.compute_allowance_ms == pytest.approx(15.0) and summary.warm_up_compute_p99_ms == 12.0
+    assert summary.latency_parts_ms == {"algorithmic": 40.0, "compute": 15.0, "device block": 10.0}
+    assert summary.engine_latency_ms == pytest.approx(65.0, abs=0.1) and summary.late_chunks == 0
+    assert summary.breakdown() == "latency 65 ms = model 40 + compute 15 + device block 10"
+
+
+def test_chunks_slower_than_the_allowance_are_counted(clock):
+    from kanade_stream.realtime.session import ComputeProfile
+
+    processor = Costly(clock, 40, 0.3)
+    lines = []
+    options = SessionOptions(compute=ComputeProfile(40, [5.0] * 25),  # a warm-up faster than the run
+                             on_status=lambda engine: lines.append(status_line(engine)))
+    summary = run_session(processor, NullBackend(1.0, 16000, 160), options)
+    assert summary.compute_allowance_ms == pytest.approx(7.0)
+    assert summary.late_chunks == 25  # every 40 ms chunk of the second took 12 ms
+    assert "(allowance 7 late" in lines[-1] and lines[-1].startswith("latency 57 ms = model 40 + compute 7")
+
+
+def test_the_shortest_chunk_that_keeps_up_is_chosen(clock):
+    from kanade_stream.realtime.session import choose_processor
+
+    made = []
+
+    def make(cost):
+        def build(chunk_ms):
+            made.append(chunk_ms)
+            return Costly(clock, chunk_ms, cost[chunk_ms])
+        return build
+
+    processor, profile, notes = choose_processor(make({40: 0.5, 80: 0.5}), [40, 80])
+    assert processor.chunk_samples == 640 and profile.keeps_up and notes == [] and made == [40]
+    made.clear()
+    # 40 ms chunks that take 36 ms (p50 > 70 % of the chunk) cannot keep up: 80 ms, said why
+    processor, profile, notes = choose_processor(make({40: 0.9, 80: 0.5}), [40, 80])
+    assert processor.chunk_samples == 1280 and made == [40, 80] and profile.chunk_ms == 80
+    assert len(notes) == 1 and "compute per 40 ms chunk p50 36.0 ms" in notes[0] and "using 80 ms chunks" in notes[0]
+    # the last option is taken whatever its compute
+    processor, profile, notes = choose_processor(make({40: 2.0, 80: 2.0}), [40, 80])
+    assert processor.chunk_samples == 1280 and not profile.keeps_up

@@ -35,6 +35,17 @@ class DeviceTiming:
     driver_latency_ms: tuple[float, float] = (0.0, 0.0)
     # longest gap between callbacks, input / output (samples arriving in bursts wait that long)
     callback_gap_ms: tuple[float, float] = (0.0, 0.0)
+    # the reported figure split by side, where the device gives it per side
+    reported_split_ms: tuple[float, float] | None = None
+
+    def device_ms(self, block_ms: float) -> tuple[float, float]:
+        """Device input and output latency: the buffering seen (or reported, if larger) on each side plus
+        the longest callback gap (at least a block: a sample arriving in a burst waits that long)."""
+        reported = self.reported_split_ms or (self.reported_latency_ms / 2, self.reported_latency_ms / 2)
+        sides = []
+        for driver, reported_side, gap in zip(self.driver_latency_ms, reported, self.callback_gap_ms):
+            sides.append(max(driver, reported_side) + max(gap, block_ms))
+        return sides[0], sides[1]
 
 
 class AudioBackend(Protocol):

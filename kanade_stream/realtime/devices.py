@@ -13,6 +13,7 @@ import numpy as np
 
 from .backends import DeviceError, DeviceTiming, StatusCallback
 from .engine import AudioEngine
+from .priority import raise_priority
 
 
 def _pyaudio():
@@ -169,6 +170,14 @@ class PyAudioBackend:
         self.out_block = max(1, round((self.output_rate or self.input_rate) * block_ms / 1000))
         self.stall_timeout = stall_timeout
         self.timing = DeviceTiming()
+        self._measured = np.zeros(4)
+
+    def device_latency_ms(self) -> tuple[float, float]:
+        """Device input and output latency seen so far (ms): driver buffering plus the callback gap."""
+        driver_in, driver_out, gap_in, gap_out = (1000 * self._measured).tolist()
+        timing = DeviceTiming(self.timing.reported_latency_ms, (driver_in, driver_out), (gap_in, gap_out),
+                              self.timing.reported_split_ms)
+        return timing.device_ms(1000 * self.block / self.input_rate)
 
     def run(self, engine: AudioEngine, stop: threading.Event | None = None, on_status: StatusCallback | None = None,
             on_start: Callable[[], None] | None = None, duration: float | None = None) -> None:
@@ -185,10 +194,12 @@ class PyAudioBackend:
         # how long until the output is heard, and the longest gap between callbacks on each side (samples
         # arriving in bursts wait that long). The worst of each is the device part of the latency.
         # seconds: input latency, output latency, longest input gap, longest output gap
-        measured = np.zeros(4)
+        measured = self._measured = np.zeros(4)
         last = np.zeros(2)
 
         def on_input(in_data, frame_count, time_info, flags):
+            if not watch.counts["input"]:  # the first callback: PortAudio's audio thread, once
+                engine.stats.scheduling["audio"] = raise_priority("audio", engine.realtime)
             engine.on_input(np.frombuffer(in_data, dtype=np.float32))
             watch.tick("input")
             now, captured = time_info["current_time"], time_info.get("input_buffer_adc_time", 0.0)
@@ -200,6 +211,8 @@ class PyAudioBackend:
             return None, pyaudio.paContinue
 
         def on_output(in_data, frame_count, time_info, flags):
+            if not watch.counts["output"]:
+                raise_priority("audio", engine.realtime)
             engine.on_output(out_buffer[:frame_count])
             watch.tick("output")
             now, heard = time_info["current_time"], time_info.get("output_buffer_dac_time", 0.0)
@@ -225,8 +238,10 @@ class PyAudioBackend:
             except OSError as err:
                 raise DeviceError(f"cannot open the audio device(s) ({err}); check --input-device/--output-device "
                                   "and --list-devices") from err
-            self.timing.reported_latency_ms = 1000 * sum(
-                s.get_input_latency() if i == 0 else s.get_output_latency() for i, s in enumerate(streams))
+            reported = [1000 * (s.get_input_latency() if i == 0 else s.get_output_latency())
+                        for i, s in enumerate(streams)]
+            self.timing.reported_latency_ms = sum(reported)
+            self.timing.reported_split_ms = (reported[0], reported[1] if len(reported) > 1 else 0.0)
             engine.start()
             for s in streams:
                 s.start_stream()

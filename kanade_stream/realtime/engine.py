@@ -8,8 +8,10 @@ processor (a `StreamingConverter` or a `StreamingEncoder`) and hands what it ret
 output (`outputs.py`: audio for a device, or results for a callback).
 
 Latency is fixed at start: the output is primed with a delay that covers the processor's chunk and
-lookahead, its compute time (half a chunk by default) and one device buffer, so from then on output
-sample k is the processed input sample k - delay. When compute falls behind, the input backlog is cut
+lookahead, its compute allowance (`run_session` sets it from the compute measured at warm-up; half a
+chunk by default) and one device buffer, so from then on output sample k is the processed input sample
+k - delay. Chunks whose compute exceeds the allowance are counted (`late_chunks`): the allowance is
+re-checked for as long as the stream runs. When compute falls behind, the input backlog is cut
 back to one chunk (the dropped samples are counted) and the output is never allowed to hold more than
 the fixed delay plus its headroom: latency stays bounded, and every sample dropped or played as
 silence is counted.
@@ -26,6 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from .outputs import EngineOutput
+from .priority import raise_priority
 from .ring import RingBuffer
 
 
@@ -48,6 +51,11 @@ class EngineStats:
     processed_samples: int = 0
     dropped_input_samples: int = 0
     busy_seconds: float = 0.0
+    compute_allowance_ms: float = 0.0
+    late_chunks: int = 0  # chunks whose compute took longer than the allowance
+    # the fixed delay, part by part (ms): algorithmic (the processor), compute, device block, resampler
+    latency_parts: dict = field(default_factory=dict)
+    scheduling: dict = field(default_factory=dict)  # role: what priority.raise_priority got
     compute_times: deque = field(default_factory=lambda: deque(maxlen=2000))
     errors: list = field(default_factory=list)
 
@@ -78,13 +86,16 @@ class AudioEngine:
         max_backlog_ms: float = 400.0,
         compute_margin_ms: float | None = None,
         ring_seconds: float = 4.0,
+        realtime: bool = True,
     ):
         """`input_rate`: the input device's rate. `output`: where results go (an `AudioOutput` at the
         output device's rate, or a `ResultOutput`). `device_block`: input frames per device callback.
         `chunk_samples`: the processor's chunk at the input rate. `compute_margin_ms`: time allowed for
         computing a chunk before its output is due (default half a chunk, the budget a real-time model
-        should keep at p99); slower chunks are counted underruns."""
+        should keep at p99); slower chunks are counted (`late_chunks`). `realtime`: the worker and the
+        backends' audio threads ask for real-time scheduling (priority.py)."""
         self.processor = processor
+        self.realtime = realtime
         self.input_rate = int(input_rate)
         self.output = output
         self.device_block = int(device_block)
@@ -94,9 +105,17 @@ class AudioEngine:
         if compute_margin_ms is None:
             compute_margin_ms = 500.0 * self.chunk_samples / self.input_rate
         # chunk + lookahead of the processor, its compute time, and one device buffer of arrival jitter
+        parts = {"algorithmic": float(processor.latency_ms), "compute": float(compute_margin_ms),
+                 "device block": 1000.0 * self.device_block / self.input_rate}
         output.open(processor.latency_ms / 1000 + compute_margin_ms / 1000 + self.device_block / self.input_rate,
                     self.device_block, self.input_rate)
-        self.stats = EngineStats(self.input_rate, output.rate, output.delay_samples)
+        resampler_ms = 1000.0 * getattr(output, "resampler_delay", 0) / output.rate if output.rate else 0.0
+        if resampler_ms:
+            parts["resampler"] = resampler_ms
+        if hasattr(output, "input_clock"):  # input that has arrived: the clock an audio output keeps up with
+            output.input_clock = lambda: self.input_ring.total_written
+        self.stats = EngineStats(self.input_rate, output.rate, output.delay_samples,
+                                 compute_allowance_ms=float(compute_margin_ms), latency_parts=parts)
         self._scratch = np.zeros(self.max_backlog + self.device_block, dtype=np.float32)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -129,7 +148,9 @@ class AudioEngine:
         backlog = len(self.input_ring)
         if backlog > self.max_backlog:
             # behind real time: keep only the newest chunk, so latency stays bounded (counted)
-            self.stats.dropped_input_samples += self.input_ring.discard_oldest(keep=self.chunk_samples)
+            lost = self.input_ring.discard_oldest(keep=self.chunk_samples)
+            self.stats.dropped_input_samples += lost
+            self.output.lost_input(lost, self.input_rate)
         n = self.input_ring.read(self._scratch[: self.max_backlog])
         if n == 0:
             return 0
@@ -137,8 +158,13 @@ class AudioEngine:
         start = time.perf_counter()
         result = self.processor.push(block)
         elapsed = time.perf_counter() - start
-        if len(result):  # a push that completed a model chunk: the figure that matters for real time
+        # a push that completed a model chunk: the figure that matters for real time (a processor that
+        # also returns held-back output between chunks says which pushes computed one)
+        computed = getattr(self.processor, "last_push_computed", None)
+        if computed if computed is not None else len(result):
             self.stats.compute_times.append(elapsed)
+            if 1000 * elapsed > self.stats.compute_allowance_ms:
+                self.stats.late_chunks += 1
         self.stats.busy_seconds += elapsed
         self.stats.processed_samples += n
         self.output.write(result)
@@ -158,6 +184,7 @@ class AudioEngine:
 
     def _work(self) -> None:
         idle = max(self.device_block / self.input_rate / 4, 0.001)
+        self.stats.scheduling["worker"] = raise_priority("worker", self.realtime)
         try:
             while not self._stop.is_set():
                 if self.process_available() == 0:
@@ -190,6 +217,8 @@ class AudioEngine:
     def status_line(self) -> str:
         s = self.stats
         x = self.xruns()
+        late = f" late {s.late_chunks}" if s.late_chunks else ""
         return (f"latency {s.latency_ms:5.0f} ms | compute p50 {s.compute_ms(0.5):5.1f} ms p99 {s.compute_ms(0.99):5.1f} ms"
-                f" | RTF {s.real_time_factor:4.2f} | xruns in {x['input_overrun']} out {x['output_underrun']}"
+                f" (allowance {s.compute_allowance_ms:.0f}{late}) | RTF {s.real_time_factor:4.2f}"
+                f" | xruns in {x['input_overrun']} out {x['output_underrun']}"
                 f" | dropped in {x['dropped_input']} out {x['dropped_output']}")

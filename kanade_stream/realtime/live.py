@@ -1,9 +1,15 @@
 """The live programs behind demos/live_vc.py and demos/live_tokenize.py.
 
-Both run the streaming student through `run_session`, on real devices (PyAudio) or on files
-(`--input in.wav --output out.wav`), print a one-line live status, and a summary at exit. Every way
-this can go wrong ends with one clear message and a non-zero exit code, never a traceback: missing or
-vanished devices, unreadable/silent/short reference clips, a missing model.
+Both run the streaming student through `run_session`, on real devices or on files (`--input in.wav
+--output out.wav`), print a one-line live status, and a summary at exit. Every way this can go wrong
+ends with one clear message and a non-zero exit code, never a traceback: missing or vanished devices,
+unreadable/silent/short reference clips, a missing model, no sound server for --virtual-mic.
+
+Devices: straight through the PulseAudio / PipeWire server (`pulse.py`, explicit small buffers, the
+model's own rates) when one answers, else PortAudio (`devices.py`); `--backend` picks. Chunks: 40 ms
+unless the warm-up shows the machine cannot keep up, then 80 ms (said before streaming starts). The
+converter's output goes through a voice-activity gate (`gate.py`; `--no-gate` turns it off) and, with
+`--virtual-mic`, into a virtual microphone other programs can record from (`virtual_mic.py`).
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from ..audio import MIX_CHOICES, AudioError, load_audio
 from .backends import AudioBackend, DeviceError, FileBackend
 from .devices import PyAudioBackend, format_devices, list_devices
 from .engine import AudioEngine
-from .session import SessionOptions, Summary, run_session
+from .session import SessionOptions, Summary, choose_processor, measure_compute, run_session, status_line
 
 MIN_REFERENCE_SECONDS = 1.0
 SILENCE_RMS = 1e-4
+CHUNK_OPTIONS = [40, 80]  # the default: the shortest chunk whose warm-up compute keeps up
 
 
 class LiveError(RuntimeError):
@@ -55,12 +62,32 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     if mode == "vc":
         parser.add_argument("--ref", help="a clip of the target voice (wav/flac, 1 s or more)")
     parser.add_argument("--model", default=None, help="student folder (default: the embedded demo student)")
-    parser.add_argument("--chunk-ms", type=int, default=80, help="model chunk: 40, 80 or 160 ms (default 80)")
+    parser.add_argument("--chunk-ms", type=int, default=None,
+                        help="model chunk: 40, 80 or 160 ms (default 40, or 80 when the warm-up shows this machine "
+                             "cannot compute 40 ms chunks in real time)")
     parser.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
-    parser.add_argument("--input-device", default=None, help="input device index or name (default: system default)")
+    parser.add_argument("--backend", choices=("auto", "pulse", "portaudio"), default="auto",
+                        help="audio devices through the PulseAudio/PipeWire server directly (pulse: smallest "
+                             "latency), or PortAudio (ALSA, and JACK/OSS where built in); default auto: pulse when "
+                             "a server answers")
+    parser.add_argument("--input-device", default=None,
+                        help="input device: a PulseAudio source name, or a PortAudio index or name "
+                             "(default: the system default)")
     if mode == "vc":
-        parser.add_argument("--output-device", default=None, help="output device index or name")
-    parser.add_argument("--block-ms", type=float, default=10.0, help="device buffer in ms (default 10)")
+        parser.add_argument("--output-device", default=None, help="output device: a PulseAudio sink name, or a "
+                            "PortAudio index or name")
+        parser.add_argument("--virtual-mic", nargs="?", const="Kanade voice", default=None, metavar="NAME",
+                            help="play the converted voice into a virtual microphone called NAME (default "
+                                 "'Kanade voice') that other programs can pick as their microphone, instead of the "
+                                 "speakers (PulseAudio/PipeWire); removed on exit")
+        parser.add_argument("--no-gate", action="store_true",
+                            help="no noise gate: background noise and silence are converted too (default: the "
+                                 "output is silent while the input carries no voice)")
+    parser.add_argument("--block-ms", type=float, default=None,
+                        help="device block in ms: samples move in blocks this long (default 5 with the pulse "
+                             "backend, 10 with PortAudio and files)")
+    parser.add_argument("--device-buffer-ms", type=float, default=None,
+                        help="pulse backend: playback buffering asked of the server (default two blocks)")
     parser.add_argument("--input", default=None, help="file mode: read this audio file instead of the microphone")
     if mode == "vc":
         parser.add_argument("--output", default=None, help="file mode: write the converted audio here")
@@ -73,6 +100,10 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     parser.add_argument("--summary-json", default=None, help="also write the exit summary as JSON to this file")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the model (default 1: on a busy laptop more threads mostly wait)")
+    parser.add_argument("--no-realtime", action="store_true",
+                        help="leave the audio threads and the model worker at normal priority (default: they ask "
+                             "for real-time scheduling, where the system grants it, so a busy machine does not "
+                             "make them wait)")
     parser.add_argument("--quiet", action="store_true", help="no live status line")
     return parser
 
@@ -88,7 +119,7 @@ def _load_student(path: str | None):
         raise LiveError(f"cannot load the student model from {folder}: {err}") from err
 
 
-def _status_printer(quiet: bool):
+def _status_printer(quiet: bool, backend: AudioBackend | None = None):
     last = [0.0]
 
     def show(engine: AudioEngine) -> None:
@@ -97,7 +128,7 @@ def _status_printer(quiet: bool):
             return
         last[0] = now
         end = "\r" if sys.stderr.isatty() else "\n"
-        print(engine.status_line(), end=end, file=sys.stderr, flush=True)
+        print(status_line(engine, backend), end=end, file=sys.stderr, flush=True)
 
     return show
 
@@ -116,12 +147,19 @@ def run(mode: str, argv: list[str] | None = None) -> int:
     args = build_parser(mode).parse_args(argv)
     try:
         if args.list_devices:
-            print(format_devices(list_devices()))
+            _list_devices(args)
             return 0
         if mode == "vc" and not args.ref:
             raise LiveError("--ref is required: a clip of the voice to convert to")
         if mode == "vc" and (args.input is None) != (args.output is None):
             raise LiveError("file mode needs both --input and --output")
+        if getattr(args, "virtual_mic", None) is not None:
+            if args.input is not None:
+                raise LiveError("--virtual-mic is for live audio, not file mode")
+            if args.output_device is not None:
+                raise LiveError("--virtual-mic plays into the virtual microphone; leave out --output-device")
+            if args.backend == "portaudio":
+                raise LiveError("--virtual-mic needs the pulse backend (PulseAudio or PipeWire)")
         summary = _run(mode, args)
     except (LiveError, DeviceError, AudioError, FileNotFoundError) as err:
         print(f"\nerror: {err}", file=sys.stderr)
@@ -135,27 +173,79 @@ def run(mode: str, argv: list[str] | None = None) -> int:
     return 0
 
 
-def _backend(mode: str, args) -> AudioBackend:
+def _list_devices(args) -> None:
+    from .pulse import format_pulse_devices, list_pulse_devices, server_available
+
+    if args.backend != "portaudio" and server_available():
+        print("PulseAudio / PipeWire (the pulse backend, the default while a server answers; device names):")
+        print(format_pulse_devices(list_pulse_devices()))
+        if args.backend == "pulse":
+            return
+        print("\nPortAudio (--backend portaudio; indexes or names):")
+    print(format_devices(list_devices()))
+
+
+def _use_pulse(args) -> bool:
+    from .pulse import server_available
+
+    if args.backend == "pulse":
+        return True
+    if args.backend == "portaudio":
+        return False
+    devices = [args.input_device, getattr(args, "output_device", None)]
+    if any(d is not None and str(d).isdigit() for d in devices):  # PortAudio indexes
+        return False
+    return server_available()
+
+
+PULSE_BLOCK_MS = 5.0  # measured through a real PulseAudio server: 5 ms blocks and a 10 ms playback buffer
+OTHER_BLOCK_MS = 10.0  # ran without underruns at 40 ms chunks; PortAudio's ALSA path gained nothing below 10
+
+
+def _backend(mode: str, args, student, feed_sink: str | None = None) -> AudioBackend:
     if args.input is not None:
-        return FileBackend(args.input, getattr(args, "output", None), block_ms=args.block_ms, paced=args.paced,
-                           mix=args.mix)
-    return PyAudioBackend(args.input_device, getattr(args, "output_device", None), block_ms=args.block_ms,
-                          need_output=mode == "vc")
+        return FileBackend(args.input, getattr(args, "output", None), block_ms=args.block_ms or OTHER_BLOCK_MS,
+                           paced=args.paced, mix=args.mix)
+    if feed_sink is not None or _use_pulse(args):
+        from .pulse import PulseBackend
+
+        # the model's own rates: the server converts for the hardware, the engine needs no resampler
+        return PulseBackend(args.input_device, feed_sink or getattr(args, "output_device", None),
+                            input_rate=student.config.ssl_sample_rate, output_rate=student.output_rate,
+                            block_ms=args.block_ms or PULSE_BLOCK_MS, buffer_ms=args.device_buffer_ms,
+                            need_output=mode == "vc")
+    return PyAudioBackend(args.input_device, getattr(args, "output_device", None),
+                          block_ms=args.block_ms or OTHER_BLOCK_MS, need_output=mode == "vc")
 
 
-def _processor(mode: str, args, rate: int):
+def _processor(mode: str, args, student, rate: int, warm_up_chunks: int = 25, realtime: bool = True):
+    """The streaming processor at the chosen chunk (see CHUNK_OPTIONS), gated unless --no-gate, with its
+    warm-up compute profile and notes for the user."""
     from ..streaming import StreamingConverter, StreamingEncoder
+    from .gate import GatedProcessor, VoiceGate
 
-    student = _load_student(args.model)
     reference = load_reference(args.ref, sample_rate=rate, mix=args.mix or "mean") if mode == "vc" else None
-    try:
-        if mode == "vc":
-            return StreamingConverter(student, reference=reference, sample_rate=rate, chunk_ms=args.chunk_ms)
-        return StreamingEncoder(student, sample_rate=rate, chunk_ms=args.chunk_ms)
-    except AudioError:
-        raise
-    except ValueError as err:  # a chunk the input rate cannot cut into whole samples
-        raise LiveError(f"--chunk-ms {args.chunk_ms}: {err}") from err
+    gate = mode == "vc" and not args.no_gate
+
+    def make(chunk_ms: int):
+        try:
+            if mode == "vc":
+                processor = StreamingConverter(student, reference=reference, sample_rate=rate, chunk_ms=chunk_ms)
+            else:
+                processor = StreamingEncoder(student, sample_rate=rate, chunk_ms=chunk_ms)
+        except AudioError:
+            raise
+        except ValueError as err:  # a chunk the input rate cannot cut into whole samples
+            raise LiveError(f"--chunk-ms {chunk_ms}: {err}") from err
+        return GatedProcessor(processor, VoiceGate(rate)) if gate else processor
+
+    if args.chunk_ms is not None:
+        processor = make(args.chunk_ms)
+        profile = measure_compute(processor, warm_up_chunks, realtime=realtime)
+        notes = [] if profile.keeps_up else [f"{profile.describe()}: this machine may not keep up with "
+                                             f"--chunk-ms {args.chunk_ms} (expect late chunks and underruns)"]
+        return processor, profile, notes
+    return choose_processor(make, CHUNK_OPTIONS, warm_up_chunks, realtime=realtime)
 
 
 def _run(mode: str, args) -> dict:
@@ -170,8 +260,26 @@ def _run(mode: str, args) -> dict:
 
 
 def _run_session(mode: str, args) -> dict:
-    backend = _backend(mode, args)
-    processor = _processor(mode, args, backend.input_rate)
+    mic = None
+    if getattr(args, "virtual_mic", None) is not None:
+        from .virtual_mic import VirtualMic
+
+        mic = VirtualMic(args.virtual_mic).create()
+    try:
+        return _stream(mode, args, mic)
+    finally:
+        if mic is not None:
+            mic.remove()
+
+
+def _stream(mode: str, args, mic) -> dict:
+    student = _load_student(args.model)
+    backend = _backend(mode, args, student, feed_sink=mic.sink if mic is not None else None)
+    processor, profile, notes = _processor(mode, args, student, backend.input_rate,
+                                           realtime=not args.no_realtime and args.input is None)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    chunk_ms = profile.chunk_ms
 
     def print_tokens(tokens) -> None:
         if not args.quiet:
@@ -179,25 +287,36 @@ def _run_session(mode: str, args) -> dict:
 
     def started() -> None:
         output = f" -> {backend.output_name}" if backend.output_name else ""
-        print(f"streaming: {backend.input_name}{output}, {args.chunk_ms} ms chunks (Ctrl-C stops)",
+        if mic is not None:
+            output = f" -> virtual microphone {mic.description!r} (source {mic.source})"
+        gate = getattr(processor, "gate", None)
+        gated = f", noise gate {gate.detector.name}" if gate is not None else ""
+        print(f"streaming: {backend.input_name}{output}, {chunk_ms:g} ms chunks{gated} (Ctrl-C stops)",
               file=sys.stderr, flush=True)
 
     stop = threading.Event()
     options = SessionOptions(
         duration=args.duration if args.input is None else None,
         stop=stop,
-        on_status=_status_printer(args.quiet or mode == "tokenize"),
+        on_status=_status_printer(args.quiet or mode == "tokenize", backend),
         on_start=started,
         on_result=print_tokens if mode == "tokenize" else None,
+        compute=profile,
+        realtime=not args.no_realtime,
     )
-    previous = signal.signal(signal.SIGINT, Interrupts(stop))
+    interrupts = Interrupts(stop)
+    previous = {sig: signal.signal(sig, interrupts) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         summary = run_session(processor, backend, options)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if not args.quiet:
             print(file=sys.stderr)
-    return _summary_dict(mode, summary)
+    values = _summary_dict(mode, summary)
+    if mic is not None:
+        values["virtual_mic"] = mic.source
+    return values
 
 
 class Interrupts:
@@ -225,4 +344,11 @@ def _summary_dict(mode: str, summary: Summary) -> dict:
 
 
 def _print_summary(summary: dict) -> None:
+    from .session import latency_breakdown
+
+    if summary.get("latency_parts_ms"):
+        line = latency_breakdown(summary["latency_parts_ms"], summary["engine_latency_ms"],
+                                 summary.get("device_input_ms"), summary.get("device_output_ms"))
+        print(line + (" (device parts as measured by the sound server / driver)" if "device_input_ms" in summary
+                      else " (engine; no device)"), file=sys.stderr)
     print("summary: " + ", ".join(f"{k}={v}" for k, v in summary.items()), file=sys.stderr)

@@ -60,6 +60,13 @@ def _discard(counters, keep):
     return dropped
 
 
+@numba.njit(nogil=True, cache=True)
+def _skip(counters, n):
+    skipped = min(max(n, 0), counters[WRITTEN] - counters[READ])
+    counters[READ] += skipped
+    return skipped
+
+
 def _compile_kernels() -> None:
     """Compile the copies now, not in the first audio callback: numba compiles on first call (seconds,
     holding the interpreter lock), which would stall a live stream right at its start."""
@@ -69,6 +76,7 @@ def _compile_kernels() -> None:
     _publish(counters, WRITTEN, _write(buffer, counters, frozen))
     _publish(counters, READ, _read(buffer, counters, samples, True))
     _discard(counters, 0)
+    _skip(counters, 0)
 
 
 class RingBuffer:
@@ -105,6 +113,10 @@ class RingBuffer:
     def discard_oldest(self, keep: int) -> int:
         """Consumer side: drop all but the newest `keep` samples (bounded catch-up after overload)."""
         return int(_discard(self._counters, keep))
+
+    def skip(self, n: int) -> int:
+        """Consumer side: drop up to `n` of the oldest samples; returns how many were there to drop."""
+        return int(_skip(self._counters, n))
 
     def __len__(self) -> int:
         return int(self._counters[WRITTEN] - self._counters[READ])
