@@ -18,6 +18,7 @@ resumes on its own, and rank 0 merges the ranks' manifests at the end.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -101,12 +102,12 @@ def _temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def atomic_save(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary name in the same folder, flushed to disk, then renamed into place."""
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary name in the same folder, flush it to disk, then rename it into place."""
     temporary = _temporary_name(path)
     try:
         with open(temporary, "wb") as f:
-            np.save(f, array)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -114,16 +115,11 @@ def atomic_save(path: Path, array: np.ndarray) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    temporary = _temporary_name(path)
-    try:
-        with open(temporary, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+def atomic_save(path: Path, array: np.ndarray) -> None:
+    """np.save, atomically (see `atomic_write`)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write(path, buffer.getvalue())
 
 
 def _describe(err: Exception) -> str:
@@ -263,7 +259,7 @@ def write_manifest(out: Path, entries: list[dict], name: str = MANIFEST_NAME) ->
     """One JSON line per tokenized file, sorted by token path (the same for any number of ranks)."""
     lines = [json.dumps(entry, sort_keys=True) for entry in sorted(entries, key=lambda e: e["tokens"])]
     path = out / name
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    atomic_write(path, "".join(line + "\n" for line in lines).encode())
     return path
 
 
