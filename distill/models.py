@@ -13,7 +13,7 @@ from training.pipeline import train_teacher
 from training.runtime import Runtime
 from training.settings import PHASES, SettingsError, load_settings as load_training_settings
 
-from .settings import DistillSettings
+from .settings import STAGES, DistillSettings
 
 log = logging.getLogger("training")
 
@@ -66,19 +66,28 @@ def load_teacher_vocoder(spec: str | None, folder: str, device):
 
 
 def student_config(settings: DistillSettings, teacher: KanadeTeacher) -> StudentConfig:
-    """Preset + overrides, with the distillation targets' sizes taken from the teacher."""
+    """Preset + overrides, with the distillation targets' sizes and the token rate taken from the teacher
+    (kanade-12.5hz: 4 SSL frames a token, 8 mel-rate steps a token)."""
     options = dict(settings.student)
     preset = options.pop("preset", "default")
     base = getattr(StudentConfig, preset)().to_dict()
     base.update(options)
     base.update(content_feature_dim=teacher.ssl.feature_dim, global_feature_dim=teacher.ssl.feature_dim,
-                global_dim=teacher.global_encoder.output_channels, fsq_levels=list(teacher.local_quantizer.levels))
+                global_dim=teacher.global_encoder.output_channels, fsq_levels=list(teacher.local_quantizer.levels),
+                downsample_factor=teacher.config.downsample_factor,
+                upsample_factor=teacher.config.mel_upsample_factor)
     try:
         config = StudentConfig.from_dict(base)
     except (StudentLoadError, TypeError, ValueError) as err:
         raise SettingsError(f"student: {err}") from err
     if config.sample_rate != teacher.sample_rate or config.hop_length != teacher.config.hop_length:
         raise SettingsError("the student must use the teacher's sample rate and mel hop")
+    token_seconds = 1 / teacher.config.token_rate
+    for stage in STAGES:  # whole teacher tokens per chunk, so teacher and student frames line up one to one
+        tokens = settings.chunk_seconds(stage) / token_seconds
+        if abs(tokens - round(tokens)) > 1e-6:
+            raise SettingsError(f"{stage}: chunk_seconds must be a multiple of this teacher's token length "
+                                f"({token_seconds:g} s), got {settings.chunk_seconds(stage)}")
     return config
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from kanade_stream.streaming import KanadeStudent, load_student
 from kanade_stream.teacher import KanadeTeacher
 from training.checkpoint import check_resume_flags, prepare_folder, seed_everything
-from training.data import RunData
+from training.data import RunData, check_data_given
 from training.logs import setup_logging
 from training.runtime import Runtime
 from training.trainer import Trainer
@@ -39,6 +39,7 @@ def distill_student(settings: DistillSettings, stages: list[str], runtime: Runti
     """Run `stages` into settings.out. With `resume` finished stages are skipped and an unfinished one goes
     on from its checkpoint. Returns {"results": {stage: FitResult}, "completed": bool, "report": dict | None}."""
     check_resume_flags(resume, overwrite)
+    check_data_given(settings)
     out = Path(settings.out)
     setup_logging(out, runtime.is_main)
     seed_everything(settings.seed + runtime.rank)

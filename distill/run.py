@@ -2,9 +2,9 @@
 
     python distill/run.py                                  # embedded default, CPU: tiny teacher (trained first
                                                            # if missing) -> small student, eSpeak corpus
-    python distill/run.py --teacher frothywater/kanade-25hz --vocoder charactr/vocos-mel-24khz \\
-        --data /data/LibriTTS --config default --out runs/student-25hz
-    torchrun --nproc_per_node 4 distill/run.py --teacher ... --data ...
+    torchrun --nproc_per_node 8 distill/run.py --config kanade_25hz --data /data/LibriTTS   # official teacher,
+                                                           # WavLM Base+, official Vocos target (kanade_12hz too)
+    python distill/run.py --config kanade_25hz --data /data/LibriTTS --batch-size 8           # one GPU
     python distill/run.py --stage decoder --resume         # one stage, continuing where it stopped
     python distill/run.py --eval-only --out runs/student    # the report again, for the exported student
 

@@ -429,6 +429,14 @@ def validation_batches(records: list[dict], chunk_samples: int, sample_rate: int
 # --------------------------------------------------------------------------------------------------------
 
 
+def check_data_given(settings) -> None:
+    """A real-scale recipe (data.require_path) never falls back on the embedded corpus: checked before
+    anything large is loaded."""
+    if settings.data.path is None and settings.data.require_path:
+        raise DataError(f"recipe {settings.name!r} trains on real speech and has no data: give --data (a folder "
+                        "such as LibriTTS, scanned recursively, or a manifest.jsonl)")
+
+
 class RunData:
     """The run's manifest split into training and held-out validation clips (built once, on rank 0 first),
     and each phase's batches. `settings` is a training or distillation recipe (anything with .data,
@@ -436,6 +444,7 @@ class RunData:
 
     def __init__(self, settings, runtime: Runtime, out: Path):
         self.settings, self.runtime = settings, runtime
+        check_data_given(settings)
         path = settings.data.path
         scanned = path is not None and Path(path).is_dir() and not (Path(path) / MANIFEST_NAME).is_file()
         if runtime.is_main:  # builds the embedded corpus, or scans the folder once and writes its manifest

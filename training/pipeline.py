@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from .checkpoint import check_resume_flags, prepare_folder, seed_everything
-from .data import RunData
+from .data import RunData, check_data_given
 from .export import publish
 from .logs import setup_logging
 from .models import phase1_config, recipe_mel, resolve_ssl_model
@@ -60,6 +60,8 @@ def train_teacher(settings: RunSettings, phases: list[str], runtime: Runtime, re
     `stop_after` stops each phase after that many steps (with a checkpoint). Stops at the first phase that
     does not complete; the results say how far each got."""
     check_resume_flags(resume, overwrite)
+    if set(phases) - {"ssl"}:  # the ssl phase reads its own synthetic corpus
+        check_data_given(settings)
     out = Path(settings.out)
     setup_logging(out, runtime.is_main)
     seed_everything(settings.seed + runtime.rank)

@@ -174,6 +174,7 @@ class SSLSettings(PhaseSettings):
 @dataclass
 class DataSettings:
     path: str | None = None  # folder or manifest.jsonl; None = the embedded eSpeak corpus
+    require_path: bool = False  # real-scale recipes: refuse to fall back on the embedded corpus without --data
     sample_rate: int = 24000
     chunk_seconds: float = 5.76
     batch_size: int = 128  # global: split over the processes of a torchrun job
