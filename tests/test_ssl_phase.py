@@ -3,6 +3,8 @@ teacher and SSLFeatureExtractor load as they load WavLM Base+."""
 
 import json
 
+import math
+
 import pytest
 import torch
 
@@ -114,3 +116,56 @@ def test_export_of_a_checkpoint(voice_corpus, tmp_path):
     train_ssl(settings, Runtime(), stop_after=1, progress=False)
     folder = export_checkpoint(tmp_path / "run" / "ssl" / "checkpoints" / "last.pt", settings.ssl, tmp_path / "x")
     assert SSLFeatureExtractor.from_pretrained(folder).feature_dim == 32
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient():
+    from training.ssl_phase import ReverseGradient
+
+    x = torch.randn(3, 4, requires_grad=True)
+    y = ReverseGradient.apply(x, 0.25)
+    assert torch.equal(y, x)
+    (y * 2).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, -0.5))
+
+
+def test_speaker_adversary_pushes_the_model_away_from_the_voice(voice_corpus, tmp_path):
+    """With the adversary on, the model's gradient from the speaker loss is exactly the reversed, scaled
+    gradient of plain speaker classification (the adversary's own gradient is not reversed), held-out
+    voices are left out of the speaker loss, the phone loss still falls, and checkpoints export without
+    the adversary."""
+    from training.ssl_phase import export_checkpoint, mask_spans
+
+    torch.manual_seed(0)
+    settings = tiny_ssl_settings(tmp_path / "run", voice_corpus, steps=4)
+    settings.ssl.losses.speaker_adversarial_weight = 0.5
+    settings.ssl.losses.adversary_layers = (2, 9)
+    task, stream, val = make_ssl_task(settings, Runtime())
+    batch, _ = next(stream)
+    assert sorted(set(batch.speakers.tolist())) == [0, 1] and set(val[0].speakers.tolist()) == {-1}
+    task.net.eval()  # no dropout: the two passes below see the same function
+    mask = mask_spans(4, num_frames(batch.wave.shape[1]), 0.08, 10, torch.Generator().manual_seed(0))
+    model_weight = task.model.encoder.layers[0].feed_forward.output_dense.weight
+    adversary_weight = task.adversary.net[0].weight
+
+    def grads(scale):
+        _, labels, speaker_logits = task.forward(batch, mask, scale)
+        ce, _ = task.speaker_loss(speaker_logits, labels, batch.speakers)
+        return torch.autograd.grad(ce, [model_weight, adversary_weight])
+
+    plain_model, plain_adversary = grads(-1.0)  # scale -1: the ordinary gradient
+    reversed_model, reversed_adversary = grads(0.5)
+    assert plain_model.abs().sum() > 0
+    assert torch.allclose(reversed_model, -0.5 * plain_model, atol=1e-7)
+    assert torch.allclose(reversed_adversary, plain_adversary)
+    _, _, val_logits = task.forward(val[0], None, 0.5)
+    assert task.speaker_loss(val_logits, val[0].labels, val[0].speakers)[0] == 0  # held-out voice: no target
+    task.net.train()
+    metrics = [task.train_step(batch, i) for i in range(10)]
+    assert all(math.isfinite(m["ce_speaker"]) for m in metrics)
+    assert metrics[-1]["ce_masked"] < metrics[0]["ce_masked"]
+    train_ssl(settings, Runtime(), stop_after=1, progress=False)
+    folder = export_checkpoint(tmp_path / "run" / "ssl" / "checkpoints" / "last.pt", settings.ssl, tmp_path / "x")
+    assert SSLFeatureExtractor.from_pretrained(folder).feature_dim == 32
+    settings.ssl.losses.adversary_layers = (10,)
+    with pytest.raises(ValueError, match="adversary_layers in 1..9"):
+        make_ssl_task(settings, Runtime())

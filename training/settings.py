@@ -146,6 +146,11 @@ class SSLModelSettings:
 class SSLLosses:
     masked_weight: float = 1.0  # cross-entropy of the phone of masked frames
     unmasked_weight: float = 0.2  # ... and of the other frames
+    # speaker-adversarial: a frame-level speaker classifier on the content layers, its gradient reversed
+    # into the model (ContentVec's idea, by gradient reversal) so those layers lose the voice; 0 = off
+    speaker_adversarial_weight: float = 0.0
+    adversary_layers: tuple[int, ...] = (6, 9)  # hidden states it reads (their mean)
+    adversary_warmup: float = 0.1  # fraction of the steps over which the reversed gradient ramps up from 0
 
 
 @dataclass

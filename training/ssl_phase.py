@@ -7,7 +7,10 @@ head on the last transformer layer predicts the phone of every frame,
     loss = masked_weight * CE(masked frames) + unmasked_weight * CE(unmasked frames)
 
 (frames whose phone no map knows, and padding, are ignored). The many voices saying the same phones make
-the features speaker-independent; the masking makes the model use context, as HuBERT does.
+the features speaker-independent; the masking makes the model use context, as HuBERT does. Optionally
+(`speaker_adversarial_weight` > 0) a frame-level speaker classifier reads the content layers through a
+gradient reversal: it learns to name the training voice, and the model learns to make that impossible,
+so the layers Kanade's content branch reads lose the voice (the global branch reads lower layers).
 
     python training/run.py --phase ssl                         # tiny model on the tiny corpus, CPU, minutes
     python training/run.py --phase ssl --config ssl_full --resume   # the full recipe (runs/ssl-full)
@@ -71,14 +74,16 @@ def num_frames(samples: int) -> int:
 
 @dataclass
 class LabelledBatch:
-    """Waves (B, samples) and frame phone labels (B, frames); what the Trainer moves and counts."""
+    """Waves (B, samples), frame phone labels (B, frames) and speaker indices (B,; -1 for voices outside
+    the training set); what the Trainer moves and counts."""
 
     wave: torch.Tensor
     labels: torch.Tensor
+    speakers: torch.Tensor
 
     def to(self, device, non_blocking: bool = False) -> LabelledBatch:
-        return LabelledBatch(self.wave.to(device, non_blocking=non_blocking),
-                             self.labels.to(device, non_blocking=non_blocking))
+        return LabelledBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.wave, self.labels,
+                                                                                 self.speakers)))
 
     @property
     def shape(self):
@@ -86,9 +91,13 @@ class LabelledBatch:
 
 
 class LabelledClips:
-    def __init__(self, root: Path, entries: list[dict], chunk_samples: int):
+    def __init__(self, root: Path, entries: list[dict], chunk_samples: int, speakers: dict[str, int] | None = None):
         self.root, self.entries, self.chunk = root, entries, chunk_samples
+        self.speakers = speakers or {}  # training voice -> index (the adversary's classes)
         self._segments: dict[int, list] = {}
+
+    def speaker(self, index: int) -> int:
+        return self.speakers.get(self.entries[index]["speaker"], -1)
 
     def __len__(self):
         return len(self.entries)
@@ -144,17 +153,21 @@ class LabelledStream:
         self.batch_in_epoch += 1
         if self.batch_in_epoch >= self.batches_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        return LabelledBatch(torch.from_numpy(np.stack(waves)).float(), torch.from_numpy(np.stack(labels))), 0
+        speakers = torch.tensor([self.clips.speaker(int(i)) for i in picks], dtype=torch.long)
+        return LabelledBatch(torch.from_numpy(np.stack(waves)).float(), torch.from_numpy(np.stack(labels)),
+                             speakers), 0
 
 
 def fixed_batches(clips: LabelledClips, count: int, batch_size: int) -> list[LabelledBatch]:
     """The first `count` clips from their start, in batches (validation)."""
-    items = [clips.load(i, None) for i in range(min(count, len(clips)))]
+    n = min(count, len(clips))
+    items = [clips.load(i, None) for i in range(n)]
+    speakers = torch.tensor([clips.speaker(i) for i in range(n)], dtype=torch.long)
     out = []
     for k in range(0, len(items), batch_size):
         part = items[k:k + batch_size]
         out.append(LabelledBatch(torch.from_numpy(np.stack([a for a, _ in part])),
-                                 torch.from_numpy(np.stack([b for _, b in part]))))
+                                 torch.from_numpy(np.stack([b for _, b in part])), speakers[k:k + batch_size]))
     return out
 
 
@@ -188,26 +201,75 @@ def mask_spans(batch: int, frames: int, prob: float, length: int, generator: tor
     return mask[:, :frames]
 
 
+class ReverseGradient(torch.autograd.Function):
+    """Identity forward; the gradient times -scale backward (gradient reversal, Ganin & Lempitsky)."""
+
+    @staticmethod
+    def forward(ctx, x, scale: float):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
+class SpeakerAdversary(nn.Module):
+    """Names the training voice of every frame from the mean of some hidden states."""
+
+    def __init__(self, dim: int, num_speakers: int, layers: list[int]):
+        super().__init__()
+        self.layers = list(layers)
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, num_speakers))
+
+    def forward(self, hidden_states: tuple[torch.Tensor, ...], reverse_scale: float) -> torch.Tensor:
+        h = torch.stack([hidden_states[i] for i in self.layers]).mean(0)
+        return self.net(ReverseGradient.apply(h, reverse_scale)).float()
+
+
 class SSLTask(Task):
     phase = "ssl"
 
-    def __init__(self, runtime: Runtime, settings: SSLSettings, seed: int = 0):
+    def __init__(self, runtime: Runtime, settings: SSLSettings, seed: int = 0, num_speakers: int = 0):
         super().__init__(runtime, settings)
         from transformers import WavLMModel
 
         self.config = wavlm_config(settings.model)
         self.model = WavLMModel(self.config)
         self.head = nn.Linear(self.config.hidden_size, len(PHONES))
-        self.net = nn.ModuleDict({"wavlm": self.model, "head": self.head}).to(runtime.device)
+        parts = {"wavlm": self.model, "head": self.head}
+        self.adversary = None
+        if settings.losses.speaker_adversarial_weight > 0:
+            layers = settings.losses.adversary_layers
+            if num_speakers < 2 or not layers or not all(1 <= i <= settings.model.num_layers for i in layers):
+                raise ValueError(f"the speaker adversary needs >= 2 training voices (got {num_speakers}) and "
+                                 f"adversary_layers in 1..{settings.model.num_layers} (got {layers})")
+            self.adversary = parts["adversary"] = SpeakerAdversary(self.config.hidden_size, num_speakers, layers)
+        self.net = nn.ModuleDict(parts).to(runtime.device)
         self.models = {"ssl": self.net}
         self.add_optimizer("ssl", self.net.parameters())
         self.generator = torch.Generator().manual_seed(seed)
 
-    def forward(self, batch: LabelledBatch, mask: torch.Tensor | None):
-        out = self.model(batch.wave, mask_time_indices=mask)
+    def forward(self, batch: LabelledBatch, mask: torch.Tensor | None, reverse_scale: float | None = None):
+        """Phone logits and labels (B, frames); with `reverse_scale`, also the adversary's speaker logits."""
+        out = self.model(batch.wave, mask_time_indices=mask, output_hidden_states=reverse_scale is not None)
         logits = self.head(out.last_hidden_state).float()
         frames = min(logits.shape[1], batch.labels.shape[1])
-        return logits[:, :frames], batch.labels[:, :frames]
+        if reverse_scale is None:
+            return logits[:, :frames], batch.labels[:, :frames]
+        speaker_logits = self.adversary(out.hidden_states, reverse_scale)[:, :frames]
+        return logits[:, :frames], batch.labels[:, :frames], speaker_logits
+
+    def speaker_loss(self, speaker_logits, labels, speakers) -> tuple[torch.Tensor, float]:
+        """Frame-level speaker cross-entropy over real frames of training voices, and its accuracy."""
+        targets = speakers[:, None].expand_as(labels).masked_fill(labels == UNKNOWN, -1)
+        valid = targets >= 0
+        if not valid.any():
+            return speaker_logits.sum() * 0, 0.0
+        ce = F.cross_entropy(speaker_logits.reshape(-1, speaker_logits.shape[-1]), targets.reshape(-1),
+                             ignore_index=-1)
+        acc = float((speaker_logits.argmax(-1) == targets)[valid].float().mean())
+        return ce, acc
 
     def losses(self, logits, labels, mask):
         s = self.settings
@@ -224,15 +286,26 @@ class SSLTask(Task):
         s = self.settings
         frames = num_frames(batch.wave.shape[1])
         mask = mask_spans(batch.wave.shape[0], frames, s.mask_prob, s.mask_length, self.generator).to(self.device)
+        extra = {}
         with self.runtime.autocast():
-            logits, labels = self.forward(batch, mask)
+            if self.adversary is None:
+                logits, labels = self.forward(batch, mask)
+            else:
+                losses = s.losses
+                ramp = min(1.0, step / max(1.0, losses.adversary_warmup * s.steps))
+                logits, labels, speaker_logits = self.forward(batch, mask, losses.speaker_adversarial_weight * ramp)
         mask = mask[:, :labels.shape[1]]
         ce_m, ce_u, loss = self.losses(logits, labels, mask)
+        if self.adversary is not None:
+            # the adversary learns at full weight; the model gets its gradient reversed and scaled
+            ce_spk, acc_spk = self.speaker_loss(speaker_logits, labels, batch.speakers)
+            loss = loss + ce_spk
+            extra = {"ce_speaker": ce_spk.item(), "acc_speaker": acc_spk}
         grad_norm = self.optimize("ssl", loss)
         valid = mask & (labels != UNKNOWN)
         acc = float((logits.argmax(-1) == labels)[valid].float().mean()) if valid.any() else 0.0
         return {"loss": loss.item(), "ce_masked": ce_m.item(), "ce_unmasked": ce_u.item(), "acc_masked": acc,
-                "grad_norm": grad_norm}
+                **extra, "grad_norm": grad_norm}
 
     def validate(self, batches: list[LabelledBatch]):
         gen = torch.Generator().manual_seed(1234)  # the same masks at every validation
@@ -309,9 +382,10 @@ def make_ssl_task(run, runtime: Runtime):
     chunk = num_frames_to_samples(int(round(chunk_seconds * SAMPLE_RATE / HOP)))
     log.info("ssl corpus %s: %d training clips (%d voices), %.2f h; %d validation clips from held-out voices",
              info.out_dir, len(train), len(info.voices["train"]), info.hours, len(val))
-    stream = LabelledStream(LabelledClips(info.out_dir, train, chunk), batch_size, seed)
-    val_batches = fixed_batches(LabelledClips(info.out_dir, val, chunk), len(val), batch_size)
-    return SSLTask(runtime, settings, seed), stream, val_batches
+    speakers = {name: i for i, name in enumerate(sorted({e["speaker"] for e in train}))}
+    stream = LabelledStream(LabelledClips(info.out_dir, train, chunk, speakers), batch_size, seed)
+    val_batches = fixed_batches(LabelledClips(info.out_dir, val, chunk, speakers), len(val), batch_size)
+    return SSLTask(runtime, settings, seed, num_speakers=len(speakers)), stream, val_batches
 
 
 def num_frames_to_samples(frames: int) -> int:
@@ -389,7 +463,7 @@ def export_checkpoint(checkpoint: str | Path, settings: SSLSettings, folder: str
     state = read_checkpoint(checkpoint)["models"]["ssl"]
     config = wavlm_config(settings.model)
     net = nn.ModuleDict({"wavlm": WavLMModel(config), "head": nn.Linear(config.hidden_size, len(PHONES))})
-    net.load_state_dict(state)
+    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("adversary.")})  # training-only part
     return export_ssl(net["wavlm"], net["head"], Path(folder))
 
 
