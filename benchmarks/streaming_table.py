@@ -5,6 +5,11 @@ full-size WavLM Base+, random weights) re-run on a 2 s sliding window every 80 m
 
     .venv/bin/python benchmarks/streaming_table.py                 # all threads (2 on the target machine)
     .venv/bin/python benchmarks/streaming_table.py --threads 1 --modes eager torchscript
+    .venv/bin/python benchmarks/streaming_table.py --threads 1 --modes torchscript torchscript-int8 --chunk-ms 40
+
+A mode ending in -int8 runs the same student with int8 weights in its large Linear layers
+(kanade_stream.streaming.int8.quantize_int8). Its quality is not measured here (random weights): see the
+distillation's int8 report for a student fine-tuned for int8.
 
 RTF = mean compute time per chunk / chunk duration (< 1 keeps up; the goal is <= 0.25 at 80 ms).
 Algorithmic latency = chunk + waits (token completion, interpolation, ISTFT, 48 kHz input resampler).
@@ -22,6 +27,7 @@ import torch
 
 from kanade_stream.streaming import KanadeStudent, StreamingConverter, StreamingEncoder, StudentConfig
 from kanade_stream.streaming.api import CoreRunner
+from kanade_stream.streaming.int8 import quantize_int8
 from kanade_stream.streaming.pipeline import ConverterCore, EncoderCore
 
 REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "data" / "official_release" / "kanade_25hz_config.yaml"
@@ -30,6 +36,8 @@ INPUT_RATE = 48000
 
 def make_runner(student, pipeline: str, mode: str):
     """(runner, fresh state, condition): the condition is a target voice for the converter, None for the encoder."""
+    if mode.endswith("-int8"):
+        student, mode = quantize_int8(student), mode[:-len("-int8")]
     core = EncoderCore(student, INPUT_RATE, with_global=True) if pipeline == "encoder" else ConverterCore(student, INPUT_RATE)
     runner = CoreRunner(core, mode)
     condition = None if pipeline == "encoder" else torch.randn(1, student.config.global_dim)
@@ -97,7 +105,7 @@ def main(argv=None) -> None:
     student = KanadeStudent(StudentConfig.default()).eval()
     print(f"# default student: {student.num_parameters() / 1e6:.1f} M parameters; torch {torch.__version__}, "
           f"{args.threads} thread(s); input {INPUT_RATE} Hz -> 24 kHz")
-    header = f"{'pipeline':<10} {'mode':<12} {'chunk':>6} {'median ms':>10} {'p99 ms':>8} {'RTF':>6} {'latency ms':>11}"
+    header = f"{'pipeline':<10} {'mode':<17} {'chunk':>6} {'median ms':>10} {'p99 ms':>8} {'RTF':>6} {'latency ms':>11}"
     print(header)
     print("-" * len(header))
     for pipeline in args.pipelines:
@@ -115,7 +123,7 @@ def main(argv=None) -> None:
                 api = (StreamingEncoder(student, sample_rate=INPUT_RATE, chunk_ms=chunk_ms) if pipeline == "encoder"
                        else StreamingConverter(student, global_embedding=torch.zeros(student.config.global_dim),
                                                sample_rate=INPUT_RATE, chunk_ms=chunk_ms))
-                print(f"{pipeline:<10} {mode:<12} {chunk_ms:>6} {stats['median_ms']:>10.2f} {stats['p99_ms']:>8.2f} "
+                print(f"{pipeline:<10} {mode:<17} {chunk_ms:>6} {stats['median_ms']:>10.2f} {stats['p99_ms']:>8.2f} "
                       f"{stats['rtf']:>6.3f} {api.latency_ms:>11.1f}", flush=True)
             print(f"#   ({mode} set-up incl. compilation / scripting: {setup:.1f} s)")
     if args.baseline_runs:
@@ -123,7 +131,7 @@ def main(argv=None) -> None:
         params = sum(p.numel() for p in teacher.parameters()) / 1e6
         for pipeline in args.pipelines:
             stats = summarise(time_teacher(teacher, args.baseline_runs, convert=pipeline == "converter"), 0.08)
-            print(f"{pipeline:<10} {'naive':<12} {80:>6} {stats['median_ms']:>10.2f} {stats['p99_ms']:>8.2f} "
+            print(f"{pipeline:<10} {'naive':<17} {80:>6} {stats['median_ms']:>10.2f} {stats['p99_ms']:>8.2f} "
                   f"{stats['rtf']:>6.3f} {'80 *':>11}")
         print(f"#   naive = full-size teacher ({params:.0f} M parameters incl. WavLM Base+ layers 1-9) on a 2 s window "
               "every 80 ms (converter row: encode + mel decode, vocoder not counted); * its 80 ms has no right "

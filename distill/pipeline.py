@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from kanade_stream.streaming import KanadeStudent, load_student
+from kanade_stream.streaming.int8 import quantize_int8
 from kanade_stream.teacher import KanadeTeacher
 from training.checkpoint import check_resume_flags, prepare_folder, seed_everything
 from training.data import RunData, check_data_given
@@ -28,7 +29,7 @@ from training.trainer import Trainer
 
 from .evaluate import evaluate
 from .models import load_teacher, load_teacher_vocoder, save_student, student_config
-from .settings import STAGES, DistillSettings
+from .settings import ALL_STAGES, STAGES, DistillSettings
 from .tasks import DistillTask, TeacherTargets
 
 log = logging.getLogger("training")
@@ -57,9 +58,9 @@ def distill_student(settings: DistillSettings, stages: list[str], runtime: Runti
     data = RunData(settings, runtime, out)
     student = KanadeStudent(config)
     results = {}
-    for stage in STAGES:
+    for stage in ALL_STAGES:
         stage_dir = out / stage
-        previous = out / STAGES[STAGES.index(stage) - 1] / "export" if stage != STAGES[0] else None
+        previous = out / ALL_STAGES[ALL_STAGES.index(stage) - 1] / "export" if stage != ALL_STAGES[0] else None
         if stage not in stages:
             continue
         if previous is not None and (previous / "model.safetensors").is_file():
@@ -77,18 +78,29 @@ def distill_student(settings: DistillSettings, stages: list[str], runtime: Runti
             return {"results": results, "completed": False}
         student = task.student
     final = out / STAGES[-1] / "export"
-    report = None
-    if runtime.is_main and (final / "model.safetensors").is_file():
+    report = int8_report = None
+    if runtime.is_main and set(stages) & set(STAGES) and (final / "model.safetensors").is_file():
         if (out / "export").exists():
             shutil.rmtree(out / "export")
         shutil.copytree(final, out / "export")
         report = evaluate_run(settings, teacher, data, out)
+    if runtime.is_main and "int8" in stages:
+        int8_report = evaluate_run(settings, teacher, data, out, student_dir=out / "int8" / "export", int8=True)
     runtime.barrier()
-    return {"results": results, "completed": True, "report": report}
+    return {"results": results, "completed": True, "report": report, "int8_report": int8_report}
 
 
-def evaluate_run(settings: DistillSettings, teacher: KanadeTeacher, data: RunData, out: Path) -> dict:
-    """The evaluation report of <out>/export on the held-out clips, written to <out>/eval."""
-    student = load_student(out / "export", device=teacher.device)
-    history = {stage: out / stage / "logs" / "val.csv" for stage in STAGES}
-    return evaluate(student, teacher, data.val, out / "eval", settings.eval_clips, history, settings.seed)
+def evaluate_run(settings: DistillSettings, teacher: KanadeTeacher, data: RunData, out: Path,
+                 student_dir: Path | None = None, int8: bool = False) -> dict | None:
+    """The evaluation report of <out>/export (or `student_dir`) on the held-out clips, written to
+    <out>/eval; with `int8`, of that student run in int8 (on CPU), written to <student_dir>/../eval."""
+    student_dir = out / "export" if student_dir is None else student_dir
+    student = load_student(student_dir, device=teacher.device)
+    folder = out / "eval"
+    if int8:
+        if teacher.device.type != "cpu":
+            log.info("int8 runs on CPU: evaluate %s with --eval-only on a CPU machine", student_dir)
+            return None
+        student, folder = quantize_int8(student), student_dir.parent / "eval"
+    history = {stage: out / stage / "logs" / "val.csv" for stage in (("int8",) if int8 else STAGES)}
+    return evaluate(student, teacher, data.val, folder, settings.eval_clips, history, settings.seed)

@@ -26,7 +26,7 @@ import torch
 
 from distill.models import DistillError, load_teacher
 from distill.pipeline import distill_student, evaluate_run
-from distill.settings import STAGES, DistillSettings, check_settings, load_settings
+from distill.settings import ALL_STAGES, STAGES, DistillSettings, check_settings, load_settings
 from kanade_stream.audio import AudioError
 from kanade_stream.checkpoint import CheckpointError
 from kanade_stream.config import ConfigError
@@ -44,7 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocoder", default=None, help="teacher vocoder to imitate (Vocos hub id or folder)")
     p.add_argument("--data", default=None, help="audio folder or manifest.jsonl (default: embedded eSpeak corpus)")
     p.add_argument("--out", default=None, help="output folder (default: from the config)")
-    p.add_argument("--stage", default="all", choices=STAGES + ("all",), help="run one stage, or all (default)")
+    p.add_argument("--stage", default="all", choices=ALL_STAGES + ("all",),
+                   help="run one stage, or all (default: ssl to joint, the float student); int8 then fine-tunes "
+                        "that student through int8 rounding into <out>/int8/export (run it in int8: --int8 in "
+                        "the live programs)")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every selected stage")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--resume", action="store_true",
@@ -72,7 +75,7 @@ def apply_overrides(settings: DistillSettings, args, stages) -> DistillSettings:
         settings.data.path = args.data
     if args.batch_size is not None:
         settings.data.batch_size = args.batch_size
-        for stage in STAGES:
+        for stage in ALL_STAGES:
             settings.phase(stage).batch_size = None
     if args.steps is not None:
         for stage in stages:
@@ -87,7 +90,7 @@ def apply_overrides(settings: DistillSettings, args, stages) -> DistillSettings:
 def main(argv=None) -> int:
     args = parse_args(argv)
     stages = list(STAGES) if args.stage == "all" else [args.stage]
-    runtime = None
+    runtime = report = int8_report = None
     start = time.time()
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
             report = evaluate_run(settings, teacher, RunData(settings, runtime, out), out)
         else:
             outcome = distill_student(settings, stages, runtime, args.resume, args.overwrite, not args.no_progress)
-            report = outcome.get("report")
+            report, int8_report = outcome.get("report"), outcome.get("int8_report")
             if not outcome["completed"]:
                 return 130
     except (DistillError, SettingsError, DataError, CheckpointError, ConfigError, AudioError, FileNotFoundError,
@@ -113,15 +116,17 @@ def main(argv=None) -> int:
     finally:
         if runtime is not None:
             shutdown_runtime()
-    if report is not None:
-        out = Path(settings.out)
+    out = Path(settings.out)
+    for what, folder, result in (("student", out, report), ("int8 student", out / "int8", int8_report)):
+        if result is None:
+            continue
         print(f"\ndistillation finished in {time.time() - start:.0f} s")
-        print(f"  student: {(out / 'export').resolve()}")
-        print(f"  report:  {(out / 'eval' / 'report.md').resolve()}")
+        print(f"  {what}: {(folder / 'export').resolve()}")
+        print(f"  report:  {(folder / 'eval' / 'report.md').resolve()}")
         for key in ("token_agreement", "mel_l1_to_teacher", "streaming_equals_offline", "vc_similarity_to_reference",
                     "vc_similarity_to_source", "vc_content_token_agreement"):
-            if key in report:
-                print(f"  {key}: {report[key]}")
+            if key in result:
+                print(f"  {key}: {result[key]}")
     return 0
 
 

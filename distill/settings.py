@@ -7,7 +7,7 @@
     teacher_vocoder: null        # teacher vocoder (hub id / Vocos folder); null = the teacher run's own, if any
     student: {preset: tiny, ...StudentConfig overrides}
     data: {...}                  # as in training (the embedded eSpeak corpus by default)
-    ssl: {steps, optim, losses}  # then content, decoder, vocoder, joint
+    ssl: {steps, optim, losses}  # then content, decoder, vocoder, joint (and int8, run on request)
 
 Each stage's `losses` has its own fields: a loss term has one weight name in every stage that uses it
 (feature_weight, global_feature_weight, latent_weight, level_ce_weight, global_weight, mel_weight,
@@ -26,7 +26,9 @@ from training.settings import DataSettings, OptimSettings, PhaseSettings, Settin
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "tiny.yaml"
-STAGES = ("ssl", "content", "decoder", "vocoder", "joint")
+STAGES = ("ssl", "content", "decoder", "vocoder", "joint")  # `--stage all`: the float student
+OPTIONAL_STAGES = ("int8",)  # after joint, on request: fine-tuning through int8 rounding (streaming/int8.py)
+ALL_STAGES = STAGES + OPTIONAL_STAGES
 STUDENT_PRESETS = ("tiny", "default", "large")  # StudentConfig.<preset>()
 
 # the weight names of the loss terms (the metric each one weights in val.csv)
@@ -37,6 +39,7 @@ STUDENT_PRESETS = ("tiny", "default", "large")  # StudentConfig.<preset>()
 #   global_weight          global_mse          global (speaker) embedding vs the teacher's
 #   mel_weight             mel_l1              log-mel vs the teacher's (decoder) or the target audio's (vocoder)
 #   stft_weight            stft                multi-resolution STFT vs the target audio
+#   vocoder_mel_weight     vocoder_mel_l1      int8 stage: the vocoder's log-mel vs the target audio's
 
 
 @dataclass
@@ -101,6 +104,18 @@ class JointStage(PhaseSettings):
     losses: JointLosses = field(default_factory=JointLosses)
 
 
+@dataclass
+class Int8Losses(JointLosses):
+    # the vocoder runs in int8 too, so it is fine-tuned on the teacher's mel as in the vocoder stage
+    vocoder_mel_weight: float = 45.0  # the vocoder stage's mel_weight (that name here weights the decoder's)
+    stft_weight: float = 1.0
+
+
+@dataclass
+class Int8Stage(PhaseSettings):
+    losses: Int8Losses = field(default_factory=Int8Losses)
+
+
 def _stage(cls):
     """A stage's defaults: short, at a higher learning rate than the teacher's phases."""
     return lambda: cls(steps=200, optim=OptimSettings(lr=1e-3, warmup=0.05), log_every=20, val_every=100,
@@ -124,6 +139,9 @@ class DistillSettings:
     decoder: DecoderStage = field(default_factory=_stage(DecoderStage))
     vocoder: VocoderStage = field(default_factory=_stage(VocoderStage))
     joint: JointStage = field(default_factory=_stage(JointStage))
+    int8: Int8Stage = field(default_factory=lambda: Int8Stage(
+        steps=200, optim=OptimSettings(lr=2e-4, warmup=0.05), log_every=20, val_every=100, ckpt_every=100,
+        keep_checkpoints=2))
 
     def phase(self, name: str) -> PhaseSettings:
         return getattr(self, name)
@@ -146,8 +164,8 @@ def load_settings(path: str | Path | None = None) -> DistillSettings:
 
 
 def check_settings(settings: DistillSettings) -> None:
-    check_phases(settings, STAGES)
-    for stage in STAGES:
+    check_phases(settings, ALL_STAGES)
+    for stage in ALL_STAGES:
         seconds = settings.chunk_seconds(stage)
         # chunks of whole teacher tokens (40 ms), so teacher and student frames line up one to one
         if abs(seconds * 25 - round(seconds * 25)) > 1e-9:

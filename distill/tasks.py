@@ -13,6 +13,8 @@ losses are training.losses'):
     decoder  streaming mel decoder -> the teacher's mel, from teacher tokens and (some batches) student tokens
     vocoder  streaming vocoder -> the teacher vocoder's audio (or the real audio when there is none)
     joint    everything but the vocoder, end to end on the student's own features
+    int8     (optional) joint's terms plus the vocoder's, with the int8 layers computing through int8
+             rounding (kanade_stream/streaming/int8.py), so the student keeps its quality in int8
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 
 from kanade_stream.audio import MelSpectrogram, resample
 from kanade_stream.streaming import KanadeStudent
+from kanade_stream.streaming.int8 import fake_quantize
 from kanade_stream.teacher import KanadeTeacher
 from kanade_stream.vocoder import vocode
 from training.losses import STUDENT_STFT_RESOLUTIONS, fsq_matching_losses, mel_loss, stft_loss
@@ -40,6 +43,8 @@ STAGE_PARTS = {
     "joint": ("frontend", "ssl_lower", "ssl_upper", "content_head", "global_head", "content_encoder", "downsample",
               "quantizer", "global_encoder", "mel_prenet", "mel_upsample", "mel_decoder", "mel_postnet"),
 }
+STAGE_PARTS["int8"] = STAGE_PARTS["joint"] + ("vocoder",)
+END_TO_END = ("joint", "int8")
 
 
 @dataclass
@@ -100,16 +105,16 @@ class DistillModel(nn.Module):
 
     def forward(self, wave: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         s, w = self.student, self.losses
-        target = self.targets[0](wave, with_audio=self.stage == "vocoder")
+        target = self.targets[0](wave, with_audio=self.stage in ("vocoder", "int8"))
         out: dict[str, torch.Tensor] = {"mel_target": target.mel}
         terms = {}
-        if self.stage in ("ssl", "joint"):
+        if self.stage in ("ssl",) + END_TO_END:
             content, global_features = s.ssl_features(self.student_input(wave))
             n = min(content.shape[1], target.content.shape[1])
             terms["feature_mse"] = (F.mse_loss(content[:, :n], target.content[:, :n]), w.feature_weight)
             terms["global_feature_mse"] = (F.mse_loss(global_features[:, :n], target.global_features[:, :n]),
                                            w.global_feature_weight)
-        if self.stage in ("content", "joint"):
+        if self.stage in ("content",) + END_TO_END:
             features = target.content if self.stage == "content" else content
             gfeatures = target.global_features if self.stage == "content" else global_features
             latent = s.content_latent(features)
@@ -119,8 +124,8 @@ class DistillModel(nn.Module):
             out["token_agreement"], out["level_agreement"] = agree.detach(), level_agree.detach()
             g = s.global_from_features(gfeatures)
             terms["global_mse"] = (F.mse_loss(g, target.global_embedding), w.global_weight)
-        if self.stage in ("decoder", "joint"):
-            if self.stage == "joint":
+        if self.stage in ("decoder",) + END_TO_END:
+            if self.stage in END_TO_END:
                 embedding, _ = s.quantizer.encode(latent)
                 condition = g
             else:
@@ -138,13 +143,16 @@ class DistillModel(nn.Module):
             terms["mel_l1"] = (mel_loss(mel, target.mel), w.mel_weight)
             out["mel"] = mel[..., :m]
             out["mel_target"] = target.mel[..., :m]
-        if self.stage == "vocoder":
+        if self.stage in ("vocoder", "int8"):
             audio = s.vocode(target.mel)
             goal = target.audio[..., : audio.shape[-1]]
             mel_a, mel_b = self.mel(audio), self.mel(goal)
-            terms["mel_l1"] = (mel_loss(mel_a, mel_b), w.mel_weight)
+            name, weight = ("mel_l1", w.mel_weight) if self.stage == "vocoder" else ("vocoder_mel_l1",
+                                                                                   w.vocoder_mel_weight)
+            terms[name] = (mel_loss(mel_a, mel_b), weight)
             terms["stft"] = (stft_loss(audio, goal, STUDENT_STFT_RESOLUTIONS, floor=1e-5), w.stft_weight)
-            out["mel"], out["mel_target"] = mel_a, mel_b
+            if self.stage == "vocoder":
+                out["mel"], out["mel_target"] = mel_a, mel_b
         out["loss"] = sum(value * weight for value, weight in terms.values())
         for name, (value, _) in terms.items():
             out[name] = value.detach()
@@ -159,6 +167,9 @@ class DistillTask(Task):
         super().__init__(runtime, settings)
         self.phase = stage
         self.student = student.to(runtime.device)
+        if stage == "int8":  # the int8 layers compute through int8 rounding from here on
+            fake_quantize(self.student)
+            self.student.config.int8_trained = True
         self.models = {"student": self.student}
         self.model = DistillModel(stage, self.student, targets, settings.losses)
         self.ddp = runtime.wrap(self.model)

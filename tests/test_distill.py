@@ -7,7 +7,7 @@ import dataclasses
 
 from distill.models import student_config
 from distill.pipeline import distill_student as run
-from distill.settings import STAGES, DistillSettings
+from distill.settings import ALL_STAGES, STAGES, DistillSettings
 from kanade_stream.corpus import build_corpus
 from kanade_stream.streaming import load_student
 from training.checkpoint import ResumeError
@@ -28,7 +28,7 @@ def settings_for(corpus, out, steps=6, **stage_overrides) -> DistillSettings:
         data=DataSettings(path=str(corpus.out_dir), chunk_seconds=0.96, batch_size=2, num_workers=0, val_clips=2,
                           val_batch_size=2, heldout_speakers=2),
     )
-    for name in STAGES:  # each stage's own settings class, with its default losses
+    for name in ALL_STAGES:  # each stage's own settings class, with its default losses
         setattr(base, name, dataclasses.replace(
             base.phase(name), steps=steps, optim=OptimSettings(lr=3e-3, warmup=0.0), log_every=1, val_every=steps,
             ckpt_every=steps, keep_checkpoints=5))

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from distill.settings import STAGES, DistillSettings
+from distill.settings import ALL_STAGES, DistillSettings
 from distill.settings import load_settings as load_distill_settings
 from training.settings import SettingsError, load_settings
 
@@ -32,7 +32,7 @@ def dotted(section: str, key: str) -> str:
 
 TRAINING_SECTIONS = ["", "data", "phase1", "phase1.optim", "phase1.losses", "phase2", "phase2.optim", "phase2.losses",
                      "phase2.model", "vocoder", "vocoder.optim", "vocoder.losses", "vocoder.model"]
-DISTILL_SECTIONS = ["", "data"] + [f"{stage}{part}" for stage in STAGES for part in ("", ".optim", ".losses")]
+DISTILL_SECTIONS = ["", "data"] + [f"{stage}{part}" for stage in ALL_STAGES for part in ("", ".optim", ".losses")]
 
 
 def section_of(settings, section: str):
@@ -126,7 +126,7 @@ def test_every_distillation_weight_changes_the_loss():
     student = randomize(KanadeStudent(student_config(settings, teacher)))
     targets = TeacherTargets(teacher, None)
     wave = torch.randn(2, 24000 * 24 // 25) * 0.1  # whole teacher tokens
-    for stage in STAGES:
+    for stage in ALL_STAGES:
         losses = settings.phase(stage).losses
         weights = [f.name for f in dataclasses.fields(losses) if f.name.endswith("_weight")]
         assert weights, stage

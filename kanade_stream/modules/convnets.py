@@ -84,7 +84,7 @@ class AttentiveStatsPooling(nn.Module):
         mean = sum_wx / weight_sum
         variance = sum_wx2 / weight_sum - mean * mean
         std = torch.sqrt(variance.clamp(1e-4, 1e4))
-        return self.norm(self.proj(torch.cat([mean, std], dim=1).to(self.proj.weight.dtype)))
+        return self.norm(self.proj(torch.cat([mean, std], dim=1).to(self.norm.weight.dtype)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, T) -> (B, output_channels)."""

@@ -65,6 +65,13 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     parser.add_argument("--chunk-ms", type=int, default=None,
                         help="model chunk: 40, 80 or 160 ms (default 40, or 80 when the warm-up shows this machine "
                              "cannot compute 40 ms chunks in real time)")
+    parser.add_argument("--precision", choices=("auto", "float32", "int8"), default="auto",
+                        help="int8: the large layers in int8 (about 2x less compute at 40 ms chunks; meant for a "
+                             "student fine-tuned for it by distill/run.py --stage int8); default auto: int8 when "
+                             "the student was trained for it, else float32")
+    parser.add_argument("--step", choices=("auto", "eager", "torchscript"), default="auto",
+                        help="how the model step runs (default auto: TorchScript for int8, where it pays, else "
+                             "eager)")
     parser.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
     parser.add_argument("--backend", choices=("auto", "pulse", "portaudio"), default="auto",
                         help="audio devices through the PulseAudio/PipeWire server directly (pulse: smallest "
@@ -117,6 +124,25 @@ def _load_student(path: str | None):
         return load_student(folder)
     except (FileNotFoundError, OSError, ValueError, RuntimeError) as err:
         raise LiveError(f"cannot load the student model from {folder}: {err}") from err
+
+
+def model_path(args, student) -> tuple[object, str, str]:
+    """(the student to run, its precision, the step backend) from --precision and --step."""
+    precision = args.precision
+    if precision == "auto":
+        precision = "int8" if student.config.int8_trained else "float32"
+    if precision == "int8":
+        from ..streaming.int8 import quantize_int8
+
+        if not student.config.int8_trained:
+            print("note: this student was not fine-tuned for int8 (distill/run.py --stage int8): expect its "
+                  "output to change", file=sys.stderr, flush=True)
+        try:
+            student = quantize_int8(student)
+        except RuntimeError as err:
+            raise LiveError(str(err)) from err
+    step = args.step if args.step != "auto" else ("torchscript" if precision == "int8" else "eager")
+    return student, precision, step
 
 
 def _status_printer(quiet: bool, backend: AudioBackend | None = None):
@@ -218,7 +244,8 @@ def _backend(mode: str, args, student, feed_sink: str | None = None) -> AudioBac
                           block_ms=args.block_ms or OTHER_BLOCK_MS, need_output=mode == "vc")
 
 
-def _processor(mode: str, args, student, rate: int, warm_up_chunks: int = 25, realtime: bool = True):
+def _processor(mode: str, args, student, rate: int, warm_up_chunks: int = 25, realtime: bool = True,
+               step: str = "eager"):
     """The streaming processor at the chosen chunk (see CHUNK_OPTIONS), gated unless --no-gate, with its
     warm-up compute profile and notes for the user."""
     from ..streaming import StreamingConverter, StreamingEncoder
@@ -230,9 +257,10 @@ def _processor(mode: str, args, student, rate: int, warm_up_chunks: int = 25, re
     def make(chunk_ms: int):
         try:
             if mode == "vc":
-                processor = StreamingConverter(student, reference=reference, sample_rate=rate, chunk_ms=chunk_ms)
+                processor = StreamingConverter(student, reference=reference, sample_rate=rate, chunk_ms=chunk_ms,
+                                               backend=step)
             else:
-                processor = StreamingEncoder(student, sample_rate=rate, chunk_ms=chunk_ms)
+                processor = StreamingEncoder(student, sample_rate=rate, chunk_ms=chunk_ms, backend=step)
         except AudioError:
             raise
         except ValueError as err:  # a chunk the input rate cannot cut into whole samples
@@ -273,10 +301,10 @@ def _run_session(mode: str, args) -> dict:
 
 
 def _stream(mode: str, args, mic) -> dict:
-    student = _load_student(args.model)
+    student, precision, step = model_path(args, _load_student(args.model))
     backend = _backend(mode, args, student, feed_sink=mic.sink if mic is not None else None)
     processor, profile, notes = _processor(mode, args, student, backend.input_rate,
-                                           realtime=not args.no_realtime and args.input is None)
+                                           realtime=not args.no_realtime and args.input is None, step=step)
     for note in notes:
         print(f"note: {note}", file=sys.stderr, flush=True)
     chunk_ms = profile.chunk_ms
@@ -291,8 +319,8 @@ def _stream(mode: str, args, mic) -> dict:
             output = f" -> virtual microphone {mic.description!r} (source {mic.source})"
         gate = getattr(processor, "gate", None)
         gated = f", noise gate {gate.detector.name}" if gate is not None else ""
-        print(f"streaming: {backend.input_name}{output}, {chunk_ms:g} ms chunks{gated} (Ctrl-C stops)",
-              file=sys.stderr, flush=True)
+        print(f"streaming: {backend.input_name}{output}, {chunk_ms:g} ms chunks{gated}, model {precision} "
+              f"{step} step (Ctrl-C stops)", file=sys.stderr, flush=True)
 
     stop = threading.Event()
     options = SessionOptions(
@@ -314,6 +342,7 @@ def _stream(mode: str, args, mic) -> dict:
         if not args.quiet:
             print(file=sys.stderr)
     values = _summary_dict(mode, summary)
+    values["model"] = f"{precision} weights, {step} step"
     if mic is not None:
         values["virtual_mic"] = mic.source
     return values

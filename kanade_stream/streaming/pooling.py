@@ -31,9 +31,10 @@ class StreamingStatsPooling(StreamingModule, AttentiveStatsPooling):
 
     def init_state(self, batch: int = 1) -> Dict[str, Tensor]:
         p = self.state_prefix
-        zeros = torch.zeros(batch, self.channels, dtype=torch.float64, device=self.proj.weight.device)
+        # the norm's weight, not proj's: proj may be an int8 layer, which has no weight tensor
+        zeros = torch.zeros(batch, self.channels, dtype=torch.float64, device=self.norm.weight.device)
         return {p + "max": zeros - 1e300, p + "sum_w": zeros, p + "sum_wx": zeros.clone(), p + "sum_wx2": zeros.clone(),
-                p + "embedding": self.proj.weight.new_zeros(batch, self.output_channels)}
+                p + "embedding": self.norm.weight.new_zeros(batch, self.output_channels)}
 
     def step(self, x: Tensor, state: Dict[str, Tensor],
              condition: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:

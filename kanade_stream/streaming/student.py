@@ -101,6 +101,7 @@ class StudentConfig:
     vocoder_kernel: int = 7
     n_fft: int = 512
     rope_theta: float = 1e4
+    int8_trained: bool = False  # fine-tuned through int8 rounding (distillation's int8 stage): run it in int8
 
     # --- presets ----------------------------------------------------------------------------------
 
@@ -197,6 +198,8 @@ class KanadeStudent(nn.Module):
         config = config if config is not None else StudentConfig()
         config.validate()
         self.config = c = config
+        # where the model lives, whatever its layers become (an int8 Linear has no weight Parameter)
+        self.register_buffer("device_anchor", torch.zeros(0), persistent=False)
         self.frontend = CausalConvFrontend(c.frontend, c.ssl_dim)
         causal = dict(rope_theta=c.rope_theta, exact_rope=True)  # float64 angles: exact hours into a stream
         ssl = dict(dim=c.ssl_dim, n_heads=c.ssl_heads, causal_past=c.ssl_past, **causal)
@@ -242,7 +245,7 @@ class KanadeStudent(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.content_head.weight.device
+        return self.device_anchor.device
 
     @property
     def output_rate(self) -> int:

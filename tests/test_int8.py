@@ -1,0 +1,116 @@
+"""int8 weights: the fake quantization used for training computes what the int8 layers compute, the int8
+student streams and scripts, and the distillation's int8 stage trains a student for it."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from kanade_stream.streaming import KanadeStudent, StreamingConverter, StudentConfig, load_student
+from kanade_stream.streaming import int8
+from kanade_stream.streaming.api import CoreRunner
+from kanade_stream.streaming.pipeline import ConverterCore
+from kanade_stream.streaming.testing import randomize
+
+
+@pytest.fixture()
+def small_layers(monkeypatch):
+    """The tiny test student's layers are all below the size worth quantizing: quantize them anyway."""
+    monkeypatch.setattr(int8, "MIN_WEIGHTS", 64)
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    return randomize(KanadeStudent(StudentConfig.tiny())).eval()
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_fake_quantization_computes_what_the_int8_layer_computes():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(384, 1152))
+    real = int8.quantize_int8(net)
+    assert int8.is_int8(real) and not int8.is_int8(net)
+    with torch.no_grad():
+        for rows in (1, 3):
+            x = torch.randn(rows, 384) * 2
+            exact = net(x)
+            # the int8 layer takes one input range per call, the fake rounding one per frame: the same for a
+            # single frame, and for several what a stream pushing a frame or two per step gets
+            rounded = torch.cat([real(row[None]) for row in x])
+            fake = int8.FakeInt8Linear.forward(net[0], x)
+            assert relative(rounded, exact) > 3e-3  # int8 really moves the output ...
+            assert relative(fake, rounded) < 0.05 * relative(rounded, exact)  # ... and the fake rounding follows
+
+
+def test_fake_quantization_passes_gradients_straight_through():
+    layer = nn.Linear(8, 4)
+    x = torch.randn(5, 8, requires_grad=True)
+    int8.fake_quantize(nn.Sequential(layer))  # below MIN_WEIGHTS: left alone
+    assert type(layer) is nn.Linear
+    int8.FakeInt8Linear.forward(layer, x).sum().backward()
+    assert torch.allclose(x.grad, layer.weight.sum(0).expand_as(x), atol=0.05)
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_int8_layers_leave_the_tokens_and_heads_in_float(student, small_layers):
+    names = int8.int8_layer_names(student)
+    assert names and not [n for n in names if n.startswith(int8.KEEP_FLOAT)]
+    assert any(n.startswith("vocoder.") for n in names) and any(n.startswith("ssl_upper.") for n in names)
+    q = int8.quantize_int8(student)
+    assert isinstance(q.quantizer.proj_in, nn.Linear) and int8.is_int8(q)
+    state = copy.deepcopy(student.state_dict())
+    int8.fake_quantize(student)
+    assert all(isinstance(student.get_submodule(n), int8.FakeInt8Linear) for n in names)
+    int8.fake_quantize(student, enabled=False)
+    assert all(type(student.get_submodule(n)) is nn.Linear for n in names)
+    assert all(torch.equal(state[k], v) for k, v in student.state_dict().items())  # nothing moved
+
+
+def test_int8_student_streams_and_scripts(student, small_layers):
+    q = int8.quantize_int8(student)
+    torch.manual_seed(1)
+    wave = torch.randn(48000 // 2) * 0.1
+    reference = torch.randn(8000) * 0.1
+    offline = q.convert(wave, reference, 48000)
+    conv = StreamingConverter(q, reference=reference, sample_rate=48000, chunk_ms=40)
+    out = [conv.push(wave[i:i + 1920]) for i in range(0, wave.numel(), 1920)] + [conv.flush()]
+    streamed = torch.from_numpy(np.concatenate(out))
+    assert streamed.shape == offline.shape
+    # int8 rounds each call's input on its own range, so streaming is close to offline, not bit-equal
+    assert relative(streamed, offline) < 0.1
+    # TorchScript of the int8 core computes what the eager int8 core computes
+    eager, scripted = CoreRunner(ConverterCore(q, 48000), "eager"), CoreRunner(ConverterCore(q, 48000), "torchscript")
+    g = q.global_embedding(reference, 48000)[None]
+    se, ss = eager.init_state(1), scripted.init_state(1)
+    with torch.inference_mode():
+        for i in range(0, wave.numel(), 1920):
+            ye, se = eager.step(wave[None, i:i + 1920], se, g)
+            ys, ss = scripted.step(wave[None, i:i + 1920], ss, g)
+            assert torch.allclose(ye, ys, atol=1e-5)
+
+
+def test_int8_stage_trains_through_the_rounding(tmp_path, small_layers):
+    from distill.pipeline import distill_student
+    from training.runtime import Runtime
+
+    from .test_distill import settings_for
+    from kanade_stream.corpus import build_corpus
+
+    corpus = build_corpus(tmp_path / "corpus", n_speakers=4, utterances_per_speaker=3, held_out_speakers=2)
+    settings = settings_for(corpus, tmp_path / "run", steps=8)
+    outcome = distill_student(settings, ["int8"], Runtime(), progress=False)
+    result = outcome["results"]["int8"]
+    assert result.completed and result.val["loss"] < result.first_val["loss"]
+    assert {"vocoder_mel_l1", "stft", "mel_l1", "latent_mse"} <= set(result.val)
+    exported = load_student(tmp_path / "run" / "int8" / "export")
+    assert exported.config.int8_trained
+    assert all(type(exported.get_submodule(n)) is nn.Linear for n in int8.int8_layer_names(exported))
+    report = outcome["int8_report"]  # the int8 student evaluated in int8
+    assert report is not None and (tmp_path / "run" / "int8" / "eval" / "report.md").is_file()
+    assert 0 <= report["token_agreement"] <= 1
