@@ -24,6 +24,26 @@ def causal_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, 
     return F.conv1d(x, weight, bias, stride, 0, 1, groups)
 
 
+def few_frame_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, groups: int) -> Tensor:
+    """F.conv1d(x, weight, bias, stride, groups=groups) (no padding) written for the few output frames of a
+    streaming step: one matrix product over the unfolded windows (dense), or a multiply-add over them
+    (depthwise). At a handful of frames this is ~3x faster than conv1d on CPU (its direct path does not pay
+    off that short); other groupings fall back to conv1d."""
+    kernel = weight.shape[-1]
+    windows = x.unfold(2, kernel, stride)  # (B, C_in, T_out, kernel)
+    batch, channels, frames = windows.shape[0], windows.shape[1], windows.shape[2]
+    if groups == 1:
+        flat = windows.permute(0, 2, 1, 3).reshape(batch * frames, channels * kernel)
+        y = flat.matmul(weight.reshape(weight.shape[0], channels * kernel).t())
+        if bias is not None:
+            y = y + bias
+        return y.reshape(batch, frames, weight.shape[0]).transpose(1, 2)
+    if groups == channels and weight.shape[0] == channels:
+        y = (windows * weight.reshape(1, channels, 1, kernel)).sum(-1)
+        return y if bias is None else y + bias.reshape(1, channels, 1)
+    return F.conv1d(x, weight, bias, stride, 0, 1, groups)
+
+
 def causal_conv_step(x: Tensor, tail: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int,
                      groups: int) -> Tuple[Tensor, Tensor]:
     """Streaming form of `causal_conv`. `tail` holds the inputs not yet fully consumed: at least
@@ -32,7 +52,10 @@ def causal_conv_step(x: Tensor, tail: Tensor, weight: Tensor, bias: Optional[Ten
     x = torch.cat([tail, x], dim=-1)
     if x.shape[-1] < kernel:
         return x.new_zeros(x.shape[0], weight.shape[0], 0), x
-    y = F.conv1d(x, weight, bias, stride, 0, 1, groups)
+    if x.shape[-1] <= 64 * stride + kernel:  # up to 64 output frames (TorchScript reads no module constants)
+        y = few_frame_conv(x, weight, bias, stride, groups)
+    else:  # a long push (e.g. a whole file at once): conv1d's own path is the faster one
+        y = F.conv1d(x, weight, bias, stride, 0, 1, groups)
     return y, x[..., y.shape[-1] * stride:]
 
 
