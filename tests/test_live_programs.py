@@ -162,3 +162,13 @@ def test_live_vc_errors_are_one_line_and_exit_code_1(clips, tmp_path, capsys, ar
     assert run("vc", argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_live_tokenize_into_a_closed_pipe_stops_quietly(clips):
+    """`live_tokenize.py ... | head` : when the reader goes away the program stops with no traceback."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "demos" / "live_tokenize.py"), "--input",
+                             str(clips / "speech.wav")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # no reader: the first line of tokens meets a broken pipe
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"summary:" in err

@@ -309,9 +309,17 @@ def _stream(mode: str, args, mic) -> dict:
         print(f"note: {note}", file=sys.stderr, flush=True)
     chunk_ms = profile.chunk_ms
 
+    stop = threading.Event()
+
     def print_tokens(tokens) -> None:
-        if not args.quiet:
+        if args.quiet or stop.is_set():
+            return
+        try:
             print(" ".join(str(int(t)) for t in tokens), flush=True)
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as command-line tools do
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush does not fail either
+            stop.set()
 
     def started() -> None:
         output = f" -> {backend.output_name}" if backend.output_name else ""
@@ -322,7 +330,6 @@ def _stream(mode: str, args, mic) -> dict:
         print(f"streaming: {backend.input_name}{output}, {chunk_ms:g} ms chunks{gated}, model {precision} "
               f"{step} step (Ctrl-C stops)", file=sys.stderr, flush=True)
 
-    stop = threading.Event()
     options = SessionOptions(
         duration=args.duration if args.input is None else None,
         stop=stop,
