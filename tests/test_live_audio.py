@@ -77,9 +77,8 @@ def envelope(x: np.ndarray, hop: int = 441) -> np.ndarray:
     return np.log(np.sqrt((x[: frames * hop].reshape(frames, hop) ** 2).mean(axis=1)) + 1e-5)
 
 
-@pytest.mark.parametrize("backend, chunk_ms, precision", [("pulse", 40, "float32"), ("portaudio", 80, "float32"),
-                                                        ("pulse", 40, "int8")])
-def test_live_vc_through_pulseaudio(pulse, tmp_path, backend, chunk_ms, precision):
+@pytest.mark.parametrize("backend, chunk_ms", [("pulse", 40), ("portaudio", 80)])
+def test_live_vc_through_pulseaudio(pulse, tmp_path, backend, chunk_ms):
     """Mouth-to-ear on one recording clock is within the bound the program reports (engine delay +
     device input + device output). No timed assertion beyond that: the figures are printed."""
     voice_a, voice_b = make_voices(2, seed=3)
@@ -94,7 +93,7 @@ def test_live_vc_through_pulseaudio(pulse, tmp_path, backend, chunk_ms, precisio
         [sys.executable, str(REPO / "demos" / "live_vc.py"), "--ref", str(tmp_path / "ref.wav"),
          "--input-device", "pulse", "--output-device", "pulse", "--duration", f"{seconds:.1f}",
          "--summary-json", str(tmp_path / "summary.json"), "--quiet", "--backend", backend,
-         "--chunk-ms", str(chunk_ms), "--precision", precision],
+         "--chunk-ms", str(chunk_ms)],
         env=app_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     recorder = subprocess.Popen(
         ["parecord", "--device=mix.monitor", "--channels=2", f"--rate={RATE}", "--format=float32le",
@@ -132,7 +131,7 @@ def test_live_vc_through_pulseaudio(pulse, tmp_path, backend, chunk_ms, precisio
         scores.append(float(np.dot(a[: len(b)], b) / (np.linalg.norm(a[: len(b)]) * np.linalg.norm(b) + 1e-9)))
     measured_ms = 10.0 * int(np.argmax(scores))
     assert max(scores) > 0.3, f"output loudness does not follow the input (best correlation {max(scores):.2f}): {summary}"
-    print(f"{backend}, {chunk_ms} ms chunks, {precision}: measured mouth-to-ear {measured_ms:.0f} ms, reported bound "
+    print(f"{backend}, {chunk_ms} ms chunks: measured mouth-to-ear {measured_ms:.0f} ms, reported bound "
           f"{summary['latency_bound_ms']} ms ({summary_line(err)}), summary {summary}")
     # one envelope frame of measurement resolution
     assert measured_ms <= summary["latency_bound_ms"] + 10.0
