@@ -66,7 +66,7 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
                         help="model chunk: 40, 80 or 160 ms (default 40, or 80 when the warm-up shows this machine "
                              "cannot compute 40 ms chunks in real time)")
     parser.add_argument("--precision", choices=("auto", "float32", "int8"), default="auto",
-                        help="int8: the large layers in int8 (about 2x less compute at 40 ms chunks; meant for a "
+                        help="int8: the large layers in int8 (about 2x less compute for a default-size student at 40 ms; meant for a "
                              "student fine-tuned for it by distill/run.py --stage int8); default auto: int8 when "
                              "the student was trained for it, else float32")
     parser.add_argument("--step", choices=("auto", "eager", "torchscript"), default="auto",
@@ -126,7 +126,7 @@ def _load_student(path: str | None):
         raise LiveError(f"cannot load the student model from {folder}: {err}") from err
 
 
-def model_path(args, student) -> tuple[object, str, str]:
+def runtime_model(args, student) -> tuple[object, str, str]:
     """(the student to run, its precision, the step backend) from --precision and --step."""
     precision = args.precision
     if precision == "auto":
@@ -301,7 +301,7 @@ def _run_session(mode: str, args) -> dict:
 
 
 def _stream(mode: str, args, mic) -> dict:
-    student, precision, step = model_path(args, _load_student(args.model))
+    student, precision, step = runtime_model(args, _load_student(args.model))
     backend = _backend(mode, args, student, feed_sink=mic.sink if mic is not None else None)
     processor, profile, notes = _processor(mode, args, student, backend.input_rate,
                                            realtime=not args.no_realtime and args.input is None, step=step)
