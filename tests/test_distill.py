@@ -127,7 +127,8 @@ def test_real_scale_recipes_run_every_stage(recipe, corpus, tmp_path):
     with pytest.raises(DataError, match="has no data: give --data"):
         run(settings, ["ssl"], Runtime(), progress=False)  # no silent fall-back on the embedded corpus
     teacher = REFERENCE if recipe == "kanade_25hz" else tiny_official_12hz_teacher(tmp_path / "teacher")
-    settings.out, settings.teacher, settings.teacher_vocoder, settings.eval_clips = str(tmp_path / "run"), str(teacher), None, 2
+    settings.out, settings.teacher, settings.teacher_vocoder = str(tmp_path / "run"), str(teacher), None
+    settings.eval_clips = 2
     settings.student = {**settings.student, "preset": "tiny"}
     settings.data = dataclasses.replace(settings.data, path=str(corpus.out_dir), chunk_seconds=0.96, batch_size=2,
                                         num_workers=0, val_clips=2, val_batch_size=2)

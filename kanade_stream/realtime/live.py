@@ -66,9 +66,9 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
                         help="model chunk: 40, 80 or 160 ms (default 40, or 80 when the warm-up shows this machine "
                              "cannot compute 40 ms chunks in real time)")
     parser.add_argument("--precision", choices=("auto", "float32", "int8"), default="auto",
-                        help="int8: the large layers in int8 (about 2x less compute for a default-size student at 40 ms; meant for a "
-                             "student fine-tuned for it by distill/run.py --stage int8); default auto: int8 when "
-                             "the student was trained for it, else float32")
+                        help="int8: the large layers in int8 (about 2x less compute for a default-size student "
+                             "at 40 ms; meant for a student fine-tuned for it by distill/run.py --stage int8); "
+                             "default auto: int8 when the student was trained for it, else float32")
     parser.add_argument("--step", choices=("auto", "eager", "torchscript"), default="auto",
                         help="how the model step runs (default auto: TorchScript for int8, where it pays, else "
                              "eager)")
