@@ -13,7 +13,7 @@ from training.pipeline import train_teacher
 from training.runtime import Runtime
 from training.settings import PHASES, SettingsError, load_settings as load_training_settings
 
-from .settings import STAGES, DistillSettings
+from .settings import ALL_STAGES, DistillSettings
 
 log = logging.getLogger("training")
 
@@ -83,7 +83,7 @@ def student_config(settings: DistillSettings, teacher: KanadeTeacher) -> Student
     if config.sample_rate != teacher.sample_rate or config.hop_length != teacher.config.hop_length:
         raise SettingsError("the student must use the teacher's sample rate and mel hop")
     token_seconds = 1 / teacher.config.token_rate
-    for stage in STAGES:  # whole teacher tokens per chunk, so teacher and student frames line up one to one
+    for stage in ALL_STAGES:  # whole teacher tokens per chunk, so teacher and student frames line up one to one
         tokens = settings.chunk_seconds(stage) / token_seconds
         if abs(tokens - round(tokens)) > 1e-6:
             raise SettingsError(f"{stage}: chunk_seconds must be a multiple of this teacher's token length "

@@ -46,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default: from the config)")
     p.add_argument("--stage", default="all", choices=ALL_STAGES + ("all",),
                    help="run one stage, or all (default: ssl to joint, the float student); int8 then fine-tunes "
-                        "that student through int8 rounding into <out>/int8/export (run it in int8: --int8 in "
-                        "the live programs)")
+                        "that student through int8 rounding into <out>/int8/export (run it in int8: --precision "
+                        "int8 in the live programs)")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every selected stage")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--resume", action="store_true",
