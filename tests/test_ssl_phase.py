@@ -169,3 +169,21 @@ def test_speaker_adversary_pushes_the_model_away_from_the_voice(voice_corpus, tm
     settings.ssl.losses.adversary_layers = (10,)
     with pytest.raises(ValueError, match="adversary_layers in 1..9"):
         make_ssl_task(settings, Runtime())
+
+
+def test_loader_workers_make_the_same_batches_and_resume(voice_corpus, tmp_path):
+    settings = tiny_ssl_settings(tmp_path, voice_corpus)
+    settings.ssl.batch_size = 2  # 8 training clips: 4 batches an epoch, so the walk crosses an epoch
+    _, plain, _ = make_ssl_task(settings, Runtime())
+    settings.ssl.num_workers = 2
+    _, workers, _ = make_ssl_task(settings, Runtime())
+    expected = [next(plain)[0] for _ in range(6)]
+    for k, (batch, _) in zip(range(3), workers):
+        assert torch.equal(batch.wave, expected[k].wave) and torch.equal(batch.labels, expected[k].labels)
+    state = workers.state_dict()
+    assert state == {"epoch": 0, "batch_in_epoch": 3}
+    _, resumed, _ = make_ssl_task(settings, Runtime())
+    resumed.load_state_dict(state)
+    for k in range(3, 6):
+        batch, _ = next(resumed)
+        assert torch.equal(batch.wave, expected[k].wave) and torch.equal(batch.speakers, expected[k].speakers)

@@ -348,7 +348,7 @@ class ShardedSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
-def _ignore_sigint(_worker_id: int) -> None:
+def ignore_sigint(_worker_id: int) -> None:
     # Ctrl-C goes to the whole process group; the main process handles it and saves a checkpoint, so the
     # loader workers must not die of it first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -368,7 +368,7 @@ class BatchStream:
                 f"size per process {batch_size} (world size {world_size}): use more data or a smaller --batch-size")
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
                                  collate_fn=collate, drop_last=True, pin_memory=pin_memory,
-                                 worker_init_fn=_ignore_sigint if num_workers else None)
+                                 worker_init_fn=ignore_sigint if num_workers else None)
         self.epoch, self.batch_in_epoch = 0, 0
         self._iterator = None
 

@@ -100,6 +100,8 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
             ps.chunk_seconds = None
         if args.lr is not None:
             ps.optim.lr = args.lr
+        if phase == "ssl" and args.num_workers is not None:
+            ps.num_workers = args.num_workers
     check_settings(settings)
     return settings
 

@@ -169,6 +169,7 @@ class SSLSettings(PhaseSettings):
     corpus: Literal["tiny", "small", "full", "prebuilt"] = "tiny"
     corpus_dir: str | None = None  # default: <cache>/ssl-corpus-<corpus>
     corpus_jobs: int = 1  # synthesis processes
+    num_workers: int = 0  # loader processes making batches ahead (GPU runs); --num-workers sets it too
     val_clips: int = 16  # from the corpus's held-out voices
     mask_prob: float = 0.08  # a frame starts a masked span with this probability
     mask_length: int = 10
