@@ -171,7 +171,7 @@ class DistillTask(Task):
             fake_quantize(self.student)
             self.student.config.int8_trained = True
         self.models = {"student": self.student}
-        self.model = DistillModel(stage, self.student, targets, settings.losses)
+        self.model = DistillModel(stage, self.student, targets, settings.losses).to(runtime.device)  # its mel too
         self.ddp = runtime.wrap(self.model)
         self.trainable = [student.get_submodule(name) for name in STAGE_PARTS[stage]]
         self.student.requires_grad_(False)
