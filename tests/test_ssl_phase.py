@@ -187,3 +187,20 @@ def test_loader_workers_make_the_same_batches_and_resume(voice_corpus, tmp_path)
     for k in range(3, 6):
         batch, _ = next(resumed)
         assert torch.equal(batch.wave, expected[k].wave) and torch.equal(batch.speakers, expected[k].speakers)
+
+
+def test_ssl_phase_continues_from_an_export(voice_corpus, tmp_path):
+    from transformers import WavLMModel
+
+    from training.ssl_phase import load_ssl_init
+
+    first = train_ssl(tiny_ssl_settings(tmp_path / "a", voice_corpus, steps=2), Runtime(), progress=False)
+    settings = tiny_ssl_settings(tmp_path / "b", voice_corpus, steps=1)
+    task, _, _ = make_ssl_task(settings, Runtime())
+    load_ssl_init(task, first.export)
+    saved, ours = WavLMModel.from_pretrained(str(first.export)).state_dict(), task.model.state_dict()
+    assert saved.keys() == ours.keys() and all(torch.equal(v, ours[k]) for k, v in saved.items())
+    settings.ssl.model.num_layers += 1
+    other, _, _ = make_ssl_task(settings, Runtime())
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        load_ssl_init(other, first.export)

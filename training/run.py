@@ -56,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="WavLM: hub id (microsoft/wavlm-base-plus), local transformers folder, or 'embedded' (tiny)")
     p.add_argument("--init", default=None,
                    help="starting weights of the first phase run: a Kanade release (folder or hub id) for phases "
-                        "1/2; a Vocos (charactr/vocos-mel-24khz or a folder) for --phase vocoder")
+                        "1/2; a Vocos (charactr/vocos-mel-24khz or a folder) for --phase vocoder; a --phase ssl "
+                        "export (transformers WavLM folder, e.g. kanade_stream/assets/teacher-tiny/wavlm) for ssl")
     p.add_argument("--vocoder-init", default=None, help="a Vocos to fine-tune when --phase all reaches the vocoder")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue where the run in --out stopped: from each unfinished phase's last.pt, else its "
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
             from training.ssl_phase import ssl_summary, train_ssl
 
             result = train_ssl(settings, runtime, resume=args.resume, overwrite=args.overwrite,
-                               stop_after=args.stop_after, progress=not args.no_progress)
+                               stop_after=args.stop_after, progress=not args.no_progress, init=args.init)
             print(ssl_summary(result, Path(settings.out), time.time() - start))
             return 0 if result is None or result.completed or args.stop_after else 1
         results = train_teacher(settings, phases, runtime, resume=args.resume, init=args.init,

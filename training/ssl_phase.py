@@ -430,13 +430,38 @@ def make_ssl_task(run, runtime: Runtime):
     return SSLTask(runtime, settings, seed, num_speakers=len(speakers)), stream, val_batches
 
 
+def load_ssl_init(task: SSLTask, folder: Path) -> None:
+    """Starting weights from an export (config must match the recipe's model; the phone head too when the
+    folder has one, else it starts fresh)."""
+    from safetensors.torch import load_file
+    from transformers import WavLMModel
+
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"--init {folder}: not a transformers WavLM folder (no config.json)")
+    source = WavLMModel.from_pretrained(str(folder))
+    ours, theirs = task.model.config, source.config
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim"):
+        mine, given = getattr(ours, key), getattr(theirs, key)
+        if (list(mine) if isinstance(mine, (list, tuple)) else mine) != \
+                (list(given) if isinstance(given, (list, tuple)) else given):
+            raise ValueError(f"--init {folder}: {key} is {given}, the recipe's ssl.model has {mine}; pass the "
+                             "--config the folder was trained with")
+    task.model.load_state_dict(source.state_dict())
+    head = folder / "phone_head.safetensors"
+    if head.is_file():
+        task.head.load_state_dict(load_file(str(head)))
+    log.info("ssl: starting from %s%s", folder, "" if head.is_file() else " (no phone head there: a fresh head)")
+
+
 def num_frames_to_samples(frames: int) -> int:
     return (frames - 1) * HOP + 400
 
 
 def train_ssl(settings, runtime: Runtime, resume: str | None = None, overwrite: bool = False,
-              stop_after: int | None = None, progress: bool = True):
-    """Pretrain the SSL model of recipe `settings` (RunSettings) into <out>/ssl. Returns the FitResult."""
+              stop_after: int | None = None, progress: bool = True, init: str | Path | None = None):
+    """Pretrain the SSL model of recipe `settings` (RunSettings) into <out>/ssl. Returns the FitResult.
+    `init`: an export of this phase to continue from (weights only: a new optimizer and schedule), e.g. to
+    train the shipped model further where a GPU is lent for minutes at a time."""
     from .checkpoint import prepare_folder, seed_everything
     from .logs import setup_logging
     from .trainer import Trainer
@@ -452,6 +477,8 @@ def train_ssl(settings, runtime: Runtime, resume: str | None = None, overwrite: 
     (out / "settings.json").write_text(json.dumps(settings.to_dict(), indent=1, default=str))
     resume_from = prepare_folder(folder, resume, overwrite, runtime)
     task, stream, val_batches = make_ssl_task(settings, runtime)
+    if init is not None and resume_from is None:
+        load_ssl_init(task, Path(init))
     n_params = sum(p.numel() for p in task.model.parameters())
     log.info("ssl model: WavLM %d layers x %d, %.2f M parameters", settings.ssl.model.num_layers,
              settings.ssl.model.hidden_size, n_params / 1e6)
