@@ -1,5 +1,6 @@
-"""Probes of an SSL model trained by `training/run.py --phase ssl`, against the log-mel and the random tiny
-WavLM that the embedded teacher uses.
+"""Probes of an SSL model trained by `training/run.py --phase ssl`, against the log-mel and a random-weight
+WavLM of the same architecture as the embedded one (seeded; what the embedded teacher read before its
+WavLM was pretrained).
 
     python benchmarks/ssl_probes.py --ssl-model runs/ssl-full/ssl/export --corpus ~/.cache/kanade_stream/ssl-corpus-full
 
@@ -72,8 +73,11 @@ class Features:
             self._add("ssl", ext, layers)
         embedded = ROOT / "kanade_stream" / "assets" / "teacher-tiny" / "wavlm"
         if embedded.is_dir():
-            ext = SSLFeatureExtractor.from_pretrained(embedded, num_layers=max(random_layers))
-            self._add("random-wavlm", ext, random_layers)
+            from transformers import WavLMConfig, WavLMModel
+
+            torch.manual_seed(0)
+            random_model = WavLMModel(WavLMConfig.from_pretrained(str(embedded)))
+            self._add("random-wavlm", SSLFeatureExtractor(random_model, max(random_layers)), random_layers)
 
     def _add(self, name, ext, layers):
         cache = {}
