@@ -146,11 +146,15 @@ class SSLModelSettings:
 class SSLLosses:
     masked_weight: float = 1.0  # cross-entropy of the phone of masked frames
     unmasked_weight: float = 0.2  # ... and of the other frames
-    # speaker-adversarial: a frame-level speaker classifier on the content layers, its gradient reversed
-    # into the model (ContentVec's idea, by gradient reversal) so those layers lose the voice; 0 = off
+    # speaker-adversarial: a frame-level speaker classifier on the content layers; the model is pushed to make
+    # its output uniform over the voices (confusion loss, this weight) so those layers lose the voice; 0 = off
     speaker_adversarial_weight: float = 0.0
     adversary_layers: tuple[int, ...] = (6, 9)  # hidden states it reads (their mean)
-    adversary_warmup: float = 0.1  # fraction of the steps over which the reversed gradient ramps up from 0
+    adversary_warmup: float = 0.1  # fraction of the steps over which the confusion weight ramps up from 0
+    # the adversary has its own optimizer (no warm-up) and learns on the batch's detached features this many
+    # times a step: sharing the model's optimizer, a 110-way frame classifier never left chance
+    adversary_lr: float = 3.0e-3
+    adversary_steps: int = 2
 
 
 @dataclass

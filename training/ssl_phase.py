@@ -8,9 +8,12 @@ head on the last transformer layer predicts the phone of every frame,
 
 (frames whose phone no map knows, and padding, are ignored). The many voices saying the same phones make
 the features speaker-independent; the masking makes the model use context, as HuBERT does. Optionally
-(`speaker_adversarial_weight` > 0) a frame-level speaker classifier reads the content layers through a
-gradient reversal: it learns to name the training voice, and the model learns to make that impossible,
-so the layers Kanade's content branch reads lose the voice (the global branch reads lower layers).
+(`speaker_adversarial_weight` > 0) a frame-level speaker classifier (the adversary) reads the content
+layers: it learns to name the training voice with its own optimizer on detached features, and the model
+learns to make its answer uniform over the voices (a confusion loss: the cross-entropy of its output
+against the uniform distribution, bounded below by ln(voices)), so the layers Kanade's content branch reads
+lose the voice (the global branch reads lower layers). Gradient reversal, tried first, let the model win
+by making the adversary confidently wrong, which still names the voice.
 
     python training/run.py --phase ssl                         # tiny model on the tiny corpus, CPU, minutes
     python training/run.py --phase ssl --config ssl_full --resume   # the full recipe (runs/ssl-full)
@@ -23,6 +26,7 @@ head beside it (phone_head.safetensors, phones.json; not read by those loaders).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -242,19 +246,6 @@ def mask_spans(batch: int, frames: int, prob: float, length: int, generator: tor
     return mask[:, :frames]
 
 
-class ReverseGradient(torch.autograd.Function):
-    """Identity forward; the gradient times -scale backward (gradient reversal, Ganin & Lempitsky)."""
-
-    @staticmethod
-    def forward(ctx, x, scale: float):
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -ctx.scale * grad, None
-
-
 class SpeakerAdversary(nn.Module):
     """Names the training voice of every frame from the mean of some hidden states."""
 
@@ -263,9 +254,11 @@ class SpeakerAdversary(nn.Module):
         self.layers = list(layers)
         self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, num_speakers))
 
-    def forward(self, hidden_states: tuple[torch.Tensor, ...], reverse_scale: float) -> torch.Tensor:
-        h = torch.stack([hidden_states[i] for i in self.layers]).mean(0)
-        return self.net(ReverseGradient.apply(h, reverse_scale)).float()
+    def features(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.stack([hidden_states[i] for i in self.layers]).mean(0)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).float()
 
 
 class SSLTask(Task):
@@ -288,18 +281,39 @@ class SSLTask(Task):
             self.adversary = parts["adversary"] = SpeakerAdversary(self.config.hidden_size, num_speakers, layers)
         self.net = nn.ModuleDict(parts).to(runtime.device)
         self.models = {"ssl": self.net}
-        self.add_optimizer("ssl", self.net.parameters())
+        self.add_optimizer("ssl", [*self.model.parameters(), *self.head.parameters()])
+        if self.adversary is not None:
+            optim = dataclasses.replace(settings.optim, lr=settings.losses.adversary_lr, warmup=0.0)
+            self.add_optimizer("adversary", self.adversary.parameters(), optim)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def forward(self, batch: LabelledBatch, mask: torch.Tensor | None, reverse_scale: float | None = None):
-        """Phone logits and labels (B, frames); with `reverse_scale`, also the adversary's speaker logits."""
-        out = self.model(batch.wave, mask_time_indices=mask, output_hidden_states=reverse_scale is not None)
+    def forward(self, batch: LabelledBatch, mask: torch.Tensor | None, with_speaker: bool = False):
+        """Phone logits and labels (B, frames); `with_speaker`: also the adversary's speaker logits and its
+        input features (B, frames, dim)."""
+        out = self.model(batch.wave, mask_time_indices=mask, output_hidden_states=with_speaker)
         logits = self.head(out.last_hidden_state).float()
         frames = min(logits.shape[1], batch.labels.shape[1])
-        if reverse_scale is None:
+        if not with_speaker:
             return logits[:, :frames], batch.labels[:, :frames]
-        speaker_logits = self.adversary(out.hidden_states, reverse_scale)[:, :frames]
-        return logits[:, :frames], batch.labels[:, :frames], speaker_logits
+        features = self.adversary.features(out.hidden_states)[:, :frames]
+        return logits[:, :frames], batch.labels[:, :frames], self.adversary.classify(features), features
+
+    def adversary_step(self, features: torch.Tensor, labels: torch.Tensor, speakers: torch.Tensor) -> float:
+        """One step of the adversary alone on detached features; its speaker cross-entropy before the step."""
+        with self.runtime.autocast():
+            speaker_logits = self.adversary.classify(features.detach())
+        ce, _ = self.speaker_loss(speaker_logits, labels, speakers)
+        self.optimize("adversary", ce)
+        return ce.item()
+
+    @staticmethod
+    def confusion_loss(speaker_logits, labels, speakers) -> torch.Tensor:
+        """Cross-entropy of the adversary's output against the uniform distribution over the voices, on real
+        frames of training voices: ln(voices) exactly when the adversary cannot tell them apart."""
+        valid = (labels != UNKNOWN) & (speakers[:, None] >= 0)
+        if not valid.any():
+            return speaker_logits.sum() * 0
+        return -F.log_softmax(speaker_logits[valid], dim=-1).mean(-1).mean()
 
     def speaker_loss(self, speaker_logits, labels, speakers) -> tuple[torch.Tensor, float]:
         """Frame-level speaker cross-entropy over real frames of training voices, and its accuracy."""
@@ -332,17 +346,22 @@ class SSLTask(Task):
             if self.adversary is None:
                 logits, labels = self.forward(batch, mask)
             else:
-                losses = s.losses
-                ramp = min(1.0, step / max(1.0, losses.adversary_warmup * s.steps))
-                logits, labels, speaker_logits = self.forward(batch, mask, losses.speaker_adversarial_weight * ramp)
+                logits, labels, speaker_logits, features = self.forward(batch, mask, with_speaker=True)
         mask = mask[:, :labels.shape[1]]
         ce_m, ce_u, loss = self.losses(logits, labels, mask)
         if self.adversary is not None:
-            # the adversary learns at full weight; the model gets its gradient reversed and scaled
-            ce_spk, acc_spk = self.speaker_loss(speaker_logits, labels, batch.speakers)
-            loss = loss + ce_spk
-            extra = {"ce_speaker": ce_spk.item(), "acc_speaker": acc_spk}
+            # the model is pushed towards an adversary that cannot tell the voices apart (the gradient this
+            # puts on the adversary's own weights is dropped: it learns below, on the detached features)
+            losses = s.losses
+            ramp = min(1.0, step / max(1.0, losses.adversary_warmup * s.steps))
+            confusion = self.confusion_loss(speaker_logits, labels, batch.speakers)
+            loss = loss + losses.speaker_adversarial_weight * ramp * confusion
+            ce_spk, acc_spk = self.speaker_loss(speaker_logits.detach(), labels, batch.speakers)
+            extra = {"ce_speaker": ce_spk.item(), "acc_speaker": acc_spk, "confusion": confusion.item()}
         grad_norm = self.optimize("ssl", loss)
+        if self.adversary is not None:
+            for _ in range(self.settings.losses.adversary_steps):
+                self.adversary_step(features, labels, batch.speakers)
         valid = mask & (labels != UNKNOWN)
         acc = float((logits.argmax(-1) == labels)[valid].float().mean()) if valid.any() else 0.0
         return {"loss": loss.item(), "ce_masked": ce_m.item(), "ce_unmasked": ce_u.item(), "acc_masked": acc,

@@ -86,8 +86,9 @@ class Task:
     def device(self) -> torch.device:
         return self.runtime.device
 
-    def add_optimizer(self, name: str, parameters) -> None:
-        self.optimizers[name], self.schedulers[name] = make_optimizer(parameters, self.settings.optim,
+    def add_optimizer(self, name: str, parameters, optim: OptimSettings | None = None) -> None:
+        """An AdamW with the phase's LR schedule (`optim`: other settings than the phase's)."""
+        self.optimizers[name], self.schedulers[name] = make_optimizer(parameters, optim or self.settings.optim,
                                                                       self.settings.steps)
 
     def optimize(self, name: str, loss: torch.Tensor) -> float:
