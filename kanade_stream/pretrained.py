@@ -12,7 +12,7 @@ EMBEDDED_VOCODER = ASSETS / "vocoder-tiny"
 
 
 def default_teacher() -> Path:
-    """The embedded demo teacher: official Kanade format, tiny, with its own tiny WavLM."""
+    """The embedded demo teacher: official Kanade format, small, with its own small WavLM."""
     return EMBEDDED_TEACHER
 
 

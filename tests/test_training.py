@@ -185,7 +185,7 @@ def test_phase1_learns_and_exports_the_same_tokens(tmp_path, corpus):
     assert torch.allclose(ours.global_embedding, theirs.global_embedding)
     assert torch.allclose(trained.decode(ours.global_embedding, ours.content_token_indices),
                           loaded.decode(theirs.global_embedding, theirs.content_token_indices))
-    # the self-contained copy of the tiny WavLM loads too
+    # the self-contained copy of the embedded WavLM loads too
     KanadeTeacher.from_pretrained(export, ssl_model=export / "wavlm")
 
     # phase 2 (GAN, encoder frozen) and the vocoder continue from there

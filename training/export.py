@@ -21,7 +21,7 @@ from kanade_stream.teacher import KanadeTeacher
 from .checkpoint import link_or_copy
 
 SSL_MODEL_FILE = "ssl_model.txt"
-COPY_SSL_LIMIT = 64 * 2**20  # local SSL folders up to this size are copied into exports (the tiny WavLM)
+COPY_SSL_LIMIT = 64 * 2**20  # local SSL folders up to this size are copied into exports (the embedded WavLM)
 VOCOS_WEIGHTS = "pytorch_model.bin"
 VOCOS_CONFIG = "config.yaml"
 

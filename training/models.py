@@ -17,12 +17,13 @@ log = logging.getLogger("training")
 
 
 def embedded_ssl_model() -> Path:
-    """The tiny random-weight WavLM that the embedded teacher uses (pretrained WavLM is not shipped)."""
+    """The small WavLM that the embedded teacher uses (pretrained here on synthetic voices; WavLM Base+ is not
+    shipped)."""
     from kanade_stream.pretrained import EMBEDDED_TEACHER
 
     candidate = EMBEDDED_TEACHER / "wavlm"
     if not (candidate / "config.json").is_file():
-        raise SettingsError(f"the embedded tiny WavLM is missing ({candidate}): reinstall kanade-stream")
+        raise SettingsError(f"the embedded WavLM is missing ({candidate}): reinstall kanade-stream")
     return candidate
 
 
