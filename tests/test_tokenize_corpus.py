@@ -16,7 +16,6 @@ import torch
 from kanade_stream import KanadeTeacher
 from kanade_stream.cli import main
 from kanade_stream.jobs import CorpusTokenizer, find_audio
-from kanade_stream.pretrained import default_teacher
 from kanade_stream.windowed import AudioFile, encode_windowed
 
 from .conftest import REFERENCE
