@@ -1,11 +1,16 @@
 """Per-chunk compute time and real-time factor of the default streaming student (random weights) on this
-CPU, eager vs torch.compile vs TorchScript, for the encoder alone and the full converter, against a naive
+CPU, eager vs torch.compile vs TorchScript vs torch.export + AOTInductor ("aot"), for the encoder alone and the full converter, against a naive
 baseline measured in the same run: the full-size bidirectional teacher (reference 25 Hz config + a
 full-size WavLM Base+, random weights) re-run on a 2 s sliding window every 80 ms.
 
     .venv/bin/python benchmarks/streaming_table.py                 # all threads (2 on the target machine)
     .venv/bin/python benchmarks/streaming_table.py --threads 1 --modes eager torchscript
     .venv/bin/python benchmarks/streaming_table.py --threads 1 --modes torchscript torchscript-int8 --chunk-ms 40
+    .venv/bin/python benchmarks/streaming_table.py --threads 1 --modes eager torchscript aot --chunk-ms 40 80
+
+"aot" compiles one package per push size the first time (about a minute a graph here, cached in
+~/.cache/kanade_stream/aot); its set-up line then gives the compile time, later runs the load time. The
+"ran" column says what ran: a compile that failed falls back to eager, and says so.
 
 A mode ending in -int8 runs the same student with int8 weights in its large Linear layers
 (kanade_stream.streaming.int8.quantize_int8). Its quality is not measured here (random weights): see the
@@ -34,12 +39,13 @@ REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "data" / "off
 INPUT_RATE = 48000
 
 
-def make_runner(student, pipeline: str, mode: str):
-    """(runner, fresh state, condition): the condition is a target voice for the converter, None for the encoder."""
+def make_runner(student, pipeline: str, mode: str, chunk_samples: int):
+    """(runner, fresh state, condition): the condition is a target voice for the converter, None for the encoder.
+    An "aot" runner is compiled for pushes of `chunk_samples` (the others take any push)."""
     if mode.endswith("-int8"):
         student, mode = quantize_int8(student), mode[:-len("-int8")]
     core = EncoderCore(student, INPUT_RATE, with_global=True) if pipeline == "encoder" else ConverterCore(student, INPUT_RATE)
-    runner = CoreRunner(core, mode)
+    runner = CoreRunner(core, mode, push_size=chunk_samples)
     condition = None if pipeline == "encoder" else torch.randn(1, student.config.global_dim)
     return runner, runner.init_state(1), condition
 
@@ -97,35 +103,44 @@ def main(argv=None) -> None:
     parser.add_argument("--modes", nargs="+", default=["eager", "compile", "torchscript"])
     parser.add_argument("--pipelines", nargs="+", default=["encoder", "converter"])
     parser.add_argument("--baseline-runs", type=int, default=5)
+    parser.add_argument("--model", default=None, help="a student folder to time instead of the default-size "
+                        "student with random weights (e.g. kanade_stream/assets/student-tiny)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
     torch.manual_seed(0)
-    student = KanadeStudent(StudentConfig.default()).eval()
-    print(f"# default student: {student.num_parameters() / 1e6:.1f} M parameters; torch {torch.__version__}, "
+    if args.model:
+        student, which = KanadeStudent.from_pretrained(args.model).eval(), args.model
+    else:
+        student, which = KanadeStudent(StudentConfig.default()).eval(), "default student (random weights)"
+    print(f"# {which}: {student.num_parameters() / 1e6:.1f} M parameters; torch {torch.__version__}, "
           f"{args.threads} thread(s); input {INPUT_RATE} Hz -> 24 kHz")
     header = f"{'pipeline':<10} {'mode':<17} {'chunk':>6} {'median ms':>10} {'p99 ms':>8} {'RTF':>6} {'latency ms':>11}"
     print(header)
     print("-" * len(header))
     for pipeline in args.pipelines:
         for mode in args.modes:
-            runner = None
+            runner, setups = None, []
             for chunk_ms in args.chunk_ms:
                 chunk_samples = chunk_ms * INPUT_RATE // 1000
-                if runner is None:  # one runner per mode: compile once, reuse for every chunk size
+                if runner is None or runner.aot is not None:  # compile once per mode (aot: per push size)
                     start = time.perf_counter()
-                    runner, state, condition = make_runner(student, pipeline, mode)
+                    runner, state, condition = make_runner(student, pipeline, mode, chunk_samples)
                     time_chunks(runner, state, condition, chunk_samples, 2, warmup=1)
-                    setup = time.perf_counter() - start
+                    setups.append(time.perf_counter() - start)
                 state = runner.init_state(1)
                 stats = summarise(time_chunks(runner, state, condition, chunk_samples, args.chunks), chunk_ms / 1000)
+                ran = runner.label
+                if runner.aot is not None:
+                    ran += f", {runner.aot.counts['compiled']} compiled / {runner.aot.counts['eager']} eager pushes"
                 api = (StreamingEncoder(student, sample_rate=INPUT_RATE, chunk_ms=chunk_ms) if pipeline == "encoder"
                        else StreamingConverter(student, global_embedding=torch.zeros(student.config.global_dim),
                                                sample_rate=INPUT_RATE, chunk_ms=chunk_ms))
                 print(f"{pipeline:<10} {mode:<17} {chunk_ms:>6} {stats['median_ms']:>10.2f} {stats['p99_ms']:>8.2f} "
-                      f"{stats['rtf']:>6.3f} {api.latency_ms:>11.1f}", flush=True)
-            print(f"#   ({mode} set-up incl. compilation / scripting: {setup:.1f} s)")
+                      f"{stats['rtf']:>6.3f} {api.latency_ms:>11.1f}   ran: {ran}", flush=True)
+            print(f"#   ({mode} set-up incl. compilation / scripting / loading the cached package: "
+                  + ", ".join(f"{t:.1f} s" for t in setups) + ")")
     if args.baseline_runs:
         teacher = build_teacher()
         params = sum(p.numel() for p in teacher.parameters()) / 1e6

@@ -51,15 +51,16 @@ def _bench_step(benchmark, runner, state, condition, chunk_samples):
 @pytest.mark.parametrize("pipeline", ["encoder", "converter"])
 @pytest.mark.parametrize("mode", ["eager", "torchscript"])
 def test_student_step(benchmark, student, pipeline, mode, chunk_ms):
-    runner, state, condition = make_runner(student, pipeline, mode)
+    runner, state, condition = make_runner(student, pipeline, mode, chunk_ms * INPUT_RATE // 1000)
     benchmark.group = f"{pipeline} {chunk_ms} ms"
     benchmark.extra_info["chunk_ms"] = chunk_ms
     _bench_step(benchmark, runner, state, condition, chunk_ms * INPUT_RATE // 1000)
 
 
-@pytest.mark.parametrize("chunk_ms", [80])
-def test_student_converter_compiled(benchmark, student, chunk_ms):
-    runner, state, condition = make_runner(student, "converter", "compile")
+@pytest.mark.parametrize("chunk_ms", [40, 80])
+@pytest.mark.parametrize("mode", ["compile", "aot"])
+def test_student_converter_compiled(benchmark, student, mode, chunk_ms):
+    runner, state, condition = make_runner(student, "converter", mode, chunk_ms * INPUT_RATE // 1000)
     benchmark.group = f"converter {chunk_ms} ms"
     _bench_step(benchmark, runner, state, condition, chunk_ms * INPUT_RATE // 1000)
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from kanade_stream.streaming import StreamingConverter, StreamingEncoder
-from kanade_stream.streaming.export import compile_step, export_student, load_metadata, script_core
+from kanade_stream.streaming.api import CoreRunner
+from kanade_stream.streaming.compiled import CompiledStep
+from kanade_stream.streaming.export import export_student, load_metadata, script_core
 from kanade_stream.streaming.pipeline import ConverterCore, DecoderCore, EncoderCore
 from kanade_stream.streaming.testing import assert_close, cuttings
 
@@ -110,42 +112,81 @@ def _compile_available() -> bool:
     return sys.version_info < (3, 14) or hasattr(torch, "compile")
 
 
-@pytest.mark.skipif(not _compile_available(), reason="torch.compile is not available on this platform")
-def test_torch_compile_step(student):
-    # Light: dynamo captures the whole encoder step with backend "eager" (no code generation, seconds)
-    core = EncoderCore(student, 16000)
-    wave = torch.randn(6400) * 0.1
-    expected, _, _ = core(wave[None])
-    with torch.inference_mode(), warnings.catch_warnings():
+needs_compile = pytest.mark.skipif(not _compile_available(), reason="torch.compile is not available here")
+
+
+def _push_all(runner, wave, chunk, condition=None):
+    """Push `wave` in pieces of `chunk` samples (a shorter last piece runs eagerly); concatenated outputs."""
+    state, outs = runner.init_state(1), []
+    with torch.inference_mode():
+        for start in range(0, wave.numel(), chunk):
+            out, state = runner.step(wave[start:start + chunk][None], state, condition)
+            outs.append(out)
+    return torch.cat(outs, 1)[0]
+
+
+@needs_compile
+@pytest.mark.parametrize("kind", ["encoder", "converter"])
+def test_compiled_step_is_one_graph_per_part(student, kind):
+    # Light: dynamo must capture each part whole (fullgraph: a graph break is an error) with backend "eager"
+    # (no code generation, seconds); the stream then equals the eager core, the first pushes included
+    rate, chunk = 48000, 1920  # 40 ms
+    core = EncoderCore(student, rate) if kind == "encoder" else ConverterCore(student, rate)
+    condition = None if kind == "encoder" else torch.randn(1, student.config.global_dim)
+    wave = torch.randn(chunk * 12 + 700) * 0.1  # 12 whole pushes and a short one (runs eagerly)
+    with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would hide a failure here
-        step = compile_step(core, backend="eager")
-        pieces = [wave[s:s + n] for s, n in zip(np.cumsum([0, 1280, 700, 2000]).tolist(), [1280, 700, 2000, 2420])]
-        assert torch.equal(_stream(step, core.init_state(1), pieces), expected[0])
+        runner = CoreRunner(core, "compile", push_size=chunk, compile_options={"backend": "eager"})
+    expected = _push_all(CoreRunner(core, "eager"), wave, chunk, condition)
+    got = _push_all(runner, wave, chunk, condition)
+    assert runner.compiled.counts == {"compiled": 12, "eager": 1}
+    if kind == "converter":
+        assert sorted(runner.compiled.backs) == [3, 4]  # 40 ms = 3.75 mel frames: two back graphs
+        assert_close(got, expected)
+    else:
+        assert torch.equal(got, expected)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not _compile_available(), reason="torch.compile is not available on this platform")
-def test_torch_compile_inductor_block():
-    # the real inductor backend (C++ code generation, ~30 s) on one small block: compiled numbers match
-    from kanade_stream.streaming.convs import CausalConvNeXtBlock
-
-    torch.manual_seed(0)
-    block = CausalConvNeXtBlock(8, 16, layer_scale=0.5).eval()
-    x = torch.randn(1, 8, 12)
-    with torch.no_grad():
-        try:
-            step = torch.compile(block.step, dynamic=False)
-            state = block.init_state(1)
-            y1, state = step(x[..., :6], state)
-            y2, state = step(x[..., 6:], state)
-        except Exception as err:  # no C++ compiler here: the eager fallback is what users get
-            pytest.skip(f"inductor unavailable: {type(err).__name__}")
-        assert_close(torch.cat([y1, y2], -1), block(x))
+@needs_compile
+def test_compiled_step_refuses_partial_tokens(student):
+    with pytest.raises(ValueError, match="whole number of tokens"):
+        CompiledStep(EncoderCore(student, 48000), 1000, compiler="inductor", compile_options={"backend": "eager"})
+    with pytest.raises(ValueError, match="push size"):
+        CoreRunner(EncoderCore(student, 48000), "aot")
 
 
 def test_compile_falls_back_to_eager_with_a_warning(student):
     core = EncoderCore(student, 16000)
-    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="eagerly"):
-        step = compile_step(core, backend="no-such-backend")
-        tokens, _ = step(torch.randn(1, 1280), core.init_state(1))
+    with pytest.warns(RuntimeWarning, match="eagerly"):
+        runner = CoreRunner(core, "compile", push_size=640, compile_options={"backend": "no-such-backend"})
+    assert runner.label.startswith("eager (") and runner.compiled is None
+    with torch.inference_mode():
+        tokens, _ = runner.step(torch.randn(1, 1280), runner.init_state(1))
     assert tokens.shape == (1, 2)
+
+
+@pytest.mark.slow
+@needs_compile
+def test_aot_packages_match_eager_and_are_cached(student, tmp_path, monkeypatch):
+    # The real thing: torch.export + AOTInductor (C++ code generation, about a minute on 2 cores for the
+    # tiny student's three graphs), then a second build that only loads the cached packages
+    monkeypatch.setenv("KANADE_STREAM_CACHE", str(tmp_path))
+    rate, chunk = 48000, 1920
+    core = ConverterCore(student, rate)
+    condition = torch.randn(1, student.config.global_dim)
+    try:
+        runner = CoreRunner(core, "aot", push_size=chunk)
+    except Exception as err:  # pragma: no cover
+        raise AssertionError(f"building the aot runner raised instead of falling back: {err}") from err
+    if runner.compiled is None:
+        pytest.skip(f"AOTInductor unavailable here: {runner.label}")
+    wave = torch.randn(chunk * 10) * 0.1
+    expected = _push_all(CoreRunner(core, "eager"), wave, chunk, condition)
+    assert_close(_push_all(runner, wave, chunk, condition), expected, rel=1e-4)
+    assert runner.compiled.counts == {"compiled": 10, "eager": 0}
+    cache = runner.compiled.cache_dir
+    packages = sorted(cache.glob("ConverterCore-*.pt2"))
+    assert len(packages) >= 3 and not list(cache.glob("*partial*"))
+    again = CompiledStep(core, chunk, compiler="aot", cache_dir=cache)  # loads, compiles nothing
+    assert sorted(cache.glob("ConverterCore-*.pt2")) == packages
+    assert again.build_seconds < runner.compiled.build_seconds / 3

@@ -37,7 +37,9 @@ from ..audio import AudioError, as_waveform, check_sample_rate
 from .pipeline import ConverterCore, DecoderCore, EncoderCore, chunk_latency_ms
 from .student import KanadeStudent, check_global_embedding, check_tokens
 
-BACKENDS = ("eager", "compile", "torchscript")
+BACKENDS = ("eager", "compile", "torchscript", "aot")
+BACKEND_LABELS = {"eager": "eager", "compile": "torch.compile (whole graphs)", "torchscript": "TorchScript",
+                  "aot": "torch.export + AOTInductor"}
 
 
 def check_samples(samples, name: str = "samples") -> torch.Tensor:
@@ -70,24 +72,48 @@ def chunk_samples(chunk_ms: float, sample_rate: int) -> int:
 
 
 class CoreRunner:
-    """Runs a core's step in the chosen form: eager, torch.compile (eager fallback with a warning if it
-    cannot compile) or TorchScript. `init_state` runs outside inference mode: the KV rings are written in
-    place by every step, which inference-mode tensors would refuse outside inference mode."""
+    """Runs a core's step in the chosen form: eager, TorchScript, or compiled for pushes of `push_size`
+    (compiled.py): "aot" = torch.export + AOTInductor packages cached on disk, "compile" = torch.compile of
+    the same break-free graphs. A compiled runner runs other pushes eagerly, and falls back to eager with a
+    warning if it cannot be built; `label` names what actually runs. `init_state` runs outside inference
+    mode: the KV rings are written in place by every step, which inference-mode tensors would refuse
+    outside inference mode."""
 
-    def __init__(self, core: torch.nn.Module, backend: str):
+    def __init__(self, core: torch.nn.Module, backend: str, push_size: int | None = None,
+                 compile_options: dict | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.core, self.backend = core, backend
         self.module = core
+        self.label = BACKEND_LABELS[backend]
+        self.compiled = None
         if backend == "torchscript":
             from .export import script_core
 
             self.module = script_core(core)
         self.step = self.module.step
-        if backend == "compile":
-            from .export import compile_step
+        if backend in ("aot", "compile"):
+            self._build_compiled(backend, push_size, compile_options or {})
 
-            self.step = compile_step(core)
+    def _build_compiled(self, backend: str, push_size: int | None, compile_options: dict) -> None:
+        import sys
+        import warnings
+
+        from .compiled import CompiledStep, CompileUnavailable
+
+        if push_size is None:
+            raise ValueError(f"backend {backend!r} compiles the step for one push size: pass push_size")
+        try:
+            self.compiled = CompiledStep(self.core, push_size, compiler="aot" if backend == "aot" else "inductor",
+                                         log=lambda message: print(message, file=sys.stderr, flush=True),
+                                         compile_options=compile_options)
+        except CompileUnavailable as err:
+            warnings.warn(f"the compiled step ({backend}) cannot be built here ({err}); running the step eagerly",
+                          RuntimeWarning)
+            self.label = f"eager ({BACKEND_LABELS[backend]} unavailable: {err})"
+            return
+        self.label = self.compiled.label
+        self.step = self.compiled.step
 
     def init_state(self, batch: int = 1) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -188,7 +214,7 @@ class StreamingEncoder(_Stream):
                  with_global: bool = True, backend: str = "eager"):
         super().__init__(student, sample_rate, chunk_ms)
         self.core = EncoderCore(self.student, self.sample_rate, with_global)
-        self.runner = CoreRunner(self.core, backend)
+        self.runner = CoreRunner(self.core, backend, push_size=self.chunk_samples)
         self.with_global = with_global
         self.reset()
 
@@ -234,7 +260,7 @@ class StreamingConverter(_Stream):
                 global_embedding = self.student.global_embedding(ref, reference_rate or self.sample_rate)
         self.global_embedding = check_global_embedding(global_embedding, global_dim).to(self.student.device)
         self.core = ConverterCore(self.student, self.sample_rate)
-        self.runner = CoreRunner(self.core, backend)
+        self.runner = CoreRunner(self.core, backend, push_size=self.chunk_samples)
         self.output_rate = self.student.output_rate
         self.reset()
 
@@ -253,13 +279,14 @@ class StreamingConverter(_Stream):
 class StreamingDecoder:
     """Tokens (25 Hz) + a global embedding -> 24 kHz audio, pushed token by token or in any groups."""
 
-    def __init__(self, student: KanadeStudent, global_embedding, backend: str = "eager"):
+    def __init__(self, student: KanadeStudent, global_embedding, backend: str = "eager", push_tokens: int = 1):
+        """backend "aot" compiles the step for pushes of `push_tokens` tokens (others run eagerly)."""
         if not isinstance(student, KanadeStudent):
             raise TypeError(f"expected a KanadeStudent, got {type(student).__name__}")
         self.student = student.eval()
         self.global_embedding = check_global_embedding(global_embedding, student.config.global_dim).to(student.device)
         self.core = DecoderCore(self.student)
-        self.runner = CoreRunner(self.core, backend)
+        self.runner = CoreRunner(self.core, backend, push_size=push_tokens)
         self.output_rate = self.student.output_rate
         self._exclusive = _OneThreadAtATime()
         self.reset()

@@ -1,7 +1,5 @@
-"""Compilation and export of the streaming steps.
+"""Portable export of the streaming steps (the compiled fast paths are in compiled.py).
 
-- `compile_step(core)`: `torch.compile` of a core's `step` (dynamic shapes: pushes vary in length). If
-  compiling is not possible here (no compiler, unsupported platform), it warns once and runs eagerly.
 - `export_torchscript(core, path)`: a TorchScript file of the whole core (its `init_state`, `step`, and
   for decoders `flush`) that loads with `torch.jit.load` in a process that never imports kanade_stream:
 
@@ -85,41 +83,3 @@ def load_metadata(path: str | Path) -> dict:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.load(str(path), _extra_files=extra)
     return json.loads(extra[META_NAME])
-
-
-def compile_step(core: torch.nn.Module, **compile_kwargs):
-    """`torch.compile(core.step)`, falling back to eager `core.step` with a warning if compiling fails.
-
-    The step is functional (the state comes back as a new list), so a compile failure on the first call
-    leaves the caller's state untouched and the eager retry computes the same result.
-    """
-    compile_kwargs.setdefault("dynamic", True)
-    try:
-        compiled = torch.compile(core.step, **compile_kwargs)
-    except Exception as err:  # e.g. an unsupported Python / platform
-        warnings.warn(f"torch.compile is unavailable ({err}); running the streaming step eagerly", RuntimeWarning)
-        return core.step
-    use_eager = False
-
-    def step(*args):
-        nonlocal use_eager
-        if not use_eager:
-            try:
-                return compiled(*args)
-            except Exception as err:  # compiler missing or a backend failure: these are not input errors
-                if not _is_compile_error(err):
-                    raise
-                use_eager = True
-                warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
-                              "running the streaming step eagerly", RuntimeWarning)
-        return core.step(*args)
-
-    return step
-
-
-def _is_compile_error(err: Exception) -> bool:
-    try:
-        from torch._dynamo.exc import BackendCompilerFailed, InternalTorchDynamoError, TorchRuntimeError, Unsupported
-    except ImportError:  # pragma: no cover - older layouts
-        return True
-    return isinstance(err, (BackendCompilerFailed, InternalTorchDynamoError, TorchRuntimeError, Unsupported, OSError))

@@ -140,7 +140,7 @@ class DecoderCore(nn.Module):
         c = student.config
         self.output_rate, self.token_samples, self.hop = c.sample_rate, c.token_samples, c.hop_length
         self.token_rate = float(c.token_rate)
-        self.upsample_factor = c.upsample_factor
+        self.upsample_factor, self.global_dim = c.upsample_factor, c.global_dim
         self.quantizer, self.mel_prenet, self.mel_upsample = student.quantizer, student.mel_prenet, student.mel_upsample
         self.mel_interpolator, self.mel_decoder = student.mel_interpolator, student.mel_decoder
         self.mel_postnet, self.vocoder = student.mel_postnet, student.vocoder
@@ -154,12 +154,32 @@ class DecoderCore(nn.Module):
         state.update(self.vocoder.init_state(batch))
         return state
 
-    def _from_mel_latent(self, latent: Tensor, state: Dict[str, Tensor],
-                         condition: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Latent on the mel grid (B, C, m) -> audio, through decoder, PostNet and vocoder."""
+    # A step is three parts, so that a compiled step (aot.py) can compile the two whose shapes depend on the
+    # push size alone and run the interpolation, whose frame count varies from push to push, between them.
+
+    def latent_step(self, embedding: Tensor, state: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Content embeddings (B, T, token_dim) -> latent frames (B, C, T * upsample_factor) before the
+        interpolation to the mel grid."""
+        hidden, state = self.mel_prenet.step(embedding, state)
+        return self.mel_upsample(hidden.transpose(1, 2)), state
+
+    def audio_step_undropped(self, latent: Tensor, state: Dict[str, Tensor],
+                             condition: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Latent on the mel grid (B, C, m >= 1) -> m * hop samples through decoder, PostNet and vocoder,
+        before the ISTFT's start drop (`vocoder.istft.start_drop`)."""
         mel, state = self.mel_decoder.step(latent.transpose(1, 2), state, condition[:, None, :])
         mel, state = self.mel_postnet.step(mel.transpose(1, 2), state)
-        return self.vocoder.step(mel, state)
+        return self.vocoder.step_undropped(mel, state)
+
+    def _from_mel_latent(self, latent: Tensor, state: Dict[str, Tensor],
+                         condition: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Latent on the mel grid (B, C, m) -> new final audio."""
+        m = latent.shape[-1]
+        if m == 0:
+            return latent.new_zeros(latent.shape[0], 0), state
+        drop = self.vocoder.istft.start_drop(int(state[self.vocoder.istft.state_prefix + "frames"]), m)
+        audio, state = self.audio_step_undropped(latent, state, condition)
+        return audio[:, drop:], state
 
     @torch.jit.export
     def step_embedding(self, embedding: Tensor, state: Dict[str, Tensor],
@@ -167,8 +187,8 @@ class DecoderCore(nn.Module):
         """Content embeddings (B, T, token_dim) of new tokens + global embedding (B, global_dim) ->
         (new final audio (B, n), state)."""
         assert condition is not None, "the decoder needs the global embedding as its condition"
-        hidden, state = self.mel_prenet.step(embedding, state)
-        latent, state = self.mel_interpolator.step(self.mel_upsample(hidden.transpose(1, 2)), state)
+        latent, state = self.latent_step(embedding, state)
+        latent, state = self.mel_interpolator.step(latent, state)
         return self._from_mel_latent(latent, state, condition)
 
     @torch.jit.export

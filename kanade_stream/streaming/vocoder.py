@@ -66,13 +66,22 @@ class StreamingISTFT(StreamingModule):
         n = spectrum.shape[1]
         if n == 0:
             return self.window.new_zeros(spectrum.shape[0], 0), state
+        drop = self.start_drop(int(state[self.state_prefix + "frames"]), n)
+        audio, state = self.step_undropped(spectrum, state)
+        return audio[:, drop:], state
+
+    def start_drop(self, frames_before: int, n: int) -> int:
+        """Samples `step` drops from the `n` frames' audio when `frames_before` frames came before (the
+        first n_fft / 2 samples of a stream; Python-only, so compiled steps can keep it outside the graph)."""
+        return min(max(self.drop_frames - frames_before, 0), n) * self.hop
+
+    def step_undropped(self, spectrum: Tensor, state: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """`step` without the start drop: (B, n * hop) samples, n >= 1; its shapes depend on n alone."""
         p = self.state_prefix
         final, tail = self._overlap_add(spectrum, state[p + "tail"])
-        frames = state[p + "frames"]
-        drop = min(max(self.drop_frames - int(frames), 0), n)
         state[p + "tail"] = tail
-        state[p + "frames"] = (frames + n).clamp(max=self.drop_frames)
-        return final[:, drop:].flatten(1), state
+        state[p + "frames"] = (state[p + "frames"] + spectrum.shape[1]).clamp(max=self.drop_frames)
+        return final.flatten(1), state
 
 
 class CausalVocoder(StreamingModule):
@@ -106,3 +115,8 @@ class CausalVocoder(StreamingModule):
              condition: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         hidden, state = self.backbone.step(mel, state)
         return self.istft.step(self._spectrum(hidden), state)
+
+    def step_undropped(self, mel: Tensor, state: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """`step` without the ISTFT's start drop (see StreamingISTFT.start_drop); mel has >= 1 frame."""
+        hidden, state = self.backbone.step(mel, state)
+        return self.istft.step_undropped(self._spectrum(hidden), state)

@@ -1,0 +1,326 @@
+"""The compiled streaming step: a core's step cut into graphs without breaks, compiled by torch.export +
+AOTInductor (cached on disk) or by torch.compile, for one push size.
+
+A core's step (pipeline.py) has data-dependent shapes in one place only: the interpolation from the
+latent rate (100 Hz) to the mel grid (93.75 Hz) emits 3 or 4 mel frames for a 40 ms push, in a cycle. So
+the step is run as up to three parts:
+
+  front (graph)   audio -> tokens / latent frames: its shapes depend on the push size alone
+  interpolation   eager Python (a few small ops), it decides how many mel frames are ready
+  back (graphs)   m mel-grid latent frames -> m * hop samples: one graph per m the push size produces
+
+An encoder is the front alone; a converter all three; a decoder's front starts at the tokens. Each part
+is a module (`StepPart`) whose state entries go in and come out explicitly (the KV rings, written in
+place, are mutated inputs), so it traces as one graph:
+
+- compiler "aot": `torch.export`, then AOTInductor to a `.pt2` package: no Python dispatch at all inside a
+  part. Packages are cached in `$KANADE_STREAM_CACHE/aot` (default `~/.cache/kanade_stream/aot`) under a
+  key made of the weights, the shapes, this package's streaming code, the torch version and the CPU's
+  vector ISA, so a later start loads in seconds. Compiling takes about a minute a graph on a 2-core CPU
+  and needs a C++ compiler.
+- compiler "inductor": `torch.compile(part, fullgraph=True)` (a graph break is an error, not a silent
+  fallback), compiled at set-up by one call on a copy of the state; torch's own cache applies.
+
+The graphs are specialised to batch 1 and one push size. Any other push (a stream's flush, a decoder
+push of another token count, a mel-frame count the cycle never produced) runs the same core eagerly on
+the same state, so results never depend on which path ran; `CompiledStep.counts` says how many pushes took
+each path, and `label` says what ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..modules.streaming import copy_state
+from .pipeline import ConverterCore, DecoderCore, EncoderCore
+
+PACKAGE_VERSION = 1  # bump when the way graphs are made changes without a code change below
+
+
+def default_cache_dir() -> Path:
+    cache = os.environ.get("KANADE_STREAM_CACHE")
+    root = Path(cache).expanduser() if cache else Path.home() / ".cache" / "kanade_stream"
+    return root / "aot"
+
+
+COMPILERS = ("aot", "inductor")
+
+
+class CompileUnavailable(RuntimeError):
+    """The compiled step cannot be built here (the message says why)."""
+
+
+class _ReadRecorder(dict):
+    """A state dict that remembers which entries were read (to pass each graph only what it uses)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+class StepPart(nn.Module):
+    """One compiled part of a core's step, as a module torch.export can trace:
+    (x, the state entries it reads, condition) -> (outputs, the entries it replaced).
+    Entries it writes in place (the KV rings) are among those it reads; export records the mutation."""
+
+    def __init__(self, core: nn.Module, part: str):
+        super().__init__()
+        if part not in ("encode", "front", "back"):
+            raise ValueError(f"unknown step part {part!r}")
+        self.core, self.part = core, part
+        self.reads: list[str] = []
+        self.writes: list[str] = []
+        self.mutates: list[str] = []  # read and written in place (the KV rings)
+
+    def _decoder(self) -> DecoderCore:
+        return self.core.decoder if isinstance(self.core, ConverterCore) else self.core
+
+    def run(self, x: Tensor, state: dict, condition: Tensor | None):
+        if self.part == "encode":  # EncoderCore: samples -> (tokens, content embeddings)
+            tokens, embedding, state = self.core.encode_step(x, state)
+            return (tokens, embedding), state
+        if self.part == "front":  # converter: samples -> latent frames; decoder: tokens -> latent frames
+            if isinstance(self.core, ConverterCore):
+                _, embedding, state = self.core.encoder.encode_step(x, state)
+            else:
+                embedding = self.core.quantizer.decode(x)
+            latent, state = self._decoder().latent_step(embedding, state)
+            return (latent,), state
+        audio, state = self._decoder().audio_step_undropped(x, state, condition)  # back
+        return (audio,), state
+
+    def forward(self, x: Tensor, state: dict[str, Tensor], condition: Tensor | None = None):
+        outputs, new = self.run(x, dict(state), condition)
+        return outputs, {key: new[key] for key in self.writes}
+
+    def trace_io(self, x: Tensor, state: dict[str, Tensor], condition: Tensor | None) -> None:
+        """Find the entries this part reads and replaces, from one eager run on a copy of `state`."""
+        recorder = _ReadRecorder(copy_state(state))
+        before = dict(recorder)
+        versions = {key: tensor._version for key, tensor in before.items()}
+        with torch.no_grad():
+            _, after = self.run(x, recorder, condition)
+        self.reads = sorted(recorder.read)
+        self.writes = sorted(key for key in after if after[key] is not before.get(key))
+        self.mutates = sorted(key for key in self.reads if before[key]._version != versions[key])
+
+
+class _CompiledPart:
+    """A loaded package and the shapes it was built for."""
+
+    def __init__(self, part: StepPart, runner: Callable, x_shape: tuple, state: dict[str, Tensor]):
+        self.reads, self.writes, self.mutates, self.run = part.reads, part.writes, part.mutates, runner
+        self.x_shape = x_shape
+        self.shapes = {key: tuple(state[key].shape) for key in part.reads}
+
+    def fits(self, x: Tensor, state: dict[str, Tensor]) -> bool:
+        return tuple(x.shape) == self.x_shape and self.fits_state(state)
+
+    def fits_state(self, state: dict[str, Tensor]) -> bool:
+        return (all(tuple(state[k].shape) == s for k, s in self.shapes.items())
+                and all(state[k].is_contiguous() for k in self.mutates))
+
+    def __call__(self, x: Tensor, state: dict[str, Tensor], condition: Tensor | None):
+        # A compiled graph assumes the strides it was built for (contiguous) without checking them, and a
+        # step's state entries are often views (a conv's tail is the end of its input): pass contiguous
+        # tensors. The entries written in place (the KV rings) must be contiguous already (`fits_state`).
+        inputs = {key: state[key].contiguous() for key in self.reads}
+        outputs, new = self.run(x.contiguous(), inputs, None if condition is None else condition.contiguous())
+        state.update(new)
+        return outputs
+
+
+def _code_digest() -> str:
+    """The streaming code the graphs are traced from: a change there is a new graph."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted([*here.glob("*.py"), *(here.parent / "modules").glob("*.py")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _weights_digest(module: nn.Module) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        data = tensor.detach().cpu().contiguous()
+        digest.update(name.encode() + str(data.dtype).encode() + str(tuple(data.shape)).encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+class CompiledStep:
+    """`core.step` (EncoderCore, ConverterCore or DecoderCore) through compiled graphs, for pushes of
+    `push_size` (input samples for an encoder or converter; tokens for a decoder) at batch 1.
+
+    Same interface as the core: `init_state(batch)`, `step(x, state, condition) -> (y, state)`, and the
+    same results (within float rounding of the compiled kernels). Raises CompileUnavailable if it cannot be
+    built (CoreRunner then falls back to eager, with a warning).
+    """
+
+    def __init__(self, core: nn.Module, push_size: int, compiler: str = "aot", cache_dir: str | Path | None = None,
+                 log=None, compile_options: dict | None = None):
+        if compiler not in COMPILERS:
+            raise ValueError(f"compiler must be one of {COMPILERS}, got {compiler!r}")
+        if not isinstance(core, (EncoderCore, ConverterCore, DecoderCore)):
+            raise TypeError(f"CompiledStep compiles an EncoderCore, ConverterCore or DecoderCore, not {type(core).__name__}")
+        if isinstance(core, (EncoderCore, ConverterCore)):
+            encoder = core if isinstance(core, EncoderCore) else core.encoder
+            if push_size <= 0 or encoder.num_tokens(push_size) == 0 or push_size % encoder.samples_for_tokens(1):
+                raise ValueError(f"push_size {push_size} must be a whole number of tokens "
+                                 f"({encoder.samples_for_tokens(1)} samples at {encoder.input_rate} Hz)")
+        elif push_size <= 0:
+            raise ValueError(f"push_size must be a positive number of tokens, got {push_size}")
+        self.core, self.push_size, self.compiler = core.eval(), int(push_size), compiler
+        self.compile_options = dict(compile_options or {})  # torch.compile's, e.g. backend="eager" in tests
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.log = log or (lambda message: None)
+        self.counts = {"compiled": 0, "eager": 0}
+        self.build_seconds = 0.0
+        self.front: _CompiledPart | None = None
+        self.backs: dict[int, _CompiledPart] = {}
+        self._build()
+
+    @property
+    def label(self) -> str:
+        return "torch.export + AOTInductor" if self.compiler == "aot" else "torch.compile (whole graphs)"
+
+    @property
+    def decoder(self) -> DecoderCore | None:
+        if isinstance(self.core, EncoderCore):
+            return None
+        return self.core.decoder if isinstance(self.core, ConverterCore) else self.core
+
+    def init_state(self, batch: int = 1) -> dict[str, Tensor]:
+        return self.core.init_state(batch)
+
+    # --- building ----------------------------------------------------------------------------------
+
+    def _device(self) -> torch.device:
+        return next(self.core.parameters()).device
+
+    def _condition(self) -> Tensor | None:
+        decoder = self.decoder
+        return None if decoder is None else torch.zeros(1, decoder.global_dim, device=self._device())
+
+    def _latent_per_push(self) -> int:
+        tokens = self.core.encoder.num_tokens(self.push_size) if isinstance(self.core, ConverterCore) else self.push_size
+        return tokens * self.decoder.upsample_factor
+
+    def steady_mel_counts(self) -> list[int]:
+        """Mel frames per push once a stream of pushes of `push_size` is under way (the back graphs)."""
+        latent = self._latent_per_push()
+        interpolator = self.decoder.mel_interpolator
+        made = [interpolator.num_outputs(latent * (i + 1)) - interpolator.num_outputs(latent * i) for i in range(64)]
+        return sorted({m for m in made[2:] if m > 0})
+
+    def _build(self) -> None:
+        start = time.perf_counter()
+        state = self.core.init_state(1)
+        condition = self._condition()
+        x = torch.zeros(1, self.push_size, dtype=torch.long) if isinstance(self.core, DecoderCore) \
+            else torch.zeros(1, self.push_size)
+        x = x.to(self._device())
+        self.front = self._compile(StepPart(self.core, "encode" if isinstance(self.core, EncoderCore) else "front"),
+                                   x, state, None if isinstance(self.core, EncoderCore) else condition)
+        decoder = self.decoder
+        if decoder is not None:
+            channels = decoder.mel_interpolator.channels
+            for m in self.steady_mel_counts():
+                latent = torch.zeros(1, channels, m, device=self._device())
+                self.backs[m] = self._compile(StepPart(self.core, "back"), latent, state, condition)
+        self.build_seconds = time.perf_counter() - start
+
+    def _compile(self, part: StepPart, x: Tensor, state: dict[str, Tensor], condition: Tensor | None) -> _CompiledPart:
+        part.trace_io(x, state, condition)
+        try:
+            runner = self._aot_package(part, x, state, condition) if self.compiler == "aot" \
+                else self._inductor(part, x, state, condition)
+        except Exception as err:  # no compiler, unsupported op or platform: say so, the caller falls back
+            first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            raise CompileUnavailable(f"{type(err).__name__}: {first_line}") from err
+        return _CompiledPart(part, runner, tuple(x.shape), state)
+
+    def _aot_package(self, part: StepPart, x: Tensor, state: dict[str, Tensor], condition: Tensor | None):
+        key = self._key(part, x, state)
+        path = self.cache_dir / f"{type(self.core).__name__}-{part.part}-{key}.pt2"
+        if not path.is_file():
+            self.log(f"compiling the {part.part} of the {type(self.core).__name__} step for {tuple(x.shape)} with "
+                     f"AOTInductor (once; cached in {self.cache_dir}) ...")
+            began = time.perf_counter()
+            program = torch.export.export(part, (x, {k: state[k] for k in part.reads}, condition))
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.stem}.partial-{os.getpid()}.pt2")
+            torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
+            os.replace(partial, path)  # atomic: a concurrent or killed build never leaves half a package
+            self.log(f"  compiled in {time.perf_counter() - began:.0f} s")
+        return torch._inductor.aoti_load_package(str(path))
+
+    def _inductor(self, part: StepPart, x: Tensor, state: dict[str, Tensor], condition: Tensor | None):
+        self.log(f"compiling the {part.part} of the {type(self.core).__name__} step for {tuple(x.shape)} with "
+                 "torch.compile ...")
+        # Every part of every compiled step shares StepPart.forward's code object, and torch.compile counts
+        # its graphs per code object (2 per part: fresh and stepped state) against a limit of 8 by default
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 256)
+        compiled = torch.compile(part, fullgraph=True, dynamic=False, **self.compile_options)
+        # Compile now, on a copy of the state, as streams will call it: in inference mode, first on fresh
+        # state entries, then on entries a step made (inference tensors; torch.compile guards on the
+        # difference, so each is a graph of its own, the second from torch's cache).
+        trial = copy_state(state)
+        with torch.inference_mode():
+            x, condition = x.clone(), None if condition is None else condition.clone()
+            for _ in range(2):
+                _, new = compiled(x, {k: trial[k] for k in part.reads}, condition)
+                trial.update(new)
+        return compiled
+
+    def _key(self, part: StepPart, x: Tensor, state: dict[str, Tensor]) -> str:
+        digest = hashlib.sha256()
+        cpu = torch.backends.cpu.get_cpu_capability()
+        shapes = [(k, tuple(state[k].shape), str(state[k].dtype)) for k in part.reads]
+        for item in (PACKAGE_VERSION, torch.__version__, cpu, str(x.device), type(self.core).__name__, part.part,
+                     tuple(x.shape), str(x.dtype), shapes, part.writes, _code_digest(), _weights_digest(self.core),
+                     getattr(self.core, "input_rate", None)):
+            digest.update(repr(item).encode())
+        return digest.hexdigest()[:24]
+
+    # --- running -----------------------------------------------------------------------------------
+
+    def step(self, x: Tensor, state: dict[str, Tensor], condition: Tensor | None = None):
+        if not self.front.fits(x, state) or (self.decoder is not None and condition is None):
+            self.counts["eager"] += 1
+            return self.core.step(x, state, condition)
+        if isinstance(self.core, EncoderCore):
+            tokens, _ = self.front(x, state, None)
+            self.counts["compiled"] += 1
+            return tokens, state
+        decoder = self.decoder
+        # the interpolation decides how many mel frames are ready; check it has a graph before running anything
+        interpolator = decoder.mel_interpolator
+        seen = int(state[interpolator.state_prefix + "seen"])
+        emitted = int(state[interpolator.state_prefix + "emitted"])
+        m = interpolator.num_outputs(seen + self._latent_per_push()) - emitted
+        back = self.backs.get(m)
+        if m > 0 and (back is None or not back.fits_state(state)):
+            self.counts["eager"] += 1  # e.g. the first pushes of a stream
+            return self.core.step(x, state, condition)
+        (latent,) = self.front(x, state, condition)
+        mel_latent, state = interpolator.step(latent, state)
+        self.counts["compiled"] += 1
+        if m == 0:
+            return mel_latent.new_zeros(1, 0), state
+        drop = decoder.vocoder.istft.start_drop(int(state[decoder.vocoder.istft.state_prefix + "frames"]), m)
+        (audio,) = back(mel_latent, state, condition)
+        return audio[:, drop:], state
