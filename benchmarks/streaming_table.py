@@ -124,7 +124,7 @@ def main(argv=None) -> None:
             runner, setups = None, []
             for chunk_ms in args.chunk_ms:
                 chunk_samples = chunk_ms * INPUT_RATE // 1000
-                if runner is None or runner.aot is not None:  # compile once per mode (aot: per push size)
+                if runner is None or runner.compiled is not None:  # compile once per mode (aot: per push size)
                     start = time.perf_counter()
                     runner, state, condition = make_runner(student, pipeline, mode, chunk_samples)
                     time_chunks(runner, state, condition, chunk_samples, 2, warmup=1)
@@ -132,8 +132,8 @@ def main(argv=None) -> None:
                 state = runner.init_state(1)
                 stats = summarise(time_chunks(runner, state, condition, chunk_samples, args.chunks), chunk_ms / 1000)
                 ran = runner.label
-                if runner.aot is not None:
-                    ran += f", {runner.aot.counts['compiled']} compiled / {runner.aot.counts['eager']} eager pushes"
+                if runner.compiled is not None:
+                    ran += f", {runner.compiled.counts['compiled']} compiled / {runner.compiled.counts['eager']} eager pushes"
                 api = (StreamingEncoder(student, sample_rate=INPUT_RATE, chunk_ms=chunk_ms) if pipeline == "encoder"
                        else StreamingConverter(student, global_embedding=torch.zeros(student.config.global_dim),
                                                sample_rate=INPUT_RATE, chunk_ms=chunk_ms))

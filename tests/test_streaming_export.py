@@ -1,6 +1,7 @@
 """Compiled and TorchScript forms of the streaming steps compute the same as eager, for any cutting; the
 TorchScript file runs in a process that never imports kanade_stream."""
 
+import os
 import subprocess
 import sys
 import warnings
@@ -190,3 +191,18 @@ def test_aot_packages_match_eager_and_are_cached(student, tmp_path, monkeypatch)
     again = CompiledStep(core, chunk, compiler="aot", cache_dir=cache)  # loads, compiles nothing
     assert sorted(cache.glob("ConverterCore-*.pt2")) == packages
     assert again.build_seconds < runner.compiled.build_seconds / 3
+
+
+def test_compiled_step_cache_keeps_the_most_recently_used(tmp_path):
+    from kanade_stream.streaming.compiled import prune_cache
+
+    for i in range(5):
+        path = tmp_path / f"p{i}.pt2"
+        path.write_bytes(b"x")
+        os.utime(path, (1000 + i, 1000 + i))
+    stale, fresh = tmp_path / "a.partial-1.pt2", tmp_path / "b.partial-2.pt2"
+    for path in (stale, fresh):
+        path.write_bytes(b"x")
+    os.utime(stale, (1000, 1000))
+    prune_cache(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.partial-2.pt2", "p3.pt2", "p4.pt2"]

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import signal
+import shutil
 import sys
 import threading
 import time
@@ -69,9 +70,11 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
                         help="int8: the large layers in int8 (about 2x less compute for a default-size student "
                              "at 40 ms; meant for a student fine-tuned for it by distill/run.py --stage int8); "
                              "default auto: int8 when the student was trained for it, else float32")
-    parser.add_argument("--step", choices=("auto", "eager", "torchscript"), default="auto",
-                        help="how the model step runs (default auto: TorchScript for int8, where it pays, else "
-                             "eager)")
+    parser.add_argument("--step", choices=("auto", "eager", "torchscript", "aot"), default="auto",
+                        help="how the model step runs: aot = compiled ahead of time by torch.export + AOTInductor "
+                             "(about a minute a graph the first time, then cached in ~/.cache/kanade_stream/aot; "
+                             "needs a C++ compiler); default auto: aot for float32 weights when a C++ compiler is "
+                             "found, TorchScript for int8, else eager")
     parser.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
     parser.add_argument("--backend", choices=("auto", "pulse", "portaudio"), default="auto",
                         help="audio devices through the PulseAudio/PipeWire server directly (pulse: smallest "
@@ -141,8 +144,23 @@ def runtime_model(args, student) -> tuple[object, str, str]:
             student = quantize_int8(student)
         except RuntimeError as err:
             raise LiveError(str(err)) from err
-    step = args.step if args.step != "auto" else ("torchscript" if precision == "int8" else "eager")
+    step = args.step
+    if step == "auto":
+        step = "torchscript" if precision == "int8" else ("aot" if has_cxx_compiler() else "eager")
     return student, precision, step
+
+
+def has_cxx_compiler() -> bool:
+    """Whether AOTInductor can find a C++ compiler (it reads $CXX, else tries c++ / g++ / clang++)."""
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    return any(shutil.which(name.split()[0]) for name in candidates)
+
+
+def step_label(processor) -> str:
+    """What actually runs the model step (a compiled step that fell back to eager says so)."""
+    inner = getattr(processor, "processor", processor)  # a GatedProcessor wraps the stream
+    runner = getattr(inner, "runner", None)
+    return runner.label if runner is not None else "eager"
 
 
 def _status_printer(quiet: bool, backend: AudioBackend | None = None):
@@ -308,6 +326,7 @@ def _stream(mode: str, args, mic) -> dict:
     for note in notes:
         print(f"note: {note}", file=sys.stderr, flush=True)
     chunk_ms = profile.chunk_ms
+    step = step_label(processor)
 
     stop = threading.Event()
 

@@ -42,6 +42,7 @@ from ..modules.streaming import copy_state
 from .pipeline import ConverterCore, DecoderCore, EncoderCore
 
 PACKAGE_VERSION = 1  # bump when the way graphs are made changes without a code change below
+KEEP_PACKAGES = 24  # the cache keeps the most recently used packages (a default-size graph is ~80 MB)
 
 
 def default_cache_dir() -> Path:
@@ -51,6 +52,16 @@ def default_cache_dir() -> Path:
 
 
 COMPILERS = ("aot", "inductor")
+
+
+def prune_cache(cache_dir: Path, keep: int = KEEP_PACKAGES) -> None:
+    """Delete all but the `keep` most recently used packages, and partial builds over an hour old."""
+    packages = [p for p in cache_dir.glob("*.pt2") if ".partial-" not in p.name]
+    for path in sorted(packages, key=lambda p: p.stat().st_mtime, reverse=True)[keep:]:
+        path.unlink(missing_ok=True)
+    for path in cache_dir.glob("*.partial-*.pt2"):
+        if time.time() - path.stat().st_mtime > 3600:
+            path.unlink(missing_ok=True)
 
 
 class CompileUnavailable(RuntimeError):
@@ -264,6 +275,8 @@ class CompiledStep:
             torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
             os.replace(partial, path)  # atomic: a concurrent or killed build never leaves half a package
             self.log(f"  compiled in {time.perf_counter() - began:.0f} s")
+            prune_cache(self.cache_dir)
+        os.utime(path)  # most recently used: kept by prune_cache
         return torch._inductor.aoti_load_package(str(path))
 
     def _inductor(self, part: StepPart, x: Tensor, state: dict[str, Tensor], condition: Tensor | None):
