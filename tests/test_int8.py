@@ -114,3 +114,35 @@ def test_int8_stage_trains_through_the_rounding(tmp_path, small_layers):
     report = outcome["int8_report"]  # the int8 student evaluated in int8
     assert report is not None and (tmp_path / "run" / "int8" / "eval" / "report.md").is_file()
     assert 0 <= report["token_agreement"] <= 1
+
+
+def test_exportable_int8_linear_computes_what_the_dynamic_int8_layer_does():
+    # the form compiled steps carry (int8.py): same numbers as torch.ao's layer, with both kernels of the op
+    from kanade_stream.streaming.int8 import ExportableInt8Linear, exportable_int8, linear_int8, load_int8_kernel
+
+    torch.manual_seed(0)
+    layer = quantize_dynamic_one(torch.nn.Linear(96, 80))
+    exportable = ExportableInt8Linear(layer)
+    x = torch.randn(3, 5, 96)
+    with torch.inference_mode():
+        expected = layer(x)
+        assert torch.equal(linear_int8(x, exportable.weight, exportable.scales, exportable.zero_points,
+                                       exportable.bias, exportable.key), expected)  # the Python kernel
+        kernel = load_int8_kernel()
+        assert kernel == "C++" or kernel.startswith("Python (")
+        assert torch.equal(exportable(x), expected)  # through the dispatcher: the C++ kernel where it built
+    model = torch.nn.Sequential(layer, torch.nn.ReLU())
+    swapped = exportable_int8(model)
+    assert isinstance(swapped[0], ExportableInt8Linear) and swapped is not model and model[0] is layer
+    # the key is a digest of the weights: same weights, same key (a package from another process finds them)
+    assert ExportableInt8Linear(layer).key == exportable.key
+
+
+def quantize_dynamic_one(linear: torch.nn.Linear) -> torch.nn.Module:
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return quantize_dynamic(torch.nn.Sequential(linear), {"0": per_channel_dynamic_qconfig}, dtype=torch.qint8)[0]

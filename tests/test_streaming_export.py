@@ -127,11 +127,15 @@ def _push_all(runner, wave, chunk, condition=None):
 
 
 @needs_compile
-@pytest.mark.parametrize("kind", ["encoder", "converter"])
+@pytest.mark.parametrize("kind", ["encoder", "converter", "converter-int8"])
 def test_compiled_step_is_one_graph_per_part(student, kind):
     # Light: dynamo must capture each part whole (fullgraph: a graph break is an error) with backend "eager"
     # (no code generation, seconds); the stream then equals the eager core, the first pushes included
     rate, chunk = 48000, 1920  # 40 ms
+    if kind.endswith("int8"):
+        from kanade_stream.streaming.int8 import quantize_int8
+
+        student = quantize_int8(student)
     core = EncoderCore(student, rate) if kind == "encoder" else ConverterCore(student, rate)
     condition = None if kind == "encoder" else torch.randn(1, student.config.global_dim)
     wave = torch.randn(chunk * 12 + 700) * 0.1  # 12 whole pushes and a short one (runs eagerly)
@@ -141,7 +145,7 @@ def test_compiled_step_is_one_graph_per_part(student, kind):
     expected = _push_all(CoreRunner(core, "eager"), wave, chunk, condition)
     got = _push_all(runner, wave, chunk, condition)
     assert runner.compiled.counts == {"compiled": 12, "eager": 1}
-    if kind == "converter":
+    if kind.startswith("converter"):
         assert sorted(runner.compiled.backs) == [3, 4]  # 40 ms = 3.75 mel frames: two back graphs
         assert_close(got, expected)
     else:

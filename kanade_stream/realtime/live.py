@@ -73,8 +73,8 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     parser.add_argument("--step", choices=("auto", "eager", "torchscript", "aot"), default="auto",
                         help="how the model step runs: aot = compiled ahead of time by torch.export + AOTInductor "
                              "(about a minute a graph the first time, then cached in ~/.cache/kanade_stream/aot; "
-                             "needs a C++ compiler); default auto: aot for float32 weights when a C++ compiler is "
-                             "found, TorchScript for int8, else eager")
+                             "needs a C++ compiler); default auto: aot when a C++ compiler is found, else "
+                             "TorchScript for int8 weights and eager for float32")
     parser.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
     parser.add_argument("--backend", choices=("auto", "pulse", "portaudio"), default="auto",
                         help="audio devices through the PulseAudio/PipeWire server directly (pulse: smallest "
@@ -145,8 +145,8 @@ def runtime_model(args, student) -> tuple[object, str, str]:
         except RuntimeError as err:
             raise LiveError(str(err)) from err
     step = args.step
-    if step == "auto":
-        step = "torchscript" if precision == "int8" else ("aot" if has_cxx_compiler() else "eager")
+    if step == "auto":  # the compiled step when it can be built here; else what is fastest without it
+        step = "aot" if has_cxx_compiler() else ("torchscript" if precision == "int8" else "eager")
     return student, precision, step
 
 

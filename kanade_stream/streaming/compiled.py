@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..modules.streaming import copy_state
+from .int8 import exportable_int8, load_int8_kernel
 from .pipeline import ConverterCore, DecoderCore, EncoderCore
 
 PACKAGE_VERSION = 1  # bump when the way graphs are made changes without a code change below
@@ -193,6 +194,9 @@ class CompiledStep:
         elif push_size <= 0:
             raise ValueError(f"push_size must be a positive number of tokens, got {push_size}")
         self.core, self.push_size, self.compiler = core.eval(), int(push_size), compiler
+        # what the graphs are traced from: the core itself, or a copy with int8 layers torch.export can carry
+        self.graph_core = exportable_int8(self.core)
+        self.int8_kernel = load_int8_kernel() if self.graph_core is not self.core else None
         self.compile_options = dict(compile_options or {})  # torch.compile's, e.g. backend="eager" in tests
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.log = log or (lambda message: None)
@@ -204,7 +208,8 @@ class CompiledStep:
 
     @property
     def label(self) -> str:
-        return "torch.export + AOTInductor" if self.compiler == "aot" else "torch.compile (whole graphs)"
+        label = "torch.export + AOTInductor" if self.compiler == "aot" else "torch.compile (whole graphs)"
+        return label + (f", int8 layers ({self.int8_kernel} kernel)" if self.int8_kernel else "")
 
     @property
     def decoder(self) -> DecoderCore | None:
@@ -242,14 +247,14 @@ class CompiledStep:
         x = torch.zeros(1, self.push_size, dtype=torch.long) if isinstance(self.core, DecoderCore) \
             else torch.zeros(1, self.push_size)
         x = x.to(self._device())
-        self.front = self._compile(StepPart(self.core, "encode" if isinstance(self.core, EncoderCore) else "front"),
+        self.front = self._compile(StepPart(self.graph_core, "encode" if isinstance(self.core, EncoderCore) else "front"),
                                    x, state, None if isinstance(self.core, EncoderCore) else condition)
         decoder = self.decoder
         if decoder is not None:
             channels = decoder.mel_interpolator.channels
             for m in self.steady_mel_counts():
                 latent = torch.zeros(1, channels, m, device=self._device())
-                self.backs[m] = self._compile(StepPart(self.core, "back"), latent, state, condition)
+                self.backs[m] = self._compile(StepPart(self.graph_core, "back"), latent, state, condition)
         self.build_seconds = time.perf_counter() - start
 
     def _compile(self, part: StepPart, x: Tensor, state: dict[str, Tensor], condition: Tensor | None) -> _CompiledPart:
@@ -304,7 +309,7 @@ class CompiledStep:
         cpu = torch.backends.cpu.get_cpu_capability()
         shapes = [(k, tuple(state[k].shape), str(state[k].dtype)) for k in part.reads]
         for item in (PACKAGE_VERSION, torch.__version__, cpu, str(x.device), type(self.core).__name__, part.part,
-                     tuple(x.shape), str(x.dtype), shapes, part.writes, _code_digest(), _weights_digest(self.core),
+                     tuple(x.shape), str(x.dtype), shapes, part.writes, _code_digest(), _weights_digest(self.graph_core),
                      getattr(self.core, "input_rate", None)):
             digest.update(repr(item).encode())
         return digest.hexdigest()[:24]
