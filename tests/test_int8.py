@@ -146,3 +146,27 @@ def quantize_dynamic_one(linear: torch.nn.Linear) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return quantize_dynamic(torch.nn.Sequential(linear), {"0": per_channel_dynamic_qconfig}, dtype=torch.qint8)[0]
+
+
+def test_stacked_int8_projections_give_the_same_numbers():
+    # exportable_int8 runs q/k/v (and SwiGLU w1/w3) as one int8 layer: exactly the separate layers' outputs
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    from kanade_stream.modules.transformer import Transformer
+    from kanade_stream.streaming.int8 import ExportableInt8Linear, exportable_int8
+
+    torch.manual_seed(0)
+    model = randomize(Transformer(64, 2, 4, causal_past=8)).eval()
+    names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        quantized = quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8)
+    exportable = exportable_int8(quantized)
+    attention, feed_forward = exportable.layers[0].attention, exportable.layers[0].feed_forward
+    assert isinstance(attention.wqkv, ExportableInt8Linear) and not hasattr(attention, "wq")
+    assert isinstance(feed_forward.w13, ExportableInt8Linear) and not hasattr(feed_forward, "w1")
+    x = torch.randn(1, 12, 64)
+    with torch.inference_mode():
+        assert torch.equal(exportable(x), quantized(x))

@@ -62,12 +62,17 @@ class Attention(nn.Module):
         self.wv = nn.Linear(dim, dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
 
+    def linear_qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The three input projections, each (B, T, dim) (one fused layer in int8.py's exportable form)."""
+        return self.wq(x), self.wk(x), self.wv(x)
+
     def project(self, x: Tensor, cos: Optional[Tensor], sin: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """Queries, keys (both rotated) and values, each (B, H, T, D)."""
         b, t = x.shape[0], x.shape[1]
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim)
-        k = self.wk(x).view(b, t, self.n_heads, self.head_dim)
-        v = self.wv(x).view(b, t, self.n_heads, self.head_dim)
+        q, k, v = self.linear_qkv(x)
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k = k.view(b, t, self.n_heads, self.head_dim)
+        v = v.view(b, t, self.n_heads, self.head_dim)
         if cos is not None and sin is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

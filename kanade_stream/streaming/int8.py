@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modules.attention import Attention
+from ..modules.transformer import FeedForward
+
 MIN_WEIGHTS = 4096  # smaller layers cost nothing to read and are left in float32
 KEEP_FLOAT = ("quantizer.", "content_head", "global_head", "vocoder.head")  # exact tokens, targets, the spectrum
 # PyTorch's dynamic int8 Linear on x86 (fbgemm) quantizes its input to 7 bits (reduce_range), which leaves
@@ -126,18 +129,64 @@ class ExportableInt8Linear(nn.Module):
         self.register_buffer("scales", qweight.q_per_channel_scales().double())
         self.register_buffer("zero_points", qweight.q_per_channel_zero_points().long())
         self.register_buffer("bias", bias.detach().clone() if bias is not None else torch.zeros(qweight.shape[0]))
-        digest = hashlib.blake2b(digest_size=8)
-        for tensor in (self.weight, self.scales, self.zero_points, self.bias):
-            digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
-        self.key = int.from_bytes(digest.digest(), "little") >> 1  # a non-negative int64
+        self.key = _digest_key(self.weight, self.scales, self.zero_points, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.kanade_stream.linear_int8(x, self.weight, self.scales, self.zero_points, self.bias, self.key)
 
+    @classmethod
+    def stacked(cls, layers: list["ExportableInt8Linear"]) -> "ExportableInt8Linear":
+        """One layer computing `layers` side by side on one input, outputs concatenated. Exactly their outputs:
+        the input is quantized once either way, and each output row keeps its weights' scale."""
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        for name in ("weight", "scales", "zero_points", "bias"):
+            fused.register_buffer(name, torch.cat([getattr(layer, name) for layer in layers]))
+        fused.key = _digest_key(fused.weight, fused.scales, fused.zero_points, fused.bias)
+        return fused
+
+
+def _digest_key(*tensors: torch.Tensor) -> int:
+    digest = hashlib.blake2b(digest_size=8)
+    for tensor in tensors:
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return int.from_bytes(digest.digest(), "little") >> 1  # a non-negative int64
+
+
+class _StackedQKVAttention(Attention):
+    """Attention whose q, k, v projections run as one int8 layer `wqkv` (one fbgemm call instead of three)."""
+
+    def linear_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = self.wqkv(x).chunk(3, dim=-1)
+        return q, k, v
+
+
+class _StackedFeedForward(FeedForward):
+    """SwiGLU whose w1 and w3 run as one int8 layer `w13`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+def _stack_int8_projections(module: nn.Module) -> None:
+    """In place: where a block's q/k/v (or SwiGLU w1/w3) are all ExportableInt8Linear, run them as one."""
+    for block in module.modules():
+        if isinstance(block, Attention) and all(isinstance(getattr(block, n), ExportableInt8Linear)
+                                                for n in ("wq", "wk", "wv")):
+            block.wqkv = ExportableInt8Linear.stacked([block.wq, block.wk, block.wv])
+            del block.wq, block.wk, block.wv
+            block.__class__ = _StackedQKVAttention
+        elif isinstance(block, FeedForward) and all(isinstance(getattr(block, n), ExportableInt8Linear)
+                                                    for n in ("w1", "w3")):
+            block.w13 = ExportableInt8Linear.stacked([block.w1, block.w3])
+            del block.w1, block.w3
+            block.__class__ = _StackedFeedForward
+
 
 def exportable_int8(module: nn.Module) -> nn.Module:
-    """A copy of `module` whose torch.ao dynamic int8 Linear layers are ExportableInt8Linear (the module
-    itself when it has none)."""
+    """A copy of `module` whose torch.ao dynamic int8 Linear layers are ExportableInt8Linear, the q/k/v and
+    SwiGLU w1/w3 projections stacked into one layer each (the module itself when it has no int8 layer)."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
     names = [name for name, m in module.named_modules() if isinstance(m, DynamicInt8Linear)]
@@ -148,6 +197,7 @@ def exportable_int8(module: nn.Module) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         setattr(parent, child, ExportableInt8Linear(getattr(parent, child)))
+    _stack_int8_projections(module)
     return module
 
 
