@@ -210,3 +210,23 @@ def test_compiled_step_cache_keeps_the_most_recently_used(tmp_path):
     os.utime(stale, (1000, 1000))
     prune_cache(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.partial-2.pt2", "p3.pt2", "p4.pt2"]
+
+
+@needs_compile
+def test_compiled_decoder_step_token_by_token(student):
+    core = DecoderCore(student)
+    condition = torch.randn(1, student.config.global_dim)
+    tokens = torch.randint(0, student.quantizer.codebook_size, (1, 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would hide a graph break here
+        runner = CoreRunner(core, "compile", push_size=1, compile_options={"backend": "eager"})
+    outs = {}
+    with torch.inference_mode():
+        for name, r in (("eager", CoreRunner(core, "eager")), ("compiled", runner)):
+            state, pieces = r.init_state(1), []
+            for t in range(tokens.shape[1]):
+                audio, state = r.step(tokens[:, t:t + 1], state, condition)
+                pieces.append(audio)
+            outs[name] = torch.cat(pieces, 1)
+    assert_close(outs["compiled"], outs["eager"])
+    assert runner.compiled.counts["compiled"] >= 18  # the steady pushes; the first may run eagerly

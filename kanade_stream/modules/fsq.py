@@ -52,6 +52,11 @@ class FiniteScalarQuantizer(nn.Module):
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
             raise ValueError(f"token indices must be in [0, {self.codebook_size}), got range "
                              f"[{int(indices.min())}, {int(indices.max())}]")
+        return self.valid_indices_to_codes(indices)
+
+    def valid_indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """`indices_to_codes` for indices already known to be in range (no data-dependent check: a compiled
+        step's graph keeps no Python branch on values)."""
         digits = (indices.long()[..., None] // self._basis) % self._levels
         return (digits - self._half_width).float() / self._half_width
 
@@ -63,6 +68,10 @@ class FiniteScalarQuantizer(nn.Module):
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Token indices (...) -> content embedding (..., output_dim)."""
         return self.proj_out(self.indices_to_codes(indices).to(self.proj_out.weight.dtype))
+
+    def decode_valid(self, indices: torch.Tensor) -> torch.Tensor:
+        """`decode` for indices already checked to be in range (streams check every push first)."""
+        return self.proj_out(self.valid_indices_to_codes(indices).to(self.proj_out.weight.dtype))
 
     def forward(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training form: (embedding, indices, codebook perplexity of this batch)."""

@@ -105,8 +105,8 @@ class StepPart(nn.Module):
         if self.part == "front":  # converter: samples -> latent frames; decoder: tokens -> latent frames
             if isinstance(self.core, ConverterCore):
                 _, embedding, state = self.core.encoder.encode_step(x, state)
-            else:
-                embedding = self.core.quantizer.decode(x)
+            else:  # the stream checked the token range before the step
+                embedding = self.core.quantizer.decode_valid(x)
             latent, state = self._decoder().latent_step(embedding, state)
             return (latent,), state
         audio, state = self._decoder().audio_step_undropped(x, state, condition)  # back
