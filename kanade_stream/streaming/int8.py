@@ -4,7 +4,10 @@ At 40 ms chunks a step multiplies a handful of frames by every weight of the con
 is the time to read ~80 MB of float32 weights, which do not fit a laptop's or server's L3 cache; int8
 weights (a quarter of that) do. `quantize_int8(student)` gives a copy whose large Linear layers are
 PyTorch dynamic int8 (per-output-channel symmetric int8 weights; each call quantizes its input to 8 bits
-with its own range): it runs everywhere a student does (offline, streams, TorchScript).
+with its own range): it runs everywhere a student does (offline, streams, TorchScript). Compiled steps
+(compiled.py) cannot carry torch.ao's opaque packed weights, so `exportable_int8` rewrites those layers as
+the op `kanade_stream::linear_int8` on plain tensors (same numbers; a C++ kernel, int8_kernel.cpp, once
+built), with q/k/v and SwiGLU w1/w3 stacked into one call each.
 
 Quantizing a student that was never trained for it moves its outputs by about 12 % and changes tokens, so
 the distillation has an `int8` stage: `fake_quantize(student)` makes those same layers compute with
