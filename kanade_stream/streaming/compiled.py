@@ -43,7 +43,7 @@ from .int8 import exportable_int8, load_int8_kernel
 from .pipeline import ConverterCore, DecoderCore, EncoderCore
 
 PACKAGE_VERSION = 1  # bump when the way graphs are made changes without a code change below
-KEEP_PACKAGES = 24  # the cache keeps the most recently used packages (a default-size graph is ~80 MB)
+KEEP_PACKAGES = 12  # the cache keeps the most recently used packages (a default-size front is ~55 MB)
 
 
 def default_cache_dir() -> Path:
