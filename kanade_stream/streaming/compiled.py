@@ -16,10 +16,11 @@ place, are mutated inputs), so it traces as one graph:
 - compiler "aot": `torch.export`, then AOTInductor to a `.pt2` package: no Python dispatch at all inside a
   part. Packages are cached in `$KANADE_STREAM_CACHE/aot` (default `~/.cache/kanade_stream/aot`) under a
   key made of the weights, the shapes, this package's streaming code, the torch version and the CPU's
-  vector ISA, so a later start loads in seconds. Compiling takes about a minute a graph on a 2-core CPU
+  vector ISA, so a later start loads in about a second. Compiling takes 20-40 s a graph on a 2-core CPU
   and needs a C++ compiler.
 - compiler "inductor": `torch.compile(part, fullgraph=True)` (a graph break is an error, not a silent
-  fallback), compiled at set-up by one call on a copy of the state; torch's own cache applies.
+  fallback), compiled at set-up by two calls on a copy of the state (fresh entries, then entries a step
+  made: torch.compile guards on the difference); torch's own cache applies.
 
 The graphs are specialised to batch 1 and one push size. Any other push (a stream's flush, a decoder
 push of another token count, a mel-frame count the cycle never produced) runs the same core eagerly on
