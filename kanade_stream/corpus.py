@@ -33,6 +33,7 @@ import numpy as np
 import soundfile as sf
 
 from .audio import check_sample_rate
+from .cache import cache_root
 
 ESPEAK_SAMPLE_RATE = 22050  # eSpeak NG's native output rate
 PEAK_LEVEL = 0.9  # every utterance is peak-normalised to this, eSpeak's own levels vary ~10x between variants
@@ -396,9 +397,7 @@ SENTENCES: list[str] = read_sentences()
 
 def default_corpus_dir() -> Path:
     """`$KANADE_STREAM_CACHE/corpus`, else `~/.cache/kanade_stream/corpus`."""
-    cache = os.environ.get("KANADE_STREAM_CACHE")
-    root = Path(cache).expanduser() if cache else Path.home() / ".cache" / "kanade_stream"
-    return root / "corpus"
+    return cache_root() / "corpus"
 
 
 def _check_count(label: str, value, minimum: int) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from kanade_stream.cache import cache_root
 from kanade_stream.corpus import make_voices, synthesize
 
 pytestmark = pytest.mark.audio
@@ -37,9 +38,8 @@ def start_pulse(runtime: Path, modules: list[str]):
         pytest.skip("PulseAudio is not installed (apt-get install pulseaudio; .ci/run does)")
     # HOME moves (the daemon's cookie and config stay private); the compiled-step cache stays the user's, so
     # the programs started here compile their step once per test session, not once per test
-    cache = os.environ.get("KANADE_STREAM_CACHE") or str(Path.home() / ".cache" / "kanade_stream")
     env = dict(os.environ, PYTHONPATH=str(REPO), XDG_RUNTIME_DIR=str(runtime), PULSE_RUNTIME_PATH=str(runtime),
-               HOME=str(runtime), PULSE_SERVER=f"unix:{runtime}/native", KANADE_STREAM_CACHE=cache)
+               HOME=str(runtime), PULSE_SERVER=f"unix:{runtime}/native", KANADE_STREAM_CACHE=str(cache_root()))
     modules = [f"module-native-protocol-unix socket={runtime}/native auth-anonymous=1"] + modules
     cmd = ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "--log-target=stderr",
            "--system=false", "--use-pid-file=false"] + [f"--load={m}" for m in modules]

@@ -39,6 +39,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..cache import cache_root
 from ..modules.streaming import copy_state
 from .int8 import exportable_int8, load_int8_kernel
 from .pipeline import ConverterCore, DecoderCore, EncoderCore
@@ -48,9 +49,7 @@ KEEP_PACKAGES = 12  # the cache keeps the most recently used packages (a default
 
 
 def default_cache_dir() -> Path:
-    cache = os.environ.get("KANADE_STREAM_CACHE")
-    root = Path(cache).expanduser() if cache else Path.home() / ".cache" / "kanade_stream"
-    return root / "aot"
+    return cache_root() / "aot"
 
 
 COMPILERS = ("aot", "inductor")
