@@ -194,6 +194,9 @@ class CompiledStep:
         elif push_size <= 0:
             raise ValueError(f"push_size must be a positive number of tokens, got {push_size}")
         self.core, self.push_size, self.compiler = core.eval(), int(push_size), compiler
+        # latent frames (100 Hz) a push makes, the interpolation's input (0 for an encoder)
+        tokens = core.encoder.num_tokens(self.push_size) if isinstance(core, ConverterCore) else self.push_size
+        self.latent_per_push = tokens * self.decoder.upsample_factor if self.decoder is not None else 0
         # what the graphs are traced from: the core itself, or a copy with int8 layers torch.export can carry
         self.graph_core = exportable_int8(self.core)
         self.int8_kernel = load_int8_kernel() if self.graph_core is not self.core else None
@@ -204,6 +207,7 @@ class CompiledStep:
         self.build_seconds = 0.0
         self.front: _CompiledPart | None = None
         self.backs: dict[int, _CompiledPart] = {}
+        self._build_key = ""  # what every part's cache key shares: code, weights, torch, CPU (set by _build)
         self._build()
 
     @property
@@ -229,19 +233,18 @@ class CompiledStep:
         decoder = self.decoder
         return None if decoder is None else torch.zeros(1, decoder.global_dim, device=self._device())
 
-    def _latent_per_push(self) -> int:
-        tokens = self.core.encoder.num_tokens(self.push_size) if isinstance(self.core, ConverterCore) else self.push_size
-        return tokens * self.decoder.upsample_factor
-
     def steady_mel_counts(self) -> list[int]:
         """Mel frames per push once a stream of pushes of `push_size` is under way (the back graphs)."""
-        latent = self._latent_per_push()
+        latent = self.latent_per_push
         interpolator = self.decoder.mel_interpolator
         made = [interpolator.num_outputs(latent * (i + 1)) - interpolator.num_outputs(latent * i) for i in range(64)]
         return sorted({m for m in made[2:] if m > 0})
 
     def _build(self) -> None:
         start = time.perf_counter()
+        shared = (PACKAGE_VERSION, torch.__version__, torch.backends.cpu.get_cpu_capability(), type(self.core).__name__,
+                  getattr(self.core, "input_rate", None), _code_digest(), _weights_digest(self.graph_core))
+        self._build_key = repr(shared)  # hashed once: the weights digest reads every weight
         state = self.core.init_state(1)
         condition = self._condition()
         x = torch.zeros(1, self.push_size, dtype=torch.long) if isinstance(self.core, DecoderCore) \
@@ -305,12 +308,9 @@ class CompiledStep:
         return compiled
 
     def _key(self, part: StepPart, x: Tensor, state: dict[str, Tensor]) -> str:
-        digest = hashlib.sha256()
-        cpu = torch.backends.cpu.get_cpu_capability()
+        digest = hashlib.sha256(self._build_key.encode())
         shapes = [(k, tuple(state[k].shape), str(state[k].dtype)) for k in part.reads]
-        for item in (PACKAGE_VERSION, torch.__version__, cpu, str(x.device), type(self.core).__name__, part.part,
-                     tuple(x.shape), str(x.dtype), shapes, part.writes, _code_digest(), _weights_digest(self.graph_core),
-                     getattr(self.core, "input_rate", None)):
+        for item in (str(x.device), part.part, tuple(x.shape), str(x.dtype), shapes, part.writes):
             digest.update(repr(item).encode())
         return digest.hexdigest()[:24]
 
@@ -329,7 +329,7 @@ class CompiledStep:
         interpolator = decoder.mel_interpolator
         seen = int(state[interpolator.state_prefix + "seen"])
         emitted = int(state[interpolator.state_prefix + "emitted"])
-        m = interpolator.num_outputs(seen + self._latent_per_push()) - emitted
+        m = interpolator.num_outputs(seen + self.latent_per_push) - emitted
         back = self.backs.get(m)
         if m > 0 and (back is None or not back.fits_state(state)):
             self.counts["eager"] += 1  # e.g. the first pushes of a stream
@@ -339,6 +339,6 @@ class CompiledStep:
         self.counts["compiled"] += 1
         if m == 0:
             return mel_latent.new_zeros(1, 0), state
-        drop = decoder.vocoder.istft.start_drop(int(state[decoder.vocoder.istft.state_prefix + "frames"]), m)
+        drop = decoder.start_drop(state, m)
         (audio,) = back(mel_latent, state, condition)
         return audio[:, drop:], state

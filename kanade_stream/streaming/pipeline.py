@@ -154,7 +154,7 @@ class DecoderCore(nn.Module):
         state.update(self.vocoder.init_state(batch))
         return state
 
-    # A step is three parts, so that a compiled step (aot.py) can compile the two whose shapes depend on the
+    # A step is three parts, so that a compiled step (compiled.py) can compile the two whose shapes depend on the
     # push size alone and run the interpolation, whose frame count varies from push to push, between them.
 
     def latent_step(self, embedding: Tensor, state: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -166,10 +166,14 @@ class DecoderCore(nn.Module):
     def audio_step_undropped(self, latent: Tensor, state: Dict[str, Tensor],
                              condition: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Latent on the mel grid (B, C, m >= 1) -> m * hop samples through decoder, PostNet and vocoder,
-        before the ISTFT's start drop (`vocoder.istft.start_drop`)."""
+        before the ISTFT's start drop (`start_drop`)."""
         mel, state = self.mel_decoder.step(latent.transpose(1, 2), state, condition[:, None, :])
         mel, state = self.mel_postnet.step(mel.transpose(1, 2), state)
         return self.vocoder.step_undropped(mel, state)
+
+    def start_drop(self, state: Dict[str, Tensor], m: int) -> int:
+        """Samples of the next m mel frames' audio that the ISTFT drops (the start of a stream)."""
+        return self.vocoder.istft.start_drop(int(state[self.vocoder.istft.state_prefix + "frames"]), m)
 
     def _from_mel_latent(self, latent: Tensor, state: Dict[str, Tensor],
                          condition: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -177,7 +181,7 @@ class DecoderCore(nn.Module):
         m = latent.shape[-1]
         if m == 0:
             return latent.new_zeros(latent.shape[0], 0), state
-        drop = self.vocoder.istft.start_drop(int(state[self.vocoder.istft.state_prefix + "frames"]), m)
+        drop = self.start_drop(state, m)
         audio, state = self.audio_step_undropped(latent, state, condition)
         return audio[:, drop:], state
 
