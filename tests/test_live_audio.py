@@ -80,6 +80,57 @@ def envelope(x: np.ndarray, hop: int = 441) -> np.ndarray:
     return np.log(np.sqrt((x[: frames * hop].reshape(frames, hop) ** 2).mean(axis=1)) + 1e-5)
 
 
+def measure_through_pulse(pulse, folder: Path, backend: str, chunk_ms: int, source: np.ndarray, speech_len: int):
+    """One run of live_vc.py in the wiring above; returns (summary, stderr, lags in 10 ms frames, correlation
+    of the output's loudness contour with the input's at each lag)."""
+    folder.mkdir()
+    sf.write(folder / "speech.wav", source, RATE)
+    app_env = dict(pulse, PULSE_SOURCE="vc_in.monitor", PULSE_SINK="mix_right")
+    seconds = len(source) / RATE + 3.0
+    app = subprocess.Popen(
+        [sys.executable, str(REPO / "demos" / "live_vc.py"), "--ref", str(folder.parent / "ref.wav"),
+         "--input-device", "pulse", "--output-device", "pulse", "--duration", f"{seconds:.1f}",
+         "--summary-json", str(folder / "summary.json"), "--quiet", "--backend", backend,
+         "--chunk-ms", str(chunk_ms)],
+        env=app_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    recorder = subprocess.Popen(
+        ["parecord", "--device=mix.monitor", "--channels=2", f"--rate={RATE}", "--format=float32le",
+         "--file-format=wav", str(folder / "mix.wav")], env=pulse)
+    # wait until the demo says its streams run (a cold start compiles and loads for a while)
+    for line in app.stderr:
+        if line.startswith("streaming:"):
+            break
+    else:
+        pytest.fail(f"live_vc.py ended before streaming: {app.wait()}")
+    subprocess.run(["paplay", "--device=feed", str(folder / "speech.wav")], env=pulse, check=True, timeout=60)
+    out, err = app.communicate(timeout=120)
+    recorder.terminate()
+    recorder.wait(timeout=10)
+    assert app.returncode == 0, err
+    summary = json.loads((folder / "summary.json").read_text())
+
+    mix, rate = sf.read(folder / "mix.wav", dtype="float32")
+    went_in, came_out = mix[:, 0], mix[:, 1]
+    assert np.abs(went_in).max() > 0.1, "the source never reached the input"
+    env_in, env_out = envelope(went_in), envelope(came_out)
+    # speech came out: the output is far louder while the input speaks than before the input starts
+    onset = int(np.argmax(env_in > env_in.max() - 4.0))
+    assert onset > 40
+    speech_frames = slice(onset, onset + speech_len * rate // RATE // 441)
+    assert env_out[speech_frames].max() > np.median(env_out[: onset - 30]) + 2.0
+
+    # latency: the lag that best aligns the output's loudness contour with the input's (10 ms frames); negative
+    # lags are looked at too, so that a sound path that skewed shows as such
+    lags = list(range(-30, 60))  # -300 .. 600 ms
+    a = env_in[speech_frames] - env_in[speech_frames].mean()
+    scores = []
+    for lag in lags:
+        b = env_out[speech_frames.start + lag : speech_frames.stop + lag]
+        b = b - b.mean()
+        scores.append(float(np.dot(a[: len(b)], b) / (np.linalg.norm(a[: len(b)]) * np.linalg.norm(b) + 1e-9)))
+    return summary, err, lags, scores
+
+
 @pytest.mark.parametrize("backend, chunk_ms", [("pulse", 40), ("pulse", 80), ("portaudio", 80)])
 def test_live_vc_through_pulseaudio(pulse, tmp_path, backend, chunk_ms):
     """Mouth-to-ear on one recording clock is within the bound the program reports (engine delay +
@@ -87,55 +138,30 @@ def test_live_vc_through_pulseaudio(pulse, tmp_path, backend, chunk_ms):
     voice_a, voice_b = make_voices(2, seed=3)
     speech = synthesize("Every morning the small boat crossed the quiet bay to the market.", voice_a, RATE)
     source = np.concatenate([np.zeros(RATE, np.float32), speech, np.zeros(RATE, np.float32)])
-    sf.write(tmp_path / "speech.wav", source, RATE)
     sf.write(tmp_path / "ref.wav", synthesize("A reference voice reads this sentence aloud for us.", voice_b, RATE), RATE)
 
-    app_env = dict(pulse, PULSE_SOURCE="vc_in.monitor", PULSE_SINK="mix_right")
-    seconds = len(source) / RATE + 3.0
-    app = subprocess.Popen(
-        [sys.executable, str(REPO / "demos" / "live_vc.py"), "--ref", str(tmp_path / "ref.wav"),
-         "--input-device", "pulse", "--output-device", "pulse", "--duration", f"{seconds:.1f}",
-         "--summary-json", str(tmp_path / "summary.json"), "--quiet", "--backend", backend,
-         "--chunk-ms", str(chunk_ms)],
-        env=app_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    recorder = subprocess.Popen(
-        ["parecord", "--device=mix.monitor", "--channels=2", f"--rate={RATE}", "--format=float32le",
-         "--file-format=wav", str(tmp_path / "mix.wav")], env=pulse)
-    # wait until the demo says its streams run (a cold start compiles and loads for a while)
-    for line in app.stderr:
-        if line.startswith("streaming:"):
+    # The loudness-contour measurement needs the test's own sound path to behave. Once, in CI, the output's
+    # contour matched no lag (best correlation 0.24, falling from lag 0) while the program's figures were
+    # normal (0 underruns); it did not happen again here, loaded or not. The suspect is the combine sink's
+    # two branches drifting apart on a loaded machine. A contour that matches nothing, or matches best
+    # before the input, is a failed measurement: it is retried once, and both attempts are reported if the
+    # second fails too.
+    failures = []
+    for attempt in range(2):
+        summary, err, lags, scores = measure_through_pulse(pulse, tmp_path / f"try{attempt}", backend, chunk_ms,
+                                                           source, len(speech))
+        if max(scores) > 0.3 and lags[int(np.argmax(scores))] >= 0:
             break
+        best = int(np.argmax(scores))
+        failures.append(f"attempt {attempt + 1}: best correlation {scores[best]:.2f} at lag {10 * lags[best]} ms, "
+                        f"summary {summary}")
+        print(f"measurement failed, {failures[-1]}")
     else:
-        pytest.fail(f"live_vc.py ended before streaming: {app.wait()}")
-    subprocess.run(["paplay", "--device=feed", str(tmp_path / "speech.wav")], env=pulse, check=True, timeout=60)
-    out, err = app.communicate(timeout=120)
-    recorder.terminate()
-    recorder.wait(timeout=10)
-    assert app.returncode == 0, err
-    summary = json.loads((tmp_path / "summary.json").read_text())
-
-    mix, rate = sf.read(tmp_path / "mix.wav", dtype="float32")
-    went_in, came_out = mix[:, 0], mix[:, 1]
-    assert np.abs(went_in).max() > 0.1, "the source never reached the input"
-    env_in, env_out = envelope(went_in), envelope(came_out)
-    # speech came out: the output is far louder while the input speaks than before the input starts
-    onset = int(np.argmax(env_in > env_in.max() - 4.0))
-    assert onset > 10
-    speech_frames = slice(onset, onset + len(speech) * rate // RATE // 441)
-    assert env_out[speech_frames].max() > np.median(env_out[:onset]) + 2.0
-
-    # latency: the lag that best aligns the output's loudness contour with the input's (10 ms frames)
-    lags = range(0, 60)  # 0 .. 600 ms
-    a = env_in[speech_frames] - env_in[speech_frames].mean()
-    scores = []
-    for lag in lags:
-        b = env_out[speech_frames.start + lag : speech_frames.stop + lag]
-        b = b - b.mean()
-        scores.append(float(np.dot(a[: len(b)], b) / (np.linalg.norm(a[: len(b)]) * np.linalg.norm(b) + 1e-9)))
-    measured_ms = 10.0 * int(np.argmax(scores))
-    assert max(scores) > 0.3, f"output loudness does not follow the input (best correlation {max(scores):.2f}): {summary}"
-    print(f"{backend}, {chunk_ms} ms chunks: measured mouth-to-ear {measured_ms:.0f} ms, reported bound "
-          f"{summary['latency_bound_ms']} ms ({summary_line(err)}), summary {summary}")
+        pytest.fail("output loudness does not follow the input:\n" + "\n".join(failures))
+    measured_ms = 10.0 * lags[int(np.argmax(scores))]
+    print(f"{backend}, {chunk_ms} ms chunks: measured mouth-to-ear {measured_ms:.0f} ms (correlation "
+          f"{max(scores):.2f}), reported bound {summary['latency_bound_ms']} ms ({summary_line(err)}), "
+          f"summary {summary}")
     # one envelope frame of measurement resolution
     assert measured_ms <= summary["latency_bound_ms"] + 10.0
     if backend == "pulse":
