@@ -117,20 +117,27 @@ def test_int8_stage_trains_through_the_rounding(tmp_path, small_layers):
 
 
 def test_exportable_int8_linear_computes_what_the_dynamic_int8_layer_does():
-    # the form compiled steps carry (int8.py): same numbers as torch.ao's layer, with both kernels of the op
+    # the form compiled steps carry (int8.py): same numbers as torch.ao's layer, bit for bit, with both kernels of
+    # the op. The C++ kernel computes up to 8 rows (a streaming step's frames) itself and hands larger inputs to
+    # fbgemm: rows 1..8 and 15, an input width that is no multiple of its 32-lane blocks, inputs of one sign
+    # (the zero point at either end), and all zeros.
     from kanade_stream.streaming.int8 import ExportableInt8Linear, exportable_int8, linear_int8, load_int8_kernel
 
     torch.manual_seed(0)
-    layer = quantize_dynamic_one(torch.nn.Linear(96, 80))
+    layer = quantize_dynamic_one(torch.nn.Linear(100, 80))
     exportable = ExportableInt8Linear(layer)
-    x = torch.randn(3, 5, 96)
+    kernel = load_int8_kernel()
+    assert kernel == "C++" or kernel.startswith("Python (")
+    inputs = [torch.randn(1, rows, 100) * 3 for rows in range(1, 9)] + [torch.randn(3, 5, 100)]
+    inputs += [torch.rand(2, 100) + 0.5, -torch.rand(4, 100) - 0.1, torch.zeros(2, 100)]
     with torch.inference_mode():
-        expected = layer(x)
-        assert torch.equal(linear_int8(x, exportable.weight, exportable.scales, exportable.zero_points,
-                                       exportable.bias, exportable.key), expected)  # the Python kernel
-        kernel = load_int8_kernel()
-        assert kernel == "C++" or kernel.startswith("Python (")
-        assert torch.equal(exportable(x), expected)  # through the dispatcher: the C++ kernel where it built
+        for x in inputs:
+            expected = layer(x)
+            python = linear_int8(x, exportable.weight, exportable.scales, exportable.zero_points, exportable.bias,
+                                 exportable.key)
+            assert torch.equal(python, expected), tuple(x.shape)
+            # through the dispatcher: the C++ kernel where it built
+            assert torch.equal(exportable(x), expected), (tuple(x.shape), (exportable(x) - expected).abs().max())
     model = torch.nn.Sequential(layer, torch.nn.ReLU())
     swapped = exportable_int8(model)
     assert isinstance(swapped[0], ExportableInt8Linear) and swapped is not model and model[0] is layer

@@ -104,7 +104,7 @@ def load_int8_kernel() -> str:
         try:
             from torch.utils.cpp_extension import load
 
-            load("kanade_stream_int8", [str(Path(__file__).with_name("int8_kernel.cpp"))], extra_cflags=["-O2"],
+            load("kanade_stream_int8", [str(Path(__file__).with_name("int8_kernel.cpp"))], extra_cflags=["-O3"],
                  is_python_module=False, verbose=False)
             _KERNEL["kind"] = "C++"
         except Exception as err:  # no compiler or headers: the Python kernel computes the same, slower
