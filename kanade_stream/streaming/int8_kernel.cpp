@@ -95,43 +95,51 @@ __attribute__((target("avx2"))) inline __m128i horizontal_sums4(__m256i a, __m25
   return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
 }
 
-// acc[m][n] for ROWS input rows against every weight row, four weight rows at a time: each weight vector is
-// loaded once for all input rows, each input vector once for four weight rows. Inputs are at most 127 and
-// weights at least -128, so maddubs's 16-bit pair sums cannot saturate.
-template <int ROWS>
+// acc[m][n] for ROWS input rows against every weight row, BLOCK weight rows at a time: each weight vector is
+// loaded once for all input rows, each input vector once for BLOCK weight rows (ROWS x BLOCK accumulators
+// stay within the 16 registers). Inputs are at most 127 and weights at least -128, so maddubs's 16-bit pair
+// sums cannot saturate.
+template <int ROWS, int BLOCK>
 __attribute__((target("avx2"))) void dots_avx2(const uint8_t* x, const PackedWeights& p, int32_t* acc) {
-  const __m256i ones = _mm256_set1_epi16(1);
+  static_assert(BLOCK == 1 || BLOCK == 2 || BLOCK == 4, "blocks of 1, 2 or 4 weight rows");
+  const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
   int64_t n = 0;
-  for (; n + 4 <= p.out; n += 4) {
+  for (; n + BLOCK <= p.out; n += BLOCK) {
     const int8_t* w = &p.weight[n * p.in_padded];
-    __m256i sums[ROWS][4];
+    __m256i sums[ROWS][BLOCK];
     for (int m = 0; m < ROWS; ++m)
-      for (int j = 0; j < 4; ++j) sums[m][j] = _mm256_setzero_si256();
+      for (int j = 0; j < BLOCK; ++j) sums[m][j] = zero;
     for (int64_t k = 0; k < p.in_padded; k += LANES) {
-      __m256i wv[4];
-      for (int j = 0; j < 4; ++j)
+      __m256i wv[BLOCK];
+      for (int j = 0; j < BLOCK; ++j)
         wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * p.in_padded + k));
       for (int m = 0; m < ROWS; ++m) {
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * p.in_padded + k));
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < BLOCK; ++j)
           sums[m][j] = _mm256_add_epi32(sums[m][j], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv[j]), ones));
       }
     }
-    for (int m = 0; m < ROWS; ++m)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(acc + m * p.out + n),
-                       horizontal_sums4(sums[m][0], sums[m][1], sums[m][2], sums[m][3]));
-  }
-  for (; n < p.out; ++n) {  // the last out % 4 rows
-    const int8_t* w = &p.weight[n * p.in_padded];
     for (int m = 0; m < ROWS; ++m) {
-      __m256i sum = _mm256_setzero_si256();
-      for (int64_t k = 0; k < p.in_padded; k += LANES) {
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * p.in_padded + k));
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
-        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv), ones));
+      alignas(16) int32_t four[4];
+      _mm_store_si128(reinterpret_cast<__m128i*>(four),
+                      horizontal_sums4(sums[m][0], BLOCK > 1 ? sums[m][BLOCK > 1 ? 1 : 0] : zero,
+                                       BLOCK > 2 ? sums[m][BLOCK > 2 ? 2 : 0] : zero,
+                                       BLOCK > 3 ? sums[m][BLOCK > 3 ? 3 : 0] : zero));
+      for (int j = 0; j < BLOCK; ++j) acc[m * p.out + n + j] = four[j];
+    }
+  }
+  if (n < p.out) {  // the last out % BLOCK weight rows
+    for (; n < p.out; ++n) {
+      const int8_t* w = &p.weight[n * p.in_padded];
+      for (int m = 0; m < ROWS; ++m) {
+        __m256i sum = zero;
+        for (int64_t k = 0; k < p.in_padded; k += LANES) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * p.in_padded + k));
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+          sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv), ones));
+        }
+        acc[m * p.out + n] = _mm_cvtsi128_si32(horizontal_sums4(sum, zero, zero, zero));
       }
-      const __m256i zero = _mm256_setzero_si256();
-      acc[m * p.out + n] = _mm_cvtsi128_si32(horizontal_sums4(sum, zero, zero, zero));
     }
   }
 }
@@ -140,14 +148,14 @@ void dots(const uint8_t* x, int64_t rows, const PackedWeights& p, int32_t* acc) 
   static const bool avx2 = __builtin_cpu_supports("avx2");
   if (avx2) {
     switch (rows) {
-      case 1: return dots_avx2<1>(x, p, acc);
-      case 2: return dots_avx2<2>(x, p, acc);
-      case 3: return dots_avx2<3>(x, p, acc);
-      case 4: return dots_avx2<4>(x, p, acc);
-      case 5: return dots_avx2<5>(x, p, acc);
-      case 6: return dots_avx2<6>(x, p, acc);
-      case 7: return dots_avx2<7>(x, p, acc);
-      case 8: return dots_avx2<8>(x, p, acc);
+      case 1: return dots_avx2<1, 4>(x, p, acc);
+      case 2: return dots_avx2<2, 4>(x, p, acc);
+      case 3: return dots_avx2<3, 2>(x, p, acc);
+      case 4: return dots_avx2<4, 2>(x, p, acc);
+      case 5: return dots_avx2<5, 2>(x, p, acc);
+      case 6: return dots_avx2<6, 1>(x, p, acc);
+      case 7: return dots_avx2<7, 1>(x, p, acc);
+      case 8: return dots_avx2<8, 1>(x, p, acc);
     }
   }
   for (int64_t m = 0; m < rows; ++m)
