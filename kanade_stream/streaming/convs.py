@@ -44,6 +44,14 @@ def few_frame_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: in
     return F.conv1d(x, weight, bias, stride, 0, 1, groups)
 
 
+def is_step_sized(frames: int, channels: int, kernel: int) -> bool:
+    """Whether a conv's unfolded windows are small enough for `few_frame_conv`: up to 2^18 values (e.g. 146
+    frames of 256 channels x 7 taps, or a 40 ms push through the 41-tap input resampler). There the matrix
+    product is the faster one, and AOTInductor would run conv1d through its slow direct path; a long push (a
+    whole file at once) takes conv1d's own path. (TorchScript reads no module constants: a literal.)"""
+    return frames * channels * kernel <= 262144
+
+
 def causal_conv_step(x: Tensor, tail: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int,
                      groups: int) -> Tuple[Tensor, Tensor]:
     """Streaming form of `causal_conv`. `tail` holds the inputs not yet fully consumed: at least
@@ -52,9 +60,9 @@ def causal_conv_step(x: Tensor, tail: Tensor, weight: Tensor, bias: Optional[Ten
     x = torch.cat([tail, x], dim=-1)
     if x.shape[-1] < kernel:
         return x.new_zeros(x.shape[0], weight.shape[0], 0), x
-    if x.shape[-1] <= 64 * stride + kernel:  # up to 64 output frames (TorchScript reads no module constants)
+    if is_step_sized((x.shape[-1] - kernel) // stride + 1, x.shape[1], kernel):
         y = few_frame_conv(x, weight, bias, stride, groups)
-    else:  # a long push (e.g. a whole file at once): conv1d's own path is the faster one
+    else:
         y = F.conv1d(x, weight, bias, stride, 0, 1, groups)
     return y, x[..., y.shape[-1] * stride:]
 
@@ -208,6 +216,16 @@ class CausalConvNeXtBackbone(StreamingModule):
         return self.final_layer_norm(x), state
 
 
+class _StepSizedConv1d(nn.Conv1d):
+    """An unpadded stride-1 nn.Conv1d that computes step-sized inputs with `few_frame_conv` (as every other
+    step conv here; AOTInductor would run conv1d through its slow direct path)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if is_step_sized(x.shape[-1] - self.weight.shape[-1] + 1, x.shape[1], self.weight.shape[-1]):
+            return few_frame_conv(x, self.weight, self.bias, 1, 1)
+        return F.conv1d(x, self.weight, self.bias)
+
+
 class CausalPostNet(StreamingModule, PostNet):
     """The teacher's PostNet (same parameters) with causal padding; state: `tails.N`, the last kernel - 1
     inputs of conv N."""
@@ -217,6 +235,8 @@ class CausalPostNet(StreamingModule, PostNet):
                          padding="causal")
         self.state_prefix = ""
         self.input_dims = [input_channels] + [channels] * (num_layers - 1)
+        for block in self.convolutions:
+            block[0].__class__ = _StepSizedConv1d  # same parameters; a step's few frames as a matrix product
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
 
     def init_state(self, batch: int = 1) -> Dict[str, Tensor]:
@@ -235,11 +255,7 @@ class CausalPostNet(StreamingModule, PostNet):
             key = self.state_prefix + "tails." + str(i)
             padded = torch.cat([state[key], x], dim=-1)  # the convs have no padding: exactly T outputs
             state[key] = padded[..., padded.shape[-1] - (self.kernel_size - 1):]
-            conv, norm = block[0], block[1]
-            if padded.shape[-1] <= 64 + self.kernel_size:  # a step's few frames: as every other step conv
-                x = norm(few_frame_conv(padded, conv.weight, conv.bias, 1, 1))
-            else:
-                x = block(padded)
+            x = block(padded)
             if i < last:
                 x = torch.tanh(x)
         return mel + x, state
