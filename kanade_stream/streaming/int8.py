@@ -157,7 +157,7 @@ def _digest_key(*tensors: torch.Tensor) -> int:
 
 
 class _StackedQKVAttention(Attention):
-    """Attention whose q, k, v projections run as one int8 layer `wqkv` (one fbgemm call instead of three)."""
+    """Attention whose q, k, v projections run as one int8 layer `wqkv` (one int8 call instead of three)."""
 
     def linear_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.wqkv(x).chunk(3, dim=-1)
