@@ -155,8 +155,8 @@ class _CompiledPart:
 
 class _LoadedPackage:
     """An AOTInductor package's model, called as the exported part is (x, state entries, condition). The
-    package's own __call__ parses its input and output specs from JSON on every call (~0.1 ms a call, two
-    calls a step): here they are parsed once."""
+    package's own __call__ parses its input and output specs from JSON on every call; here they are parsed
+    once, and inputs that do not match the graph's spec are refused with both specs named."""
 
     def __init__(self, model):
         from torch.utils import _pytree as pytree

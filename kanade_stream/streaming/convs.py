@@ -45,8 +45,9 @@ def few_frame_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: in
 
 
 def is_step_sized(frames: int, channels: int, kernel: int) -> bool:
-    """Whether a conv's unfolded windows are small enough for `few_frame_conv`: up to 2^18 values (e.g. 146
-    frames of 256 channels x 7 taps, or a 40 ms push through the 41-tap input resampler). There the matrix
+    """Whether a conv's unfolded windows (`frames` over the whole batch) are small enough for
+    `few_frame_conv`: up to 2^18 values (e.g. 146 frames of 256 channels x 7 taps, or a 40 ms push through
+    the 41-tap input resampler). There the matrix
     product is the faster one, and AOTInductor would run conv1d through its slow direct path; a long push (a
     whole file at once) takes conv1d's own path. (TorchScript reads no module constants: a literal.)"""
     return frames * channels * kernel <= 262144
@@ -60,7 +61,7 @@ def causal_conv_step(x: Tensor, tail: Tensor, weight: Tensor, bias: Optional[Ten
     x = torch.cat([tail, x], dim=-1)
     if x.shape[-1] < kernel:
         return x.new_zeros(x.shape[0], weight.shape[0], 0), x
-    if is_step_sized((x.shape[-1] - kernel) // stride + 1, x.shape[1], kernel):
+    if is_step_sized(x.shape[0] * ((x.shape[-1] - kernel) // stride + 1), x.shape[1], kernel):
         y = few_frame_conv(x, weight, bias, stride, groups)
     else:
         y = F.conv1d(x, weight, bias, stride, 0, 1, groups)
@@ -221,7 +222,7 @@ class _StepSizedConv1d(nn.Conv1d):
     step conv here; AOTInductor would run conv1d through its slow direct path)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if is_step_sized(x.shape[-1] - self.weight.shape[-1] + 1, x.shape[1], self.weight.shape[-1]):
+        if is_step_sized(x.shape[0] * (x.shape[-1] - self.weight.shape[-1] + 1), x.shape[1], self.weight.shape[-1]):
             return few_frame_conv(x, self.weight, self.bias, 1, 1)
         return F.conv1d(x, self.weight, self.bias)
 

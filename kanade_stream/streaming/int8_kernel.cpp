@@ -75,6 +75,20 @@ void choose_input_params(float lo, float hi, float& scale, int32_t& zero_point) 
   hi = std::max(hi, 0.f);
   double wide = (static_cast<double>(hi) - lo) / (qmax - qmin);
   if (static_cast<float>(wide) == 0.0f || std::isinf(1.0f / static_cast<float>(wide))) wide = 0.1;
+  const float smallest = 6.1e-5f;  // scales below it are raised to it, the range stretched to match
+  if (wide < smallest) {
+    const float original = static_cast<float>(wide);
+    wide = smallest;
+    if (lo == 0.0f) {
+      hi = smallest * (qmax - qmin);
+    } else if (hi == 0.0f) {
+      lo = -smallest * (qmax - qmin);
+    } else {
+      const float amplifier = smallest / original;
+      lo *= amplifier;
+      hi *= amplifier;
+    }
+  }
   const double from_min = qmin - lo / wide, from_max = qmax - hi / wide;
   const double error_min = std::abs(qmin) - std::abs(lo / wide), error_max = std::abs(qmax) - std::abs(hi / wide);
   const double initial = error_min < error_max ? from_min : from_max;
