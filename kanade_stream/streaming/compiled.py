@@ -153,26 +153,6 @@ class _CompiledPart:
         return outputs
 
 
-class _LoadedPackage:
-    """An AOTInductor package's model, called as the exported part is (x, state entries, condition). The
-    package's own __call__ parses its input and output specs from JSON on every call; here they are parsed
-    once, and inputs that do not match the graph's spec are refused with both specs named."""
-
-    def __init__(self, model):
-        from torch.utils import _pytree as pytree
-
-        self._pytree, self._loader = pytree, model.loader
-        in_spec, out_spec = self._loader.get_call_spec()
-        self._in_spec, self._out_spec = pytree.treespec_loads(in_spec), pytree.treespec_loads(out_spec)
-
-    def __call__(self, *args):
-        flat, spec = self._pytree.tree_flatten((args, {}))
-        if spec != self._in_spec:
-            raise ValueError(f"inputs do not match the compiled graph's: {spec} vs {self._in_spec}")
-        flat = [x for x in flat if isinstance(x, Tensor)]
-        return self._pytree.tree_unflatten(self._loader.boxed_run(flat), self._out_spec)
-
-
 def _code_digest() -> str:
     """The streaming code the graphs are traced from: a change there is a new graph."""
     here = Path(__file__).resolve().parent
@@ -305,7 +285,7 @@ class CompiledStep:
             self.log(f"  compiled in {time.perf_counter() - began:.0f} s")
             prune_cache(self.cache_dir)
         os.utime(path)  # most recently used: kept by prune_cache
-        return _LoadedPackage(torch._inductor.aoti_load_package(str(path)))
+        return torch._inductor.aoti_load_package(str(path))
 
     def _inductor(self, part: StepPart, x: Tensor, state: dict[str, Tensor], condition: Tensor | None):
         self.log(f"compiling the {part.part} of the {type(self.core).__name__} step for {tuple(x.shape)} with "
