@@ -132,6 +132,9 @@ def test_token_upsampler_and_interpolator():
     up = TokenUpsampler(5, 4).eval()
     x = torch.randn(1, 5, 9)
     assert_close(run_stream(up, x, [2, 0, 3, 4]), up(x))
+    # the matrix-product form computes what the transposed conv it replaces computes (same parameters)
+    batch = torch.randn(3, 5, 7)
+    assert_close(up(batch), torch.nn.functional.conv_transpose1d(batch, up.weight, up.bias, stride=4))
     interp = FrameInterpolator(5, 100.0, 93.75)
     assert (interp.p, interp.q) == (16, 15)
     z = torch.randn(2, 5, 37)
@@ -162,6 +165,11 @@ def test_postnet():
     expected = post(x)
     for sizes in cuttings(19):
         assert_close(run_stream(post, x, sizes), expected)
+    # its convs take a step's few frames as a matrix product and long inputs through conv1d: the same numbers
+    conv = post.convolutions[1][0]
+    for frames in (3, 40000):
+        y = torch.randn(1, 8, frames + 4)
+        assert_close(conv(y), torch.nn.functional.conv1d(y, conv.weight, conv.bias))
 
 
 def test_stats_pooling_and_global_encoder():
