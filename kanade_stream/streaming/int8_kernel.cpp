@@ -24,7 +24,8 @@ constexpr int64_t MAX_SMALL_ROWS = 8;
 constexpr int64_t LANES = 32;  // int8 values in an AVX2 register; rows are padded to a multiple of this
 
 struct PackedWeights {
-  c10::IValue fbgemm;                  // fbgemm's packed form, for large inputs
+  std::once_flag fbgemm_once;          // fbgemm's packed form, made when the first large input comes
+  c10::IValue fbgemm;
   std::vector<int8_t> weight;          // (out, in_padded), zero padded
   std::vector<int32_t> column_sums;    // sum over the input of each output row's weights
   std::vector<float> scales, bias;
@@ -41,12 +42,6 @@ std::unordered_map<int64_t, std::shared_ptr<PackedWeights>>& packed_cache() {
 std::shared_ptr<PackedWeights> pack(const at::Tensor& weight, const at::Tensor& scales,
                                     const at::Tensor& zero_points, const at::Tensor& bias) {
   auto packed = std::make_shared<PackedWeights>();
-  static auto prepack = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::linear_prepack", "");
-  auto qweight = at::_make_per_channel_quantized_tensor(weight, scales, zero_points, 0);
-  torch::jit::Stack stack{qweight, c10::optional<at::Tensor>(bias)};
-  prepack.callBoxed(&stack);
-  packed->fbgemm = stack[0];
-
   auto w = weight.contiguous();
   packed->out = w.size(0);
   packed->in = w.size(1);
@@ -120,9 +115,9 @@ __attribute__((target("avx2"))) void dots_avx2(const uint8_t* x, const PackedWei
   int64_t n = 0;
   for (; n + BLOCK <= p.out; n += BLOCK) {
     const int8_t* w = &p.weight[n * p.in_padded];
-    __m256i sums[ROWS][BLOCK];
+    __m256i sums[ROWS][4];  // of which BLOCK are used; the others stay zero for the horizontal sums
     for (int m = 0; m < ROWS; ++m)
-      for (int j = 0; j < BLOCK; ++j) sums[m][j] = zero;
+      for (int j = 0; j < 4; ++j) sums[m][j] = zero;
     for (int64_t k = 0; k < p.in_padded; k += LANES) {
       __m256i wv[BLOCK];
       for (int j = 0; j < BLOCK; ++j)
@@ -136,24 +131,20 @@ __attribute__((target("avx2"))) void dots_avx2(const uint8_t* x, const PackedWei
     for (int m = 0; m < ROWS; ++m) {
       alignas(16) int32_t four[4];
       _mm_store_si128(reinterpret_cast<__m128i*>(four),
-                      horizontal_sums4(sums[m][0], BLOCK > 1 ? sums[m][BLOCK > 1 ? 1 : 0] : zero,
-                                       BLOCK > 2 ? sums[m][BLOCK > 2 ? 2 : 0] : zero,
-                                       BLOCK > 3 ? sums[m][BLOCK > 3 ? 3 : 0] : zero));
+                      horizontal_sums4(sums[m][0], sums[m][1], sums[m][2], sums[m][3]));
       for (int j = 0; j < BLOCK; ++j) acc[m * p.out + n + j] = four[j];
     }
   }
-  if (n < p.out) {  // the last out % BLOCK weight rows
-    for (; n < p.out; ++n) {
-      const int8_t* w = &p.weight[n * p.in_padded];
-      for (int m = 0; m < ROWS; ++m) {
-        __m256i sum = zero;
-        for (int64_t k = 0; k < p.in_padded; k += LANES) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * p.in_padded + k));
-          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
-          sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv), ones));
-        }
-        acc[m * p.out + n] = _mm_cvtsi128_si32(horizontal_sums4(sum, zero, zero, zero));
+  for (; n < p.out; ++n) {  // the last out % BLOCK weight rows
+    const int8_t* w = &p.weight[n * p.in_padded];
+    for (int m = 0; m < ROWS; ++m) {
+      __m256i sum = zero;
+      for (int64_t k = 0; k < p.in_padded; k += LANES) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * p.in_padded + k));
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv), ones));
       }
+      acc[m * p.out + n] = _mm_cvtsi128_si32(horizontal_sums4(sum, zero, zero, zero));
     }
   }
 }
@@ -278,6 +269,13 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& weight, const at::
       x.size(-1) == packed->in) {
     return small_rows(x.contiguous(), *packed);
   }
+  std::call_once(packed->fbgemm_once, [&] {
+    static auto prepack = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::linear_prepack", "");
+    auto qweight = at::_make_per_channel_quantized_tensor(weight, scales, zero_points, 0);
+    torch::jit::Stack packing{qweight, c10::optional<at::Tensor>(bias)};
+    prepack.callBoxed(&packing);
+    packed->fbgemm = packing[0];
+  });
   static auto linear = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::linear_dynamic", "");
   torch::jit::Stack stack{x, packed->fbgemm, true};
   linear.callBoxed(&stack);

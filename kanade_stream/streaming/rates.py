@@ -10,7 +10,6 @@ from fractions import Fraction
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modules.streaming import StreamingModule
