@@ -22,6 +22,7 @@ namespace {
 
 constexpr int64_t MAX_SMALL_ROWS = 8;
 constexpr int64_t LANES = 32;  // int8 values in an AVX2 register; rows are padded to a multiple of this
+constexpr int64_t PREFETCH_BYTES = 2048;  // 1-4 KB measured alike
 
 struct PackedWeights {
   std::once_flag fbgemm_once;          // fbgemm's packed form, made when the first large input comes
@@ -112,9 +113,17 @@ template <int ROWS, int BLOCK>
 __attribute__((target("avx2"))) void dots_avx2(const uint8_t* x, const PackedWeights& p, int32_t* acc) {
   static_assert(BLOCK == 1 || BLOCK == 2 || BLOCK == 4, "blocks of 1, 2 or 4 weight rows");
   const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
+  const char* weight_bytes = reinterpret_cast<const char*>(p.weight.data());
+  const int64_t weight_size = static_cast<int64_t>(p.weight.size());
   int64_t n = 0;
   for (; n + BLOCK <= p.out; n += BLOCK) {
     const int8_t* w = &p.weight[n * p.in_padded];
+    // A step reads each weight once, from L3 or memory, in rows too short for the hardware prefetcher to
+    // keep up: fetch PREFETCH_BYTES ahead (a default-size step's int8 layers ~25 % faster than without,
+    // alternated in one process).
+    const int64_t ahead = n * p.in_padded + PREFETCH_BYTES;
+    for (int64_t i = ahead; i < std::min(ahead + BLOCK * p.in_padded, weight_size); i += 64)
+      _mm_prefetch(weight_bytes + i, _MM_HINT_T0);
     __m256i sums[ROWS][4];  // of which BLOCK are used; the others stay zero for the horizontal sums
     for (int m = 0; m < ROWS; ++m)
       for (int j = 0; j < 4; ++j) sums[m][j] = zero;
