@@ -11,6 +11,7 @@ from torch import nn
 from kanade_stream.streaming import KanadeStudent, StreamingConverter, StudentConfig, load_student
 from kanade_stream.streaming import int8
 from kanade_stream.streaming.api import CoreRunner
+from kanade_stream.streaming.convs import CausalConv1d, StepSizedConv1d
 from kanade_stream.streaming.pipeline import ConverterCore
 from kanade_stream.streaming.testing import randomize
 
@@ -65,11 +66,41 @@ def test_int8_layers_leave_the_tokens_and_heads_in_float(student, small_layers):
     q = int8.quantize_int8(student)
     assert isinstance(q.quantizer.proj_in, nn.Linear) and int8.is_int8(q)
     state = copy.deepcopy(student.state_dict())
+    # dense convolutions too (a Linear layer over their windows), never the depthwise ones
+    convs = [n for n in names if not isinstance(student.get_submodule(n), nn.Linear)]
+    assert "downsample" in convs and "mel_postnet.convolutions.0.0" in convs and "vocoder.backbone.embed" in convs
+    assert not [n for n in names if "dwconv" in n]
+    assert isinstance(q.downsample, int8.Int8CausalConv1d) and isinstance(q.get_submodule(convs[-1]).taps, nn.Module)
     int8.fake_quantize(student)
-    assert all(isinstance(student.get_submodule(n), int8.FakeInt8Linear) for n in names)
+    fakes = (int8.FakeInt8Linear, int8.FakeInt8CausalConv1d, int8.FakeInt8StepSizedConv1d)
+    assert all(isinstance(student.get_submodule(n), fakes) for n in names)
     int8.fake_quantize(student, enabled=False)
-    assert all(type(student.get_submodule(n)) is nn.Linear for n in names)
+    assert all(type(student.get_submodule(n)) in (nn.Linear, CausalConv1d, StepSizedConv1d) for n in names)
     assert all(torch.equal(state[k], v) for k, v in student.state_dict().items())  # nothing moved
+
+
+def test_int8_conv_is_the_int8_linear_over_its_windows():
+    # Int8CausalConv1d computes exactly torch.ao's int8 Linear over the unfolded windows, streams as it
+    # computes offline (within int8's per-call rounding), and the fake rounding follows it
+    torch.manual_seed(0)
+    conv = randomize(CausalConv1d(24, 32, 4, stride=2)).eval()
+    q = int8.Int8CausalConv1d(conv)
+    x = torch.randn(1, 24, 40)
+    with torch.inference_mode():
+        padded = torch.nn.functional.pad(x, (2, 0))
+        windows = padded.unfold(2, 4, 2).permute(0, 2, 1, 3).reshape(1, 20, 96)
+        assert torch.equal(q(x), q.taps(windows).transpose(1, 2))
+        exact = conv(x)
+        assert 3e-3 < relative(q(x), exact) < 0.05
+        state, pieces = q.init_state(1), []
+        for cut in ((0, 7), (7, 8), (8, 21), (21, 40)):
+            y, state = q.step(x[..., cut[0]:cut[1]], state)
+            pieces.append(y)
+        assert relative(torch.cat(pieces, -1), exact) < 0.05 and torch.cat(pieces, -1).shape == exact.shape
+        fake = int8.FakeInt8CausalConv1d.forward(conv, x)  # rounds as int8 does: moves the output as much
+        assert 1e-3 < relative(fake, exact) < 0.05
+    step_sized = int8.Int8StepSizedConv1d(randomize(StepSizedConv1d(16, 8, 5)).eval())
+    assert step_sized(torch.randn(1, 16, 4)).shape == (1, 8, 0) and step_sized(torch.randn(1, 16, 9)).shape == (1, 8, 5)
 
 
 def test_int8_student_streams_and_scripts(student, small_layers):
@@ -110,7 +141,8 @@ def test_int8_stage_trains_through_the_rounding(tmp_path, small_layers):
     assert {"vocoder_mel_l1", "stft", "mel_l1", "latent_mse"} <= set(result.val)
     exported = load_student(tmp_path / "run" / "int8" / "export")
     assert exported.config.int8_trained
-    assert all(type(exported.get_submodule(n)) is nn.Linear for n in int8.int8_layer_names(exported))
+    assert all(type(exported.get_submodule(n)) in (nn.Linear, CausalConv1d, StepSizedConv1d)
+               for n in int8.int8_layer_names(exported))
     report = outcome["int8_report"]  # the int8 student evaluated in int8
     assert report is not None and (tmp_path / "run" / "int8" / "eval" / "report.md").is_file()
     assert 0 <= report["token_agreement"] <= 1

@@ -68,6 +68,12 @@ def causal_conv_step(x: Tensor, tail: Tensor, weight: Tensor, bias: Optional[Ten
     return y, x[..., y.shape[-1] * stride:]
 
 
+def conv_windows(x: Tensor, kernel: int, stride: int) -> Tensor:
+    """(B, C, T) -> (B, T_out, C * kernel): each output frame's input window, flattened as a conv weight
+    (out, C, kernel) flattens, so a conv is a Linear layer over its windows (int8.py's int8 convs)."""
+    return x.unfold(2, kernel, stride).permute(0, 2, 1, 3).flatten(2)
+
+
 class CausalConv1d(StreamingModule):
     """A Conv1d (parameters `weight`, `bias` as nn.Conv1d) made causal: left padding kernel - stride, any
     stride. State: `tail` (B, C_in, kernel - stride .. kernel - 1)."""
@@ -217,7 +223,7 @@ class CausalConvNeXtBackbone(StreamingModule):
         return self.final_layer_norm(x), state
 
 
-class _StepSizedConv1d(nn.Conv1d):
+class StepSizedConv1d(nn.Conv1d):
     """An unpadded stride-1 nn.Conv1d that computes step-sized inputs with `few_frame_conv` (as every other
     step conv here; AOTInductor would run conv1d through its slow direct path)."""
 
@@ -237,7 +243,7 @@ class CausalPostNet(StreamingModule, PostNet):
         self.state_prefix = ""
         self.input_dims = [input_channels] + [channels] * (num_layers - 1)
         for block in self.convolutions:
-            block[0].__class__ = _StepSizedConv1d  # same parameters; a step's few frames as a matrix product
+            block[0].__class__ = StepSizedConv1d  # same parameters; a step's few frames as a matrix product
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
 
     def init_state(self, batch: int = 1) -> Dict[str, Tensor]:

@@ -4,7 +4,9 @@ At 40 ms chunks a step multiplies a handful of frames by every weight of the con
 is the time to read ~80 MB of float32 weights, which do not fit a laptop's or server's L3 cache; int8
 weights (a quarter of that) do. `quantize_int8(student)` gives a copy whose large Linear layers are
 PyTorch dynamic int8 (per-output-channel symmetric int8 weights; each call quantizes its input to 8 bits
-with its own range): it runs everywhere a student does (offline, streams, TorchScript). Compiled steps
+with its own range), and whose dense convolutions are such a layer over their input windows (SSL front
+end, token downsampler, PostNet, vocoder input: ~8 MB of float32 a default-size step otherwise): it runs
+everywhere a student does (offline, streams, TorchScript). Compiled steps
 (compiled.py) cannot carry torch.ao's opaque packed weights, so `exportable_int8` rewrites those layers as
 the op `kanade_stream::linear_int8` on plain tensors (same numbers; a C++ kernel, int8_kernel.cpp, once
 built), with q/k/v and SwiGLU w1/w3 stacked into one call each.
@@ -13,8 +15,8 @@ Quantizing a student that was never trained for it moves its outputs by about 12
 the distillation has an `int8` stage: `fake_quantize(student)` makes those same layers compute with
 weights and inputs rounded as int8 would round them (straight-through gradients), and the stage
 fine-tunes the student against the teacher through that rounding. The layers chosen are the same in both
-(`int8_layer_names`): the large Linear layers, never the FSQ projections (they decide the tokens) nor
-the distillation heads.
+(`int8_layer_names`): the large Linear layers and dense convolutions, never the FSQ projections (they
+decide the tokens) nor the distillation heads.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import warnings
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,7 @@ from torch import nn
 
 from ..modules.attention import Attention
 from ..modules.transformer import FeedForward
+from .convs import CausalConv1d, StepSizedConv1d, causal_conv, causal_conv_step, conv_windows
 
 MIN_WEIGHTS = 4096  # smaller layers cost nothing to read and are left in float32
 KEEP_FLOAT = ("quantizer.", "content_head", "global_head", "vocoder.head")  # exact tokens, targets, the spectrum
@@ -37,10 +41,16 @@ KEEP_FLOAT = ("quantizer.", "content_head", "global_head", "vocoder.head")  # ex
 ACTIVATION_LEVELS = 127
 
 
+def _is_int8_conv(module: nn.Module) -> bool:
+    return isinstance(module, StepSizedConv1d) or (isinstance(module, CausalConv1d) and module.groups == 1)
+
+
 def int8_layer_names(student: nn.Module) -> list[str]:
-    """The Linear layers that run in int8: at least MIN_WEIGHTS weights, outside KEEP_FLOAT."""
+    """The layers that run in int8: Linear layers and dense convolutions (a conv is a Linear layer over its
+    input windows) of at least MIN_WEIGHTS weights, outside KEEP_FLOAT."""
     return [name for name, m in student.named_modules()
-            if isinstance(m, nn.Linear) and m.weight.numel() >= MIN_WEIGHTS and not name.startswith(KEEP_FLOAT)]
+            if (isinstance(m, nn.Linear) or _is_int8_conv(m)) and m.weight.numel() >= MIN_WEIGHTS
+            and not name.startswith(KEEP_FLOAT)]
 
 
 def check_int8_engine() -> str:
@@ -52,15 +62,90 @@ def check_int8_engine() -> str:
 
 
 def quantize_int8(student: nn.Module) -> nn.Module:
-    """A copy of `student` (on CPU, eval) whose int8_layer_names layers are dynamic int8 Linear layers."""
+    """A copy of `student` (on CPU, eval) whose int8_layer_names layers are dynamic int8 Linear layers, the
+    convolutions as one over their input windows (Int8CausalConv1d, Int8StepSizedConv1d)."""
     torch.backends.quantized.engine = check_int8_engine()
+    model = copy.deepcopy(student).cpu().eval()
+    names = int8_layer_names(model)
+    spec = [name for name in names if isinstance(model.get_submodule(name), nn.Linear)]
+    model = _dynamic_int8(model, spec)
+    for name in names:
+        conv = model.get_submodule(name)
+        if _is_int8_conv(conv):
+            _set_submodule(model, name, Int8CausalConv1d(conv) if isinstance(conv, CausalConv1d)
+                           else Int8StepSizedConv1d(conv))
+    return model
+
+
+def _dynamic_int8(model: nn.Module, names: list[str]) -> nn.Module:
+    """torch.ao's dynamic int8 Linear (per-channel weights) in place of the Linear layers `names`."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    model = copy.deepcopy(student).cpu().eval()
-    spec = {name: per_channel_dynamic_qconfig for name in int8_layer_names(model)}
     with warnings.catch_warnings():  # torch.ao's eager quantization is marked deprecated (torchao replaces
         warnings.simplefilter("ignore", DeprecationWarning)  # it); it is the int8 path TorchScript can run
-        return quantize_dynamic(model, spec, dtype=torch.qint8)
+        return quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _windows_layer(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """The dynamic int8 Linear over a conv's input windows: weights (out, in, kernel) -> (out, in * kernel)."""
+    linear = nn.Linear(weight.shape[1] * weight.shape[2], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight.reshape(weight.shape[0], -1))
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return _dynamic_int8(nn.Sequential(linear), ["0"])[0]
+
+
+class Int8CausalConv1d(CausalConv1d):
+    """A CausalConv1d whose weights are int8: its input windows (conv_windows) through a dynamic int8 Linear
+    `taps`. Same state (`tail`) and outputs as the float conv, up to int8 rounding."""
+
+    def __init__(self, conv: CausalConv1d):
+        nn.Module.__init__(self)
+        self.state_prefix = conv.state_prefix
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.groups = conv.kernel_size, conv.stride, conv.groups
+        self.taps = _windows_layer(conv.weight.detach(), None if conv.bias is None else conv.bias.detach())
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)  # dtype and device of the state
+
+    def init_state(self, batch: int = 1) -> Dict[str, torch.Tensor]:
+        return {self.state_prefix + "tail": self.anchor.new_zeros(batch, self.in_channels,
+                                                                  self.kernel_size - self.stride)}
+
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < self.kernel_size:
+            return x.new_zeros(x.shape[0], self.out_channels, 0)
+        return self.taps(conv_windows(x, self.kernel_size, self.stride)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._convolve(F.pad(x, (self.kernel_size - self.stride, 0)))
+
+    def step(self, x: torch.Tensor, state: Dict[str, torch.Tensor],
+             condition: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        key = self.state_prefix + "tail"
+        x = torch.cat([state[key], x], dim=-1)
+        y = self._convolve(x)
+        state[key] = x[..., y.shape[-1] * self.stride:]
+        return y, state
+
+
+class Int8StepSizedConv1d(nn.Module):
+    """A StepSizedConv1d (unpadded, stride 1) whose weights are int8, as Int8CausalConv1d computes."""
+
+    def __init__(self, conv: StepSizedConv1d):
+        super().__init__()
+        self.kernel_size, self.out_channels = conv.weight.shape[-1], conv.weight.shape[0]
+        self.taps = _windows_layer(conv.weight.detach(), None if conv.bias is None else conv.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < self.kernel_size:
+            return x.new_zeros(x.shape[0], self.out_channels, 0)
+        return self.taps(conv_windows(x, self.kernel_size, 1)).transpose(1, 2)
 
 
 def is_int8(student: nn.Module) -> bool:
@@ -227,11 +312,46 @@ def fake_quantize_input(x: torch.Tensor) -> torch.Tensor:
     return (_round_ste(x / scale + zero).clamp(0, ACTIVATION_LEVELS) - zero) * scale
 
 
+def fake_quantize_conv_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A conv weight (out, in, kernel) rounded as its int8 windows layer rounds it (per output channel)."""
+    return fake_quantize_weight(weight.reshape(weight.shape[0], -1)).reshape(weight.shape)
+
+
+def fake_quantize_frames(x: torch.Tensor) -> torch.Tensor:
+    """fake_quantize_input over the channels of each frame of (B, C, T)."""
+    return fake_quantize_input(x.transpose(1, 2)).transpose(1, 2)
+
+
 class FakeInt8Linear(nn.Linear):
     """An nn.Linear computing as its int8 form would (same parameters and state dict)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(fake_quantize_input(x), fake_quantize_weight(self.weight), self.bias)
+
+
+class FakeInt8CausalConv1d(CausalConv1d):
+    """A CausalConv1d computing as Int8CausalConv1d would (same parameters and state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return causal_conv(fake_quantize_frames(x), fake_quantize_conv_weight(self.weight), self.bias,
+                           self.stride, self.groups)
+
+    def step(self, x: torch.Tensor, state: Dict[str, torch.Tensor],
+             condition: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        key = self.state_prefix + "tail"
+        y, state[key] = causal_conv_step(fake_quantize_frames(x), state[key], fake_quantize_conv_weight(self.weight),
+                                         self.bias, self.stride, self.groups)
+        return y, state
+
+
+class FakeInt8StepSizedConv1d(StepSizedConv1d):
+    """A StepSizedConv1d computing as Int8StepSizedConv1d would (same parameters and state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(fake_quantize_frames(x), fake_quantize_conv_weight(self.weight), self.bias)
+
+
+_FAKE = {nn.Linear: FakeInt8Linear, CausalConv1d: FakeInt8CausalConv1d, StepSizedConv1d: FakeInt8StepSizedConv1d}
 
 
 def fake_quantize(student: nn.Module, enabled: bool = True) -> list[str]:
@@ -240,5 +360,6 @@ def fake_quantize(student: nn.Module, enabled: bool = True) -> list[str]:
     names = int8_layer_names(student)
     for name in names:
         layer = student.get_submodule(name)
-        layer.__class__ = FakeInt8Linear if enabled else nn.Linear
+        real = next(plain for plain, fake in _FAKE.items() if isinstance(layer, plain))
+        layer.__class__ = _FAKE[real] if enabled else real
     return names
