@@ -24,21 +24,25 @@ def causal_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, 
     return F.conv1d(x, weight, bias, stride, 0, 1, groups)
 
 
+def conv_windows(x: Tensor, kernel: int, stride: int) -> Tensor:
+    """(B, C, T) -> (B, T_out, C * kernel): each output frame's input window, flattened as a conv weight
+    (out, C, kernel) flattens, so a conv is a Linear layer over its windows (int8.py's int8 convs)."""
+    return x.unfold(2, kernel, stride).permute(0, 2, 1, 3).flatten(2)
+
+
 def few_frame_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, groups: int) -> Tensor:
     """F.conv1d(x, weight, bias, stride, groups=groups) (no padding) written for the few output frames of a
     streaming step: one matrix product over the unfolded windows (dense), or a multiply-add over them
     (depthwise). At a handful of frames this is ~3x faster than conv1d on CPU (its direct path does not pay
     off that short); other groupings fall back to conv1d."""
-    kernel = weight.shape[-1]
-    windows = x.unfold(2, kernel, stride)  # (B, C_in, T_out, kernel)
-    batch, channels, frames = windows.shape[0], windows.shape[1], windows.shape[2]
+    kernel, channels = weight.shape[-1], x.shape[1]
     if groups == 1:
-        flat = windows.permute(0, 2, 1, 3).reshape(batch * frames, channels * kernel)
-        y = flat.matmul(weight.reshape(weight.shape[0], channels * kernel).t())
+        y = conv_windows(x, kernel, stride).matmul(weight.reshape(weight.shape[0], channels * kernel).t())
         if bias is not None:
             y = y + bias
-        return y.reshape(batch, frames, weight.shape[0]).transpose(1, 2)
+        return y.transpose(1, 2)
     if groups == channels and weight.shape[0] == channels:
+        windows = x.unfold(2, kernel, stride)  # (B, C, T_out, kernel)
         y = (windows * weight.reshape(1, channels, 1, kernel)).sum(-1)
         return y if bias is None else y + bias.reshape(1, channels, 1)
     return F.conv1d(x, weight, bias, stride, 0, 1, groups)
@@ -66,12 +70,6 @@ def causal_conv_step(x: Tensor, tail: Tensor, weight: Tensor, bias: Optional[Ten
     else:
         y = F.conv1d(x, weight, bias, stride, 0, 1, groups)
     return y, x[..., y.shape[-1] * stride:]
-
-
-def conv_windows(x: Tensor, kernel: int, stride: int) -> Tensor:
-    """(B, C, T) -> (B, T_out, C * kernel): each output frame's input window, flattened as a conv weight
-    (out, C, kernel) flattens, so a conv is a Linear layer over its windows (int8.py's int8 convs)."""
-    return x.unfold(2, kernel, stride).permute(0, 2, 1, 3).flatten(2)
 
 
 class CausalConv1d(StreamingModule):
