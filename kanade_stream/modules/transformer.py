@@ -42,38 +42,52 @@ class FeedForward(nn.Module):
 
 
 class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (same parameter names) with AdaLNZero's call signature, (x, condition) -> (y, gate), so
-    conditioned and plain blocks share one code path."""
+    """nn.LayerNorm (same parameter names) with AdaLNZero's interface: `modulation(condition)` (nothing: it
+    takes no condition) and (x, modulation) -> (y, gate), so conditioned and plain blocks share one code path."""
 
-    def forward(self, x: Tensor, condition: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__(dim, eps=eps)
+        self.modulation_dim = 0
+
+    def modulation(self, condition: Tensor) -> Tensor:
+        return condition[..., :0]
+
+    def forward(self, x: Tensor, modulation: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps), None
 
 
 class AdaLNZero(nn.Module):
-    """LayerNorm without affine, modulated by a condition: x_norm * (1 + scale) + shift (and a gate)."""
+    """LayerNorm without affine, modulated by a condition: x_norm * (1 + scale) + shift (and a gate).
+
+    The condition's projection (`modulation`) is separate from the norm (`forward`) because a stream's
+    condition (the target voice) is fixed: a stream projects it once, not at every step."""
 
     def __init__(self, dim: int, condition_dim: int, with_gate: bool = True, eps: float = 1e-5):
         super().__init__()
         self.with_gate = with_gate
+        self.modulation_dim = (3 if with_gate else 2) * dim  # shift, scale (, gate)
         self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
-        self.condition_proj = nn.Sequential(nn.SiLU(), nn.Linear(condition_dim, (3 if with_gate else 2) * dim))
+        self.condition_proj = nn.Sequential(nn.SiLU(), nn.Linear(condition_dim, self.modulation_dim))
         nn.init.zeros_(self.condition_proj[1].weight)  # zero init: the block starts as identity
         nn.init.zeros_(self.condition_proj[1].bias)
 
-    def forward(self, x: Tensor, condition: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-        assert condition is not None, "AdaLN-Zero needs a condition"
-        params = self.condition_proj(condition)
+    def modulation(self, condition: Tensor) -> Tensor:
+        """condition (B, 1, condition_dim) -> (B, 1, modulation_dim): shift, scale (and gate) side by side."""
+        return self.condition_proj(condition)
+
+    def forward(self, x: Tensor, modulation: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        assert modulation is not None, "AdaLN-Zero needs its modulation (the projected condition)"
         gate: Optional[Tensor] = None
         if self.with_gate:
-            shift, scale, gate = params.chunk(3, dim=-1)
+            shift, scale, gate = modulation.chunk(3, dim=-1)
         else:
-            shift, scale = params.chunk(2, dim=-1)
+            shift, scale = modulation.chunk(2, dim=-1)
         return self.norm(x) * (1 + scale) + shift, gate
 
 
 def _norm(dim: int, condition_dim: Optional[int], eps: float, with_gate: bool = True) -> nn.Module:
     if condition_dim is None:
-        return LayerNorm(dim, eps=eps)
+        return LayerNorm(dim, eps)
     return AdaLNZero(dim, condition_dim, with_gate=with_gate, eps=eps)
 
 
@@ -84,13 +98,23 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(dim)
         self.attention_norm = _norm(dim, condition_dim, eps)
         self.ffn_norm = _norm(dim, condition_dim, eps)
+        self.modulation_dim = self.attention_norm.modulation_dim + self.ffn_norm.modulation_dim
+
+    def modulation(self, condition: Tensor) -> Tensor:
+        return torch.cat([self.attention_norm.modulation(condition), self.ffn_norm.modulation(condition)], dim=-1)
 
     def forward(self, x: Tensor, cos: Optional[Tensor], sin: Optional[Tensor], mask: Optional[Tensor],
-                condition: Optional[Tensor], ring_keys: Optional[Tensor] = None,
+                modulation: Optional[Tensor], ring_keys: Optional[Tensor] = None,
                 ring_values: Optional[Tensor] = None, slots: Optional[Tensor] = None) -> Tensor:
         """Offline: attends to the frames of `x`. Streaming: the new frames' keys and values are first written
-        into the KV ring at `slots` (in place), then the queries attend to the whole ring under `mask`."""
-        h, gate = self.attention_norm(x, condition)
+        into the KV ring at `slots` (in place), then the queries attend to the whole ring under `mask`.
+        modulation: this block's share of `Transformer.modulation(condition)` (None if unconditioned)."""
+        attention_modulation: Optional[Tensor] = None
+        ffn_modulation: Optional[Tensor] = None
+        if modulation is not None:
+            split = self.attention_norm.modulation_dim
+            attention_modulation, ffn_modulation = modulation[..., :split], modulation[..., split:]
+        h, gate = self.attention_norm(x, attention_modulation)
         q, k, v = self.attention.project(h, cos, sin)
         if ring_keys is not None and ring_values is not None and slots is not None:
             ring_keys.index_copy_(2, slots, k)
@@ -98,7 +122,7 @@ class TransformerBlock(nn.Module):
             k, v = ring_keys, ring_values
         h = self.attention.attend(q, k, v, mask)
         x = x + (h if gate is None else gate * h)
-        h, gate = self.ffn_norm(x, condition)
+        h, gate = self.ffn_norm(x, ffn_modulation)
         h = self.feed_forward(h)
         return x + (h if gate is None else gate * h)
 
@@ -155,22 +179,41 @@ class Transformer(StreamingModule):
         cos, sin = rope_angles(self.head_dim, positions, self.rope_theta, self.exact_rope)
         return cos, sin
 
-    def _run(self, x: Tensor, positions: Tensor, mask: Optional[Tensor], condition: Optional[Tensor],
+    def modulation(self, condition: Optional[Tensor]) -> Optional[Tensor]:
+        """condition (B, 1, condition_dim) -> every AdaLN-Zero norm's projection of it, side by side (B, 1, D):
+        what the blocks read. None for an unconditioned transformer. A stream's condition is fixed, so a
+        stream may compute this once and pass it to `step` (the compiled step does)."""
+        if not self.conditioned:
+            return None
+        if condition is None:
+            raise ValueError("this transformer is conditioned (AdaLN-Zero): pass `condition`")
+        parts: List[Tensor] = []
+        for layer in self.layers:
+            parts.append(layer.modulation(condition))
+        parts.append(self.norm.modulation(condition))
+        return torch.cat(parts, dim=-1)
+
+    def _run(self, x: Tensor, positions: Tensor, mask: Optional[Tensor], modulation: Optional[Tensor],
              rings: List[Tensor], slots: Optional[Tensor]) -> Tensor:
         cos, sin = self.rope(positions)
         x = self.input_proj(x)
+        offset = 0
         for i, layer in enumerate(self.layers):
+            share: Optional[Tensor] = None
+            if modulation is not None:
+                share = modulation[..., offset: offset + layer.modulation_dim]
+                offset += layer.modulation_dim
             if slots is None:
-                x = layer(x, cos, sin, mask, condition)
+                x = layer(x, cos, sin, mask, share)
             else:
-                x = layer(x, cos, sin, mask, condition, rings[2 * i], rings[2 * i + 1], slots)
-        return self.output_proj(self.norm(x, condition)[0])
+                x = layer(x, cos, sin, mask, share, rings[2 * i], rings[2 * i + 1], slots)
+        final: Optional[Tensor] = None if modulation is None else modulation[..., offset:]
+        return self.output_proj(self.norm(x, final)[0])
 
     def forward(self, x: Tensor, condition: Optional[Tensor] = None,
                 key_padding_mask: Optional[Tensor] = None) -> Tensor:
         """Offline. key_padding_mask: (B, T), True = real frame (batches of different lengths)."""
-        if self.conditioned and condition is None:
-            raise ValueError("this transformer is conditioned (AdaLN-Zero): pass `condition`")
+        modulation = self.modulation(condition)
         t = x.shape[1]
         positions = torch.arange(t, device=x.device)
         mask: Optional[Tensor] = None
@@ -181,7 +224,7 @@ class Transformer(StreamingModule):
             mask = keys if mask is None else mask & keys
             # a padded query may see no real key at all; let it see itself so softmax stays finite
             mask = mask | torch.eye(t, dtype=torch.bool, device=x.device)
-        return self._run(x, positions, mask, condition, [], None)
+        return self._run(x, positions, mask, modulation, [], None)
 
     # --- streaming ---------------------------------------------------------------------------------
 
@@ -201,13 +244,15 @@ class Transformer(StreamingModule):
                 batch, self.n_heads, self.capacity, self.head_dim)
         return state
 
-    def step(self, x: Tensor, state: Dict[str, Tensor],
-             condition: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def step(self, x: Tensor, state: Dict[str, Tensor], condition: Optional[Tensor] = None,
+             modulation: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """x (B, n, C_in) -> (B, n, C_out). A conditioned transformer takes the condition (B, 1, condition_dim)
+        or, computed once for a stream, its `modulation(condition)`."""
         n = x.shape[1]
         if n % self.chunk:
             raise ValueError(f"a chunked transformer steps whole chunks of {self.chunk} frames, got {n}")
-        if self.conditioned and condition is None:
-            raise ValueError("this transformer is conditioned (AdaLN-Zero): pass `condition`")
+        if modulation is None:
+            modulation = self.modulation(condition)
         if n == 0:
             return x.new_zeros(x.shape[0], 0, self.output_dim), state
         p = self.state_prefix
@@ -223,6 +268,6 @@ class Transformer(StreamingModule):
             slots = torch.remainder(positions, self.capacity)
             slot_positions.index_copy_(0, slots, positions)
             mask = span_mask(positions, slot_positions, self.past, 0, self.chunk)
-            outputs.append(self._run(piece, positions, mask, condition, rings, slots))
+            outputs.append(self._run(piece, positions, mask, modulation, rings, slots))
             state[p + "position"] = state[p + "position"] + piece.shape[1]
         return torch.cat(outputs, dim=1), state

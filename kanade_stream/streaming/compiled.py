@@ -9,6 +9,9 @@ the step is run as up to three parts:
   interpolation   eager Python (a few small ops), it decides how many mel frames are ready
   back (graphs)   m mel-grid latent frames -> m * hop samples: one graph per m the push size produces
 
+The target voice enters the back graphs as the mel decoder's AdaLN-Zero modulation, projected from the
+global embedding once per voice (`DecoderCore.modulation`) rather than at every step.
+
 An encoder is the front alone; a converter all three; a decoder's front starts at the tokens. Each part
 is a module (`StepPart`) whose state entries go in and come out explicitly (the KV rings, written in
 place, are mutated inputs), so it traces as one graph:
@@ -83,7 +86,8 @@ class _ReadRecorder(dict):
 
 class StepPart(nn.Module):
     """One compiled part of a core's step, as a module torch.export can trace:
-    (x, the state entries it reads, condition) -> (outputs, the entries it replaced).
+    (x, the state entries it reads, modulation) -> (outputs, the entries it replaced). `modulation` (the
+    back part's only) is `DecoderCore.modulation(global embedding)`.
     Entries it writes in place (the KV rings) are among those it reads; export records the mutation."""
 
     def __init__(self, core: nn.Module, part: str):
@@ -98,7 +102,7 @@ class StepPart(nn.Module):
     def _decoder(self) -> DecoderCore:
         return self.core.decoder if isinstance(self.core, ConverterCore) else self.core
 
-    def run(self, x: Tensor, state: dict, condition: Tensor | None):
+    def run(self, x: Tensor, state: dict, modulation: Tensor | None):
         if self.part == "encode":  # EncoderCore: samples -> (tokens, content embeddings)
             tokens, embedding, state = self.core.encode_step(x, state)
             return (tokens, embedding), state
@@ -109,20 +113,20 @@ class StepPart(nn.Module):
                 embedding = self.core.quantizer.decode_valid(x)
             latent, state = self._decoder().latent_step(embedding, state)
             return (latent,), state
-        audio, state = self._decoder().audio_step_undropped(x, state, condition)  # back
+        audio, state = self._decoder().audio_step_undropped(x, state, modulation)  # back
         return (audio,), state
 
-    def forward(self, x: Tensor, state: dict[str, Tensor], condition: Tensor | None = None):
-        outputs, new = self.run(x, dict(state), condition)
+    def forward(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None = None):
+        outputs, new = self.run(x, dict(state), modulation)
         return outputs, {key: new[key] for key in self.writes}
 
-    def trace_io(self, x: Tensor, state: dict[str, Tensor], condition: Tensor | None) -> None:
+    def trace_io(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None) -> None:
         """Find the entries this part reads and replaces, from one eager run on a copy of `state`."""
         recorder = _ReadRecorder(copy_state(state))
         before = dict(recorder)
         versions = {key: tensor._version for key, tensor in before.items()}
         with torch.no_grad():
-            _, after = self.run(x, recorder, condition)
+            _, after = self.run(x, recorder, modulation)
         self.reads = sorted(recorder.read)
         self.writes = sorted(key for key in after if after[key] is not before.get(key))
         self.mutates = sorted(key for key in self.reads if before[key]._version != versions[key])
@@ -143,12 +147,12 @@ class _CompiledPart:
         return (all(tuple(state[k].shape) == s for k, s in self.shapes.items())
                 and all(state[k].is_contiguous() for k in self.mutates))
 
-    def __call__(self, x: Tensor, state: dict[str, Tensor], condition: Tensor | None):
+    def __call__(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None):
         # A compiled graph assumes the strides it was built for (contiguous) without checking them, and a
         # step's state entries are often views (a conv's tail is the end of its input): pass contiguous
         # tensors. The entries written in place (the KV rings) must be contiguous already (`fits_state`).
         inputs = {key: state[key].contiguous() for key in self.reads}
-        outputs, new = self.run(x.contiguous(), inputs, None if condition is None else condition.contiguous())
+        outputs, new = self.run(x.contiguous(), inputs, None if modulation is None else modulation.contiguous())
         state.update(new)
         return outputs
 
@@ -208,6 +212,8 @@ class CompiledStep:
         self.front: _CompiledPart | None = None
         self.backs: dict[int, _CompiledPart] = {}
         self._build_key = ""  # what every part's cache key shares: code, weights, torch, CPU (set by _build)
+        self._voice: Tensor | None = None  # the last condition seen, and its modulation (`modulation`)
+        self._voice_modulation: Tensor | None = None
         self._build()
 
     @property
@@ -229,9 +235,13 @@ class CompiledStep:
     def _device(self) -> torch.device:
         return next(self.core.parameters()).device
 
-    def _condition(self) -> Tensor | None:
-        decoder = self.decoder
-        return None if decoder is None else torch.zeros(1, decoder.global_dim, device=self._device())
+    def modulation(self, condition: Tensor) -> Tensor:
+        """The back graphs' voice input for `condition`, computed when the voice changes (a stream keeps one)."""
+        if self._voice is None or not torch.equal(self._voice, condition):
+            with torch.no_grad():
+                self._voice_modulation = self.decoder.modulation(condition).contiguous()
+            self._voice = condition.clone()
+        return self._voice_modulation
 
     def steady_mel_counts(self) -> list[int]:
         """Mel frames per push once a stream of pushes of `push_size` is under way (the back graphs)."""
@@ -246,38 +256,39 @@ class CompiledStep:
                   getattr(self.core, "input_rate", None), _code_digest(), _weights_digest(self.graph_core))
         self._build_key = repr(shared)  # hashed once: the weights digest reads every weight
         state = self.core.init_state(1)
-        condition = self._condition()
         x = torch.zeros(1, self.push_size, dtype=torch.long) if isinstance(self.core, DecoderCore) \
             else torch.zeros(1, self.push_size)
         x = x.to(self._device())
         self.front = self._compile(StepPart(self.graph_core, "encode" if isinstance(self.core, EncoderCore) else "front"),
-                                   x, state, None if isinstance(self.core, EncoderCore) else condition)
+                                   x, state, None)
         decoder = self.decoder
         if decoder is not None:
+            with torch.no_grad():
+                modulation = decoder.modulation(torch.zeros(1, decoder.global_dim, device=self._device()))
             channels = decoder.mel_interpolator.channels
             for m in self.steady_mel_counts():
                 latent = torch.zeros(1, channels, m, device=self._device())
-                self.backs[m] = self._compile(StepPart(self.graph_core, "back"), latent, state, condition)
+                self.backs[m] = self._compile(StepPart(self.graph_core, "back"), latent, state, modulation)
         self.build_seconds = time.perf_counter() - start
 
-    def _compile(self, part: StepPart, x: Tensor, state: dict[str, Tensor], condition: Tensor | None) -> _CompiledPart:
-        part.trace_io(x, state, condition)
+    def _compile(self, part: StepPart, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None) -> _CompiledPart:
+        part.trace_io(x, state, modulation)
         try:
-            runner = self._aot_package(part, x, state, condition) if self.compiler == "aot" \
-                else self._inductor(part, x, state, condition)
+            runner = self._aot_package(part, x, state, modulation) if self.compiler == "aot" \
+                else self._inductor(part, x, state, modulation)
         except Exception as err:  # no compiler, unsupported op or platform: say so, the caller falls back
             first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
             raise CompileUnavailable(f"{type(err).__name__}: {first_line}") from err
         return _CompiledPart(part, runner, tuple(x.shape), state)
 
-    def _aot_package(self, part: StepPart, x: Tensor, state: dict[str, Tensor], condition: Tensor | None):
+    def _aot_package(self, part: StepPart, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None):
         key = self._key(part, x, state)
         path = self.cache_dir / f"{type(self.core).__name__}-{part.part}-{key}.pt2"
         if not path.is_file():
             self.log(f"compiling the {part.part} of the {type(self.core).__name__} step for {tuple(x.shape)} with "
                      f"AOTInductor (once; cached in {self.cache_dir}) ...")
             began = time.perf_counter()
-            program = torch.export.export(part, (x, {k: state[k] for k in part.reads}, condition))
+            program = torch.export.export(part, (x, {k: state[k] for k in part.reads}, modulation))
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.stem}.partial-{os.getpid()}.pt2")
             torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
@@ -287,7 +298,7 @@ class CompiledStep:
         os.utime(path)  # most recently used: kept by prune_cache
         return torch._inductor.aoti_load_package(str(path))
 
-    def _inductor(self, part: StepPart, x: Tensor, state: dict[str, Tensor], condition: Tensor | None):
+    def _inductor(self, part: StepPart, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None):
         self.log(f"compiling the {part.part} of the {type(self.core).__name__} step for {tuple(x.shape)} with "
                  "torch.compile ...")
         # Every part of every compiled step shares StepPart.forward's code object, and torch.compile counts
@@ -301,9 +312,9 @@ class CompiledStep:
         # difference, so each is a graph of its own, the second from torch's cache).
         trial = copy_state(state)
         with torch.inference_mode():
-            x, condition = x.clone(), None if condition is None else condition.clone()
+            x, modulation = x.clone(), None if modulation is None else modulation.clone()
             for _ in range(2):
-                _, new = compiled(x, {k: trial[k] for k in part.reads}, condition)
+                _, new = compiled(x, {k: trial[k] for k in part.reads}, modulation)
                 trial.update(new)
         return compiled
 
@@ -334,11 +345,11 @@ class CompiledStep:
         if m > 0 and (back is None or not back.fits_state(state)):
             self.counts["eager"] += 1  # e.g. the first pushes of a stream
             return self.core.step(x, state, condition)
-        (latent,) = self.front(x, state, condition)
+        (latent,) = self.front(x, state, None)
         mel_latent, state = interpolator.step(latent, state)
         self.counts["compiled"] += 1
         if m == 0:
             return mel_latent.new_zeros(1, 0), state
         drop = decoder.start_drop(state, m)
-        (audio,) = back(mel_latent, state, condition)
+        (audio,) = back(mel_latent, state, self.modulation(condition))
         return audio[:, drop:], state

@@ -163,11 +163,18 @@ class DecoderCore(nn.Module):
         hidden, state = self.mel_prenet.step(embedding, state)
         return self.mel_upsample(hidden.transpose(1, 2)), state
 
+    def modulation(self, condition: Tensor) -> Tensor:
+        """Global embedding (B, global_dim) -> what the mel decoder's AdaLN-Zero norms read of it (B, 1, D).
+        It depends on the target voice alone, so a compiled step computes it once per voice."""
+        modulation = self.mel_decoder.modulation(condition[:, None, :])
+        assert modulation is not None
+        return modulation
+
     def audio_step_undropped(self, latent: Tensor, state: Dict[str, Tensor],
-                             condition: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Latent on the mel grid (B, C, m >= 1) -> m * hop samples through decoder, PostNet and vocoder,
-        before the ISTFT's start drop (`start_drop`)."""
-        mel, state = self.mel_decoder.step(latent.transpose(1, 2), state, condition[:, None, :])
+                             modulation: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Latent on the mel grid (B, C, m >= 1) + `modulation(condition)` -> m * hop samples through decoder,
+        PostNet and vocoder, before the ISTFT's start drop (`start_drop`)."""
+        mel, state = self.mel_decoder.step(latent.transpose(1, 2), state, modulation=modulation)
         mel, state = self.mel_postnet.step(mel.transpose(1, 2), state)
         return self.vocoder.step_undropped(mel, state)
 
@@ -182,7 +189,7 @@ class DecoderCore(nn.Module):
         if m == 0:
             return latent.new_zeros(latent.shape[0], 0), state
         drop = self.start_drop(state, m)
-        audio, state = self.audio_step_undropped(latent, state, condition)
+        audio, state = self.audio_step_undropped(latent, state, self.modulation(condition))
         return audio[:, drop:], state
 
     @torch.jit.export
