@@ -1,6 +1,7 @@
 """Where one compiled converter step spends its time: the front graph (input resampler, SSL encoder,
-tokens, prenet), the interpolation between the graphs, the back graph (mel decoder, PostNet, vocoder,
-ISTFT), and the rest (the step's own bookkeeping), each timed around its call on one thread.
+tokens, prenet), the interpolation's taps between the graphs, the back graph (interpolation, mel decoder,
+PostNet, vocoder, ISTFT), and the rest (the step's own bookkeeping), each timed around its call on one
+thread.
 
     .venv/bin/python benchmarks/step_breakdown.py                      # default-size student, int8, 40 ms
     .venv/bin/python benchmarks/step_breakdown.py --precision float32 --chunk-ms 80
@@ -65,12 +66,12 @@ def main(argv=None) -> None:
     core = ConverterCore(student, INPUT_RATE)
     step = CompiledStep(core, push, "aot", cache_dir=cache_dir, log=print)
 
-    parts: dict[str, list[float]] = {"front graph": [], "interpolation": [], "back graph": []}
+    parts: dict[str, list[float]] = {"front graph": [], "taps": [], "back graph": []}
     step.front.run = timed(step.front.run, parts["front graph"])
     for back in step.backs.values():
         back.run = timed(back.run, parts["back graph"])
     interpolator = core.decoder.mel_interpolator
-    interpolator.step = timed(interpolator.step, parts["interpolation"])
+    interpolator.step_taps = timed(interpolator.step_taps, parts["taps"])
 
     state, condition = step.init_state(1), torch.randn(1, student.config.global_dim)
     noise = torch.Generator().manual_seed(0)

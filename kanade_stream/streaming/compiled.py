@@ -3,11 +3,12 @@ AOTInductor (cached on disk) or by torch.compile, for one push size.
 
 A core's step (pipeline.py) has data-dependent shapes in one place only: the interpolation from the
 latent rate (100 Hz) to the mel grid (93.75 Hz) emits 3 or 4 mel frames for a 40 ms push, in a cycle. So
-the step is run as up to three parts:
+the step is run as up to two graphs:
 
   front (graph)   audio -> tokens / latent frames: its shapes depend on the push size alone
-  interpolation   eager Python (a few small ops), it decides how many mel frames are ready
-  back (graphs)   m mel-grid latent frames -> m * hop samples: one graph per m the push size produces
+  taps            Python integers: which latent frames each of the m ready mel frames reads
+  back (graphs)   the interpolation along those taps, then m mel frames -> m * hop samples: one graph per
+                  m the push size produces
 
 The target voice enters the back graphs as the mel decoder's AdaLN-Zero modulation, projected from the
 global embedding once per voice (`DecoderCore.modulation`) rather than at every step.
@@ -86,8 +87,9 @@ class _ReadRecorder(dict):
 
 class StepPart(nn.Module):
     """One compiled part of a core's step, as a module torch.export can trace:
-    (x, the state entries it reads, modulation) -> (outputs, the entries it replaced). `modulation` (the
-    back part's only) is `DecoderCore.modulation(global embedding)`.
+    (x, the state entries it reads, modulation, taps) -> (outputs, the entries it replaced). The back part
+    alone takes `modulation` (`DecoderCore.modulation(global embedding)`) and `taps` (the interpolation's
+    `step_taps`: they fix its mel frame count).
     Entries it writes in place (the KV rings) are among those it reads; export records the mutation."""
 
     def __init__(self, core: nn.Module, part: str):
@@ -102,7 +104,7 @@ class StepPart(nn.Module):
     def _decoder(self) -> DecoderCore:
         return self.core.decoder if isinstance(self.core, ConverterCore) else self.core
 
-    def run(self, x: Tensor, state: dict, modulation: Tensor | None):
+    def run(self, x: Tensor, state: dict, modulation: Tensor | None, taps: tuple | None):
         if self.part == "encode":  # EncoderCore: samples -> (tokens, content embeddings)
             tokens, embedding, state = self.core.encode_step(x, state)
             return (tokens, embedding), state
@@ -113,20 +115,22 @@ class StepPart(nn.Module):
                 embedding = self.core.quantizer.decode_valid(x)
             latent, state = self._decoder().latent_step(embedding, state)
             return (latent,), state
-        audio, state = self._decoder().audio_step_undropped(x, state, modulation)  # back
+        audio, state = self._decoder().mel_audio_step_undropped(x, state, taps, modulation)  # back
         return (audio,), state
 
-    def forward(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None = None):
-        outputs, new = self.run(x, dict(state), modulation)
+    def forward(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None = None,
+                taps: tuple[Tensor, Tensor, Tensor] | None = None):
+        outputs, new = self.run(x, dict(state), modulation, taps)
         return outputs, {key: new[key] for key in self.writes}
 
-    def trace_io(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None) -> None:
+    def trace_io(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None = None,
+                 taps: tuple | None = None) -> None:
         """Find the entries this part reads and replaces, from one eager run on a copy of `state`."""
         recorder = _ReadRecorder(copy_state(state))
         before = dict(recorder)
         versions = {key: tensor._version for key, tensor in before.items()}
         with torch.no_grad():
-            _, after = self.run(x, recorder, modulation)
+            _, after = self.run(x, recorder, modulation, taps)
         self.reads = sorted(recorder.read)
         self.writes = sorted(key for key in after if after[key] is not before.get(key))
         self.mutates = sorted(key for key in self.reads if before[key]._version != versions[key])
@@ -147,12 +151,13 @@ class _CompiledPart:
         return (all(tuple(state[k].shape) == s for k, s in self.shapes.items())
                 and all(state[k].is_contiguous() for k in self.mutates))
 
-    def __call__(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None):
+    def __call__(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None = None,
+                 taps: tuple[Tensor, Tensor, Tensor] | None = None):
         # A compiled graph assumes the strides it was built for (contiguous) without checking them, and a
         # step's state entries are often views (a conv's tail is the end of its input): pass contiguous
         # tensors. The entries written in place (the KV rings) must be contiguous already (`fits_state`).
         inputs = {key: state[key].contiguous() for key in self.reads}
-        outputs, new = self.run(x.contiguous(), inputs, None if modulation is None else modulation.contiguous())
+        outputs, new = self.run(x.contiguous(), inputs, None if modulation is None else modulation.contiguous(), taps)
         state.update(new)
         return outputs
 
@@ -164,6 +169,13 @@ def _code_digest() -> str:
     for path in sorted([*here.glob("*.py"), *(here.parent / "modules").glob("*.py")]):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()
+
+
+def _map_tensors(function, value):
+    """`function` applied to every tensor in nested tuples (a graph's extra inputs)."""
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(function, item) for item in value)
+    return function(value) if isinstance(value, Tensor) else value
 
 
 def _weights_digest(module: nn.Module) -> str:
@@ -243,12 +255,17 @@ class CompiledStep:
             self._voice = condition.clone()
         return self._voice_modulation
 
-    def steady_mel_counts(self) -> list[int]:
-        """Mel frames per push once a stream of pushes of `push_size` is under way (the back graphs)."""
+    def steady_phases(self) -> dict[int, int]:
+        """Once a stream of pushes of `push_size` is under way, the mel frames m a push makes (one back graph
+        each) and, for each, how many pushes came before one that makes m."""
         latent = self.latent_per_push
         interpolator = self.decoder.mel_interpolator
-        made = [interpolator.num_outputs(latent * (i + 1)) - interpolator.num_outputs(latent * i) for i in range(64)]
-        return sorted({m for m in made[2:] if m > 0})
+        phases: dict[int, int] = {}
+        for i in range(2, 64):
+            m = interpolator.num_outputs(latent * (i + 1)) - interpolator.num_outputs(latent * i)
+            if m > 0:
+                phases.setdefault(m, i)
+        return dict(sorted(phases.items()))
 
     def _build(self) -> None:
         start = time.perf_counter()
@@ -256,39 +273,42 @@ class CompiledStep:
                   getattr(self.core, "input_rate", None), _code_digest(), _weights_digest(self.graph_core))
         self._build_key = repr(shared)  # hashed once: the weights digest reads every weight
         state = self.core.init_state(1)
+        device = self._device()
         x = torch.zeros(1, self.push_size, dtype=torch.long) if isinstance(self.core, DecoderCore) \
             else torch.zeros(1, self.push_size)
-        x = x.to(self._device())
         self.front = self._compile(StepPart(self.graph_core, "encode" if isinstance(self.core, EncoderCore) else "front"),
-                                   x, state, None)
+                                   x.to(device), state)
         decoder = self.decoder
         if decoder is not None:
             with torch.no_grad():
-                modulation = decoder.modulation(torch.zeros(1, decoder.global_dim, device=self._device()))
-            channels = decoder.mel_interpolator.channels
-            for m in self.steady_mel_counts():
-                latent = torch.zeros(1, channels, m, device=self._device())
-                self.backs[m] = self._compile(StepPart(self.graph_core, "back"), latent, state, modulation)
+                modulation = decoder.modulation(torch.zeros(1, decoder.global_dim, device=device))
+            interpolator = decoder.mel_interpolator
+            latent = torch.zeros(1, interpolator.channels, self.latent_per_push, device=device)
+            for m, pushes in self.steady_phases().items():
+                seen = pushes * self.latent_per_push
+                taps = interpolator.step_taps(seen, interpolator.num_outputs(seen), self.latent_per_push, device)
+                self.backs[m] = self._compile(StepPart(self.graph_core, "back"), latent, state, (modulation, taps))
         self.build_seconds = time.perf_counter() - start
 
-    def _compile(self, part: StepPart, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None) -> _CompiledPart:
-        part.trace_io(x, state, modulation)
+    def _compile(self, part: StepPart, x: Tensor, state: dict[str, Tensor], extras: tuple = ()) -> _CompiledPart:
+        """extras: the back graphs' inputs after the state, (modulation, taps)."""
+        part.trace_io(x, state, *extras)
         try:
-            runner = self._aot_package(part, x, state, modulation) if self.compiler == "aot" \
-                else self._inductor(part, x, state, modulation)
+            runner = self._aot_package(part, x, state, extras) if self.compiler == "aot" \
+                else self._inductor(part, x, state, extras)
         except Exception as err:  # no compiler, unsupported op or platform: say so, the caller falls back
             first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
             raise CompileUnavailable(f"{type(err).__name__}: {first_line}") from err
         return _CompiledPart(part, runner, tuple(x.shape), state)
 
-    def _aot_package(self, part: StepPart, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None):
-        key = self._key(part, x, state)
+    def _aot_package(self, part: StepPart, x: Tensor, state: dict[str, Tensor], extras: tuple):
+        key = self._key(part, x, state, extras)
         path = self.cache_dir / f"{type(self.core).__name__}-{part.part}-{key}.pt2"
         if not path.is_file():
             self.log(f"compiling the {part.part} of the {type(self.core).__name__} step for {tuple(x.shape)} with "
                      f"AOTInductor (once; cached in {self.cache_dir}) ...")
             began = time.perf_counter()
-            program = torch.export.export(part, (x, {k: state[k] for k in part.reads}, modulation))
+            program = torch.export.export(part, (x, {k: state[k] for k in part.reads}, *extras))
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.stem}.partial-{os.getpid()}.pt2")
             torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
@@ -298,7 +318,7 @@ class CompiledStep:
         os.utime(path)  # most recently used: kept by prune_cache
         return torch._inductor.aoti_load_package(str(path))
 
-    def _inductor(self, part: StepPart, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None):
+    def _inductor(self, part: StepPart, x: Tensor, state: dict[str, Tensor], extras: tuple):
         self.log(f"compiling the {part.part} of the {type(self.core).__name__} step for {tuple(x.shape)} with "
                  "torch.compile ...")
         # Every part of every compiled step shares StepPart.forward's code object, and torch.compile counts
@@ -312,16 +332,17 @@ class CompiledStep:
         # difference, so each is a graph of its own, the second from torch's cache).
         trial = copy_state(state)
         with torch.inference_mode():
-            x, modulation = x.clone(), None if modulation is None else modulation.clone()
+            x, extras = x.clone(), _map_tensors(torch.clone, extras)
             for _ in range(2):
-                _, new = compiled(x, {k: trial[k] for k in part.reads}, modulation)
+                _, new = compiled(x, {k: trial[k] for k in part.reads}, *extras)
                 trial.update(new)
         return compiled
 
-    def _key(self, part: StepPart, x: Tensor, state: dict[str, Tensor]) -> str:
+    def _key(self, part: StepPart, x: Tensor, state: dict[str, Tensor], extras: tuple) -> str:
         digest = hashlib.sha256(self._build_key.encode())
         shapes = [(k, tuple(state[k].shape), str(state[k].dtype)) for k in part.reads]
-        for item in (str(x.device), part.part, tuple(x.shape), str(x.dtype), shapes, part.writes):
+        extra_shapes = _map_tensors(lambda t: (tuple(t.shape), str(t.dtype)), extras)
+        for item in (str(x.device), part.part, tuple(x.shape), str(x.dtype), shapes, extra_shapes, part.writes):
             digest.update(repr(item).encode())
         return digest.hexdigest()[:24]
 
@@ -346,10 +367,11 @@ class CompiledStep:
             self.counts["eager"] += 1  # e.g. the first pushes of a stream
             return self.core.step(x, state, condition)
         (latent,) = self.front(x, state, None)
-        mel_latent, state = interpolator.step(latent, state)
         self.counts["compiled"] += 1
         if m == 0:
+            mel_latent, state = interpolator.step(latent, state)
             return mel_latent.new_zeros(1, 0), state
         drop = decoder.start_drop(state, m)
-        (audio,) = back(mel_latent, state, self.modulation(condition))
+        taps = interpolator.step_taps(seen, emitted, self.latent_per_push, latent.device)
+        (audio,) = back(latent, state, self.modulation(condition), taps)
         return audio[:, drop:], state

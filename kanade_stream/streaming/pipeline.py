@@ -154,8 +154,9 @@ class DecoderCore(nn.Module):
         state.update(self.vocoder.init_state(batch))
         return state
 
-    # A step is three parts, so that a compiled step (compiled.py) can compile the two whose shapes depend on the
-    # push size alone and run the interpolation, whose frame count varies from push to push, between them.
+    # A step is two parts, so that a compiled step (compiled.py) can compile each for a fixed shape: the latent
+    # frames a push makes depend on its size alone; the mel frames the interpolation then emits vary from push
+    # to push (its taps, computed outside, set how many), one graph of the second part per count.
 
     def latent_step(self, embedding: Tensor, state: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Content embeddings (B, T, token_dim) -> latent frames (B, C, T * upsample_factor) before the
@@ -169,6 +170,13 @@ class DecoderCore(nn.Module):
         modulation = self.mel_decoder.modulation(condition[:, None, :])
         assert modulation is not None
         return modulation
+
+    def mel_audio_step_undropped(self, latent: Tensor, state: Dict[str, Tensor], taps: Tuple[Tensor, Tensor, Tensor],
+                                 modulation: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Latent frames (B, C, T) + the interpolation's `step_taps` for them (m >= 1 mel frames) ->
+        m * hop samples, before the ISTFT's start drop."""
+        latent, state = self.mel_interpolator.step_with_taps(latent, state, taps)
+        return self.audio_step_undropped(latent, state, modulation)
 
     def audio_step_undropped(self, latent: Tensor, state: Dict[str, Tensor],
                              modulation: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:

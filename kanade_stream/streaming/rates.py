@@ -82,24 +82,36 @@ class FrameInterpolator(StreamingModule):
     def step(self, x: Tensor, state: Dict[str, Tensor],
              condition: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         p = self.state_prefix
-        seen_before, emitted = int(state[p + "seen"]), int(state[p + "emitted"])
-        count = self.num_outputs(seen_before + x.shape[-1]) - emitted
-        frames = torch.cat([state[p + "last"], x], dim=-1)  # input index seen_before - 1 is at 0
+        taps = self.step_taps(int(state[p + "seen"]), int(state[p + "emitted"]), x.shape[-1], x.device)
+        return self.step_with_taps(x, state, taps)
+
+    def step_taps(self, seen: int, emitted: int, new_frames: int,
+                  device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+        """What a step of `new_frames` input frames emits, after `seen` inputs and `emitted` outputs: for each
+        output frame, its left and right input frames as indices into [state `last`, x], and the right
+        one's weight. A compiled step computes these outside its graph (they set the output count)."""
+        count = self.num_outputs(seen + new_frames) - emitted
+        return self._taps(emitted, count, seen - 1, new_frames, device)
+
+    def step_with_taps(self, x: Tensor, state: Dict[str, Tensor],
+                       taps: Tuple[Tensor, Tensor, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """`step`, given its `step_taps`: (B, C, new_frames) -> (B, C, len(taps[0]))."""
+        p = self.state_prefix
+        frames = torch.cat([state[p + "last"], x], dim=-1)  # input index seen - 1 is at 0
         state[p + "last"] = frames[..., -1:]
         state[p + "seen"] = state[p + "seen"] + x.shape[-1]
-        if count <= 0:
-            return x.new_zeros(x.shape[0], x.shape[1], 0), state
-        state[p + "emitted"] = state[p + "emitted"] + count
-        return self._gather(frames, emitted, count, seen_before - 1), state
+        state[p + "emitted"] = state[p + "emitted"] + taps[0].shape[0]
+        return self._mix(frames, taps), state
 
-    def _gather(self, frames: Tensor, first: int, count: int, offset: int) -> Tensor:
-        """Output frames first .. first + count - 1 from `frames`, whose index 0 is input frame `offset`. The
-        index arithmetic runs on Python integers (exact), so a step's few frames cost three small tensors."""
-        last = frames.shape[-1] - 1
+    def _taps(self, first: int, count: int, offset: int, last: int,
+              device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+        """Output frames first .. first + count - 1 read frames whose index 0 is input frame `offset` and
+        index `last` the last there is. Python integers: exact, and a step's few frames cost three small
+        tensors."""
         lefts: List[int] = []
         rights: List[int] = []
         remainders: List[int] = []
-        for index in range(first, first + count):
+        for index in range(first, first + max(count, 0)):
             numerator = 2 * self.p * index + self.shift_num
             left = numerator // (2 * self.q)
             remainder = numerator - 2 * self.q * left
@@ -108,10 +120,17 @@ class FrameInterpolator(StreamingModule):
             lefts.append(min(left - offset, last))
             rights.append(min(left + 1 - offset, last))
             remainders.append(remainder)
-        frac = torch.tensor(remainders, dtype=torch.float32, device=frames.device) / (2 * self.q)
-        a = frames.index_select(2, torch.tensor(lefts, dtype=torch.long, device=frames.device))
-        b = frames.index_select(2, torch.tensor(rights, dtype=torch.long, device=frames.device))
-        return a * (1 - frac) + b * frac
+        frac = torch.tensor(remainders, dtype=torch.float32, device=device) / (2 * self.q)
+        return (torch.tensor(lefts, dtype=torch.long, device=device),
+                torch.tensor(rights, dtype=torch.long, device=device), frac)
+
+    def _mix(self, frames: Tensor, taps: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        lefts, rights, frac = taps
+        return frames.index_select(2, lefts) * (1 - frac) + frames.index_select(2, rights) * frac
+
+    def _gather(self, frames: Tensor, first: int, count: int, offset: int) -> Tensor:
+        """Output frames first .. first + count - 1 from `frames`, whose index 0 is input frame `offset`."""
+        return self._mix(frames, self._taps(first, count, offset, frames.shape[-1] - 1, frames.device))
 
     def flush(self, state: Dict[str, Tensor], num_outputs: int) -> Tuple[Tensor, Dict[str, Tensor]]:
         """End of stream: emit frames up to `num_outputs` in all, holding the last input frame."""
