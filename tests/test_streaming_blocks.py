@@ -159,6 +159,22 @@ def test_interpolator_flush_matches_offline_end():
     assert sorted(state) == ["emitted", "last", "seen"] and int(state["emitted"]) == 12
 
 
+@pytest.mark.parametrize("in_rate, out_rate", [(100.0, 93.75), (100.0, 187.5), (50.0, 93.75), (25.0, 93.75), (93.75, 100.0)])
+def test_interpolator_taps_repeat_by_phase(in_rate, out_rate):
+    # A compiled step caches the taps under taps_phase: every state with the same phase must give the same taps
+    interp = FrameInterpolator(1, in_rate, out_rate)
+    for push in (1, 2, 3, 4, 8):
+        seen, emitted, by_phase = 0, 0, {}
+        for _ in range(200):
+            taps = interp.step_taps(seen, emitted, push, torch.device("cpu"))
+            phase = interp.taps_phase(seen, emitted)
+            if phase is not None:
+                assert torch.equal(by_phase.setdefault(phase, taps), taps), (push, seen, emitted)
+            seen, emitted = seen + push, emitted + taps.shape[1]
+            assert emitted == interp.num_outputs(seen)
+        assert 0 < len(by_phase) <= interp.p  # a cycle: the cache stays small
+
+
 def test_postnet():
     post = CausalPostNet(6, 8, 5, 3).eval()
     x = torch.randn(1, 6, 19)

@@ -104,7 +104,7 @@ class StepPart(nn.Module):
     def _decoder(self) -> DecoderCore:
         return self.core.decoder if isinstance(self.core, ConverterCore) else self.core
 
-    def run(self, x: Tensor, state: dict, modulation: Tensor | None, taps: tuple | None):
+    def run(self, x: Tensor, state: dict, modulation: Tensor | None, taps: Tensor | None):
         if self.part == "encode":  # EncoderCore: samples -> (tokens, content embeddings)
             tokens, embedding, state = self.core.encode_step(x, state)
             return (tokens, embedding), state
@@ -119,12 +119,12 @@ class StepPart(nn.Module):
         return (audio,), state
 
     def forward(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None = None,
-                taps: tuple[Tensor, Tensor, Tensor] | None = None):
+                taps: Tensor | None = None):
         outputs, new = self.run(x, dict(state), modulation, taps)
         return outputs, {key: new[key] for key in self.writes}
 
     def trace_io(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None = None,
-                 taps: tuple | None = None) -> None:
+                 taps: Tensor | None = None) -> None:
         """Find the entries this part reads and replaces, from one eager run on a copy of `state`."""
         recorder = _ReadRecorder(copy_state(state))
         before = dict(recorder)
@@ -143,6 +143,24 @@ class _CompiledPart:
         self.reads, self.writes, self.mutates, self.run = part.reads, part.writes, part.mutates, runner
         self.x_shape = x_shape
         self.shapes = {key: tuple(state[key].shape) for key in part.reads}
+        self.flat_run: Callable | None = None  # see `use_flat_calls`
+
+    def use_flat_calls(self, loader, x: Tensor, state: dict[str, Tensor], extras: tuple) -> None:
+        """Call an AOTInductor package's runner on flat lists, without the pytree (un)flattening of its Python
+        wrapper (~40 us a call, more with the caches cold after a step): inputs x, the read entries in
+        `reads` order, then the extra tensors; outputs the part's outputs, then the written entries in
+        `writes` order: the order torch.export flattens (x, dict, ...) in. Checked once here against the
+        wrapper, on state entries filled with distinct values."""
+        trial = {key: torch.rand_like(value) if value.is_floating_point() else value.clone()
+                 for key, value in state.items()}
+        expected_outputs, expected = self.run(x, {k: trial[k].clone() for k in self.reads}, *extras)
+        flat = loader.boxed_run([x, *(trial[k].clone() for k in self.reads), *_tensors(extras)])
+        outputs = flat[: len(flat) - len(self.writes)]
+        same = len(outputs) == len(expected_outputs) and all(
+            torch.equal(a, b) for a, b in zip([*outputs, *flat[len(outputs):]],
+                                              [*expected_outputs, *(expected[k] for k in self.writes)]))
+        if same:
+            self.flat_run = loader.boxed_run
 
     def fits(self, x: Tensor, state: dict[str, Tensor]) -> bool:
         return tuple(x.shape) == self.x_shape and self.fits_state(state)
@@ -151,13 +169,17 @@ class _CompiledPart:
         return (all(tuple(state[k].shape) == s for k, s in self.shapes.items())
                 and all(state[k].is_contiguous() for k in self.mutates))
 
-    def __call__(self, x: Tensor, state: dict[str, Tensor], modulation: Tensor | None = None,
-                 taps: tuple[Tensor, Tensor, Tensor] | None = None):
+    def __call__(self, x: Tensor, state: dict[str, Tensor], *extras: Tensor):
+        """extras: the back graphs' (modulation, taps), contiguous."""
         # A compiled graph assumes the strides it was built for (contiguous) without checking them, and a
         # step's state entries are often views (a conv's tail is the end of its input): pass contiguous
         # tensors. The entries written in place (the KV rings) must be contiguous already (`fits_state`).
-        inputs = {key: state[key].contiguous() for key in self.reads}
-        outputs, new = self.run(x.contiguous(), inputs, None if modulation is None else modulation.contiguous(), taps)
+        if self.flat_run is not None:
+            flat = self.flat_run([x.contiguous(), *[state[key].contiguous() for key in self.reads], *extras])
+            count = len(flat) - len(self.writes)
+            state.update(zip(self.writes, flat[count:]))
+            return flat[:count]
+        outputs, new = self.run(x.contiguous(), {key: state[key].contiguous() for key in self.reads}, *extras)
         state.update(new)
         return outputs
 
@@ -169,6 +191,13 @@ def _code_digest() -> str:
     for path in sorted([*here.glob("*.py"), *(here.parent / "modules").glob("*.py")]):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()
+
+
+def _tensors(value) -> list[Tensor]:
+    """The tensors in nested tuples, in order (None dropped, as torch.export's flattening drops it)."""
+    if isinstance(value, tuple):
+        return [t for item in value for t in _tensors(item)]
+    return [value] if isinstance(value, Tensor) else []
 
 
 def _map_tensors(function, value):
@@ -226,6 +255,7 @@ class CompiledStep:
         self._build_key = ""  # what every part's cache key shares: code, weights, torch, CPU (set by _build)
         self._voice: Tensor | None = None  # the last condition seen, and its modulation (`modulation`)
         self._voice_modulation: Tensor | None = None
+        self._taps_by_phase: dict[tuple[int, int], Tensor] = {}
         self._build()
 
     @property
@@ -299,7 +329,11 @@ class CompiledStep:
         except Exception as err:  # no compiler, unsupported op or platform: say so, the caller falls back
             first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
             raise CompileUnavailable(f"{type(err).__name__}: {first_line}") from err
-        return _CompiledPart(part, runner, tuple(x.shape), state)
+        compiled = _CompiledPart(part, runner, tuple(x.shape), state)
+        if self.compiler == "aot":
+            with torch.inference_mode():
+                compiled.use_flat_calls(runner.loader, x, state, extras)
+        return compiled
 
     def _aot_package(self, part: StepPart, x: Tensor, state: dict[str, Tensor], extras: tuple):
         key = self._key(part, x, state, extras)
@@ -348,12 +382,23 @@ class CompiledStep:
 
     # --- running -----------------------------------------------------------------------------------
 
+    def interpolation_taps(self, seen: int, emitted: int) -> Tensor:
+        """The interpolation's taps for a push, from a cache: a stream's pushes cycle through a few."""
+        interpolator = self.decoder.mel_interpolator
+        phase = interpolator.taps_phase(seen, emitted)
+        taps = self._taps_by_phase.get(phase) if phase is not None else None
+        if taps is None:
+            taps = interpolator.step_taps(seen, emitted, self.latent_per_push, self._device())
+            if phase is not None:
+                self._taps_by_phase[phase] = taps
+        return taps
+
     def step(self, x: Tensor, state: dict[str, Tensor], condition: Tensor | None = None):
         if not self.front.fits(x, state) or (self.decoder is not None and condition is None):
             self.counts["eager"] += 1
             return self.core.step(x, state, condition)
         if isinstance(self.core, EncoderCore):
-            tokens, _ = self.front(x, state, None)
+            tokens, _ = self.front(x, state)
             self.counts["compiled"] += 1
             return tokens, state
         decoder = self.decoder
@@ -366,12 +411,11 @@ class CompiledStep:
         if m > 0 and (back is None or not back.fits_state(state)):
             self.counts["eager"] += 1  # e.g. the first pushes of a stream
             return self.core.step(x, state, condition)
-        (latent,) = self.front(x, state, None)
+        (latent,) = self.front(x, state)
         self.counts["compiled"] += 1
         if m == 0:
             mel_latent, state = interpolator.step(latent, state)
             return mel_latent.new_zeros(1, 0), state
         drop = decoder.start_drop(state, m)
-        taps = interpolator.step_taps(seen, emitted, self.latent_per_push, latent.device)
-        (audio,) = back(latent, state, self.modulation(condition), taps)
+        (audio,) = back(latent, state, self.modulation(condition), self.interpolation_taps(seen, emitted))
         return audio[:, drop:], state

@@ -171,7 +171,7 @@ class DecoderCore(nn.Module):
         assert modulation is not None
         return modulation
 
-    def mel_audio_step_undropped(self, latent: Tensor, state: Dict[str, Tensor], taps: Tuple[Tensor, Tensor, Tensor],
+    def mel_audio_step_undropped(self, latent: Tensor, state: Dict[str, Tensor], taps: Tensor,
                                  modulation: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Latent frames (B, C, T) + the interpolation's `step_taps` for them (m >= 1 mel frames) ->
         m * hop samples, before the ISTFT's start drop."""

@@ -85,29 +85,33 @@ class FrameInterpolator(StreamingModule):
         taps = self.step_taps(int(state[p + "seen"]), int(state[p + "emitted"]), x.shape[-1], x.device)
         return self.step_with_taps(x, state, taps)
 
-    def step_taps(self, seen: int, emitted: int, new_frames: int,
-                  device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
-        """What a step of `new_frames` input frames emits, after `seen` inputs and `emitted` outputs: for each
-        output frame, its left and right input frames as indices into [state `last`, x], and the right
-        one's weight. A compiled step computes these outside its graph (they set the output count)."""
+    def step_taps(self, seen: int, emitted: int, new_frames: int, device: torch.device) -> Tensor:
+        """What a step of `new_frames` input frames emits, after `seen` inputs and `emitted` outputs:
+        (3, count) int64, for each output frame its left and right input frames as indices into
+        [state `last`, x], and the right one's weight in units of 1 / 2q. A compiled step computes these
+        outside its graph (they set the output count)."""
         count = self.num_outputs(seen + new_frames) - emitted
         return self._taps(emitted, count, seen - 1, new_frames, device)
 
-    def step_with_taps(self, x: Tensor, state: Dict[str, Tensor],
-                       taps: Tuple[Tensor, Tensor, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """`step`, given its `step_taps`: (B, C, new_frames) -> (B, C, len(taps[0]))."""
+    def taps_phase(self, seen: int, emitted: int) -> Optional[Tuple[int, int]]:
+        """A key under which `step_taps` repeat, or None early in a stream: p more inputs and q more outputs
+        read the same frames, p further on, once no output frame reads before the first input."""
+        if seen < 2 or emitted < 1 or 2 * self.p * emitted + self.shift_num < 0:
+            return None
+        return seen % self.p, emitted - self.q * (seen // self.p)
+
+    def step_with_taps(self, x: Tensor, state: Dict[str, Tensor], taps: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """`step`, given its `step_taps`: (B, C, new_frames) -> (B, C, taps.shape[1])."""
         p = self.state_prefix
         frames = torch.cat([state[p + "last"], x], dim=-1)  # input index seen - 1 is at 0
         state[p + "last"] = frames[..., -1:]
         state[p + "seen"] = state[p + "seen"] + x.shape[-1]
-        state[p + "emitted"] = state[p + "emitted"] + taps[0].shape[0]
+        state[p + "emitted"] = state[p + "emitted"] + taps.shape[1]
         return self._mix(frames, taps), state
 
-    def _taps(self, first: int, count: int, offset: int, last: int,
-              device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+    def _taps(self, first: int, count: int, offset: int, last: int, device: torch.device) -> Tensor:
         """Output frames first .. first + count - 1 read frames whose index 0 is input frame `offset` and
-        index `last` the last there is. Python integers: exact, and a step's few frames cost three small
-        tensors."""
+        index `last` the last there is. Python integers: exact, and a step's few frames cost one small tensor."""
         lefts: List[int] = []
         rights: List[int] = []
         remainders: List[int] = []
@@ -120,13 +124,11 @@ class FrameInterpolator(StreamingModule):
             lefts.append(min(left - offset, last))
             rights.append(min(left + 1 - offset, last))
             remainders.append(remainder)
-        frac = torch.tensor(remainders, dtype=torch.float32, device=device) / (2 * self.q)
-        return (torch.tensor(lefts, dtype=torch.long, device=device),
-                torch.tensor(rights, dtype=torch.long, device=device), frac)
+        return torch.tensor([lefts, rights, remainders], dtype=torch.long, device=device)
 
-    def _mix(self, frames: Tensor, taps: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        lefts, rights, frac = taps
-        return frames.index_select(2, lefts) * (1 - frac) + frames.index_select(2, rights) * frac
+    def _mix(self, frames: Tensor, taps: Tensor) -> Tensor:
+        frac = taps[2].to(frames.dtype) / (2 * self.q)
+        return frames.index_select(2, taps[0]) * (1 - frac) + frames.index_select(2, taps[1]) * frac
 
     def _gather(self, frames: Tensor, first: int, count: int, offset: int) -> Tensor:
         """Output frames first .. first + count - 1 from `frames`, whose index 0 is input frame `offset`."""
