@@ -339,8 +339,9 @@ class CompiledStep:
         key = self._key(part, x, state, extras)
         path = self.cache_dir / f"{type(self.core).__name__}-{part.part}-{key}.pt2"
         if not path.is_file():
-            self.log(f"compiling the {part.part} of the {type(self.core).__name__} step for {tuple(x.shape)} with "
-                     f"AOTInductor (once; cached in {self.cache_dir}) ...")
+            frames = f" -> {extras[1].shape[1]} mel frames" if part.part == "back" else ""
+            self.log(f"compiling the {part.part} of the {type(self.core).__name__} step for {tuple(x.shape)}{frames} "
+                     f"with AOTInductor (once; cached in {self.cache_dir}) ...")
             began = time.perf_counter()
             program = torch.export.export(part, (x, {k: state[k] for k in part.reads}, *extras))
             self.cache_dir.mkdir(parents=True, exist_ok=True)
