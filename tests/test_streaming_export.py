@@ -191,8 +191,33 @@ def test_aot_packages_match_eager_and_are_cached(student, tmp_path, monkeypatch)
     expected = _push_all(CoreRunner(core, "eager"), wave, chunk, condition)
     assert_close(_push_all(runner, wave, chunk, condition), expected, rel=1e-4)
     assert runner.compiled.counts == {"compiled": 24, "eager": 0}
-    # the packages are called on flat lists (the check against torch's wrapper at load passed)
-    assert all(part.flat_run is not None for part in [runner.compiled.front, *runner.compiled.backs.values()])
+    # the packages are called on flat lists (the check against torch's wrapper at load passed) ...
+    compiled = runner.compiled
+    assert all(part.flat_run is not None for part in [compiled.front, *compiled.backs.values()])
+    # ... and that check refuses a flat order with two counters swapped
+    m, back = next(iter(compiled.backs.items()))
+    interpolator = core.decoder.mel_interpolator
+    seen = compiled.steady_phases()[m] * compiled.latent_per_push
+    extras = (compiled.modulation(condition), compiled.interpolation_taps(seen, interpolator.num_outputs(seen)))
+    first, second = (1 + back.reads.index("mel_interpolator." + name) for name in ("seen", "emitted"))
+
+    class SwappedCounters:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def boxed_run(self, flat):
+            flat[first], flat[second] = flat[second], flat[first]
+            return self.loader.boxed_run(flat)
+
+    loader = back.run.loader
+    back.flat_run = None
+    with torch.inference_mode():
+        back.use_flat_calls(SwappedCounters(loader), torch.zeros(1, interpolator.channels, compiled.latent_per_push),
+                            core.init_state(1), extras)
+        assert back.flat_run is None
+        back.use_flat_calls(loader, torch.zeros(1, interpolator.channels, compiled.latent_per_push),
+                            core.init_state(1), extras)
+        assert back.flat_run is not None
     cache = runner.compiled.cache_dir
     packages = sorted(cache.glob("ConverterCore-*.pt2"))
     assert len(packages) >= 3 and not list(cache.glob("*partial*"))
