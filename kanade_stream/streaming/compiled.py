@@ -156,7 +156,7 @@ class _CompiledPart:
                  for rank, key in enumerate(self.reads)}
         try:
             expected_outputs, expected = self.run(x, {k: trial[k].clone() for k in self.reads}, *extras)
-            flat = loader.boxed_run([x, *(trial[k].clone() for k in self.reads), *_tensors(extras)])
+            flat = loader.boxed_run([x, *(trial[k].clone() for k in self.reads), *extras])
         except Exception:  # e.g. a counter the graph indexes with: keep the wrapper
             return
         outputs = flat[: len(flat) - len(self.writes)]
@@ -195,20 +195,6 @@ def _code_digest() -> str:
     for path in sorted([*here.glob("*.py"), *(here.parent / "modules").glob("*.py")]):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()
-
-
-def _tensors(value) -> list[Tensor]:
-    """The tensors in nested tuples, in order (None dropped, as torch.export's flattening drops it)."""
-    if isinstance(value, tuple):
-        return [t for item in value for t in _tensors(item)]
-    return [value] if isinstance(value, Tensor) else []
-
-
-def _map_tensors(function, value):
-    """`function` applied to every tensor in nested tuples (a graph's extra inputs)."""
-    if isinstance(value, tuple):
-        return tuple(_map_tensors(function, item) for item in value)
-    return function(value) if isinstance(value, Tensor) else value
 
 
 def _weights_digest(module: nn.Module) -> str:
@@ -324,8 +310,9 @@ class CompiledStep:
                 self.backs[m] = self._compile(StepPart(self.graph_core, "back"), latent, state, (modulation, taps))
         self.build_seconds = time.perf_counter() - start
 
-    def _compile(self, part: StepPart, x: Tensor, state: dict[str, Tensor], extras: tuple = ()) -> _CompiledPart:
-        """extras: the back graphs' inputs after the state, (modulation, taps)."""
+    def _compile(self, part: StepPart, x: Tensor, state: dict[str, Tensor],
+                 extras: tuple[Tensor, ...] = ()) -> _CompiledPart:
+        """extras: the back graphs' tensor inputs after the state, (modulation, taps)."""
         part.trace_io(x, state, *extras)
         try:
             runner = self._aot_package(part, x, state, extras) if self.compiler == "aot" \
@@ -371,7 +358,7 @@ class CompiledStep:
         # difference, so each is a graph of its own, the second from torch's cache).
         trial = copy_state(state)
         with torch.inference_mode():
-            x, extras = x.clone(), _map_tensors(torch.clone, extras)
+            x, extras = x.clone(), tuple(t.clone() for t in extras)
             for _ in range(2):
                 _, new = compiled(x, {k: trial[k] for k in part.reads}, *extras)
                 trial.update(new)
@@ -380,7 +367,7 @@ class CompiledStep:
     def _key(self, part: StepPart, x: Tensor, state: dict[str, Tensor], extras: tuple) -> str:
         digest = hashlib.sha256(self._build_key.encode())
         shapes = [(k, tuple(state[k].shape), str(state[k].dtype)) for k in part.reads]
-        extra_shapes = _map_tensors(lambda t: (tuple(t.shape), str(t.dtype)), extras)
+        extra_shapes = [(tuple(t.shape), str(t.dtype)) for t in extras]
         for item in (str(x.device), part.part, tuple(x.shape), str(x.dtype), shapes, extra_shapes, part.writes):
             digest.update(repr(item).encode())
         return digest.hexdigest()[:24]

@@ -282,9 +282,7 @@ def exportable_int8(module: nn.Module) -> nn.Module:
         return module
     module = copy.deepcopy(module)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child, ExportableInt8Linear(getattr(parent, child)))
+        _set_submodule(module, name, ExportableInt8Linear(module.get_submodule(name)))
     _stack_int8_projections(module)
     return module
 
