@@ -28,7 +28,7 @@ from training.runtime import Runtime
 from training.trainer import Trainer
 
 from .evaluate import evaluate
-from .models import load_teacher, load_teacher_vocoder, save_student, student_config
+from .models import DistillError, load_teacher, load_teacher_vocoder, save_student, student_config
 from .settings import ALL_STAGES, STAGES, DistillSettings
 from .tasks import DistillTask, TeacherTargets
 
@@ -36,9 +36,13 @@ log = logging.getLogger("training")
 
 
 def distill_student(settings: DistillSettings, stages: list[str], runtime: Runtime, resume: bool = False,
-                    overwrite: bool = False, progress: bool = True, stop_after: int | None = None) -> dict:
+                    overwrite: bool = False, progress: bool = True, stop_after: int | None = None,
+                    init: str | Path | None = None) -> dict:
     """Run `stages` into settings.out. With `resume` finished stages are skipped and an unfinished one goes
-    on from its checkpoint. Returns {"results": {stage: FitResult}, "completed": bool, "report": dict | None}."""
+    on from its checkpoint. `init` (a student folder) is the student the first stage starts from instead of a
+    fresh one: to fine-tune a shipped student, or to train more steps of some stages of one (its sizes are
+    kept; the teacher must match it). Returns {"results": {stage: FitResult}, "completed": bool,
+    "report": dict | None}."""
     check_resume_flags(resume, overwrite)
     check_data_given(settings)
     out = Path(settings.out)
@@ -49,24 +53,28 @@ def distill_student(settings: DistillSettings, stages: list[str], runtime: Runti
     vocoder = load_teacher_vocoder(settings.teacher_vocoder, folder, runtime.device)
     targets = TeacherTargets(teacher, vocoder)
     config = student_config(settings, teacher)
+    student = KanadeStudent(config) if init is None else init_student(init, teacher, runtime)
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "settings.json").write_text(json.dumps(settings.to_dict(), indent=1, default=str))
         log.info("distill: teacher %s, vocoder target %s, student %.2f M parameters, stages %s, output %s", folder,
                  "teacher vocoder" if vocoder is not None else "the real audio",
-                 KanadeStudent(config).num_parameters() / 1e6, ", ".join(stages), out.resolve())
+                 student.num_parameters() / 1e6, ", ".join(stages), out.resolve())
     data = RunData(settings, runtime, out)
-    student = KanadeStudent(config)
     results = {}
+    first = next(stage for stage in ALL_STAGES if stage in stages)
     for stage in ALL_STAGES:
         stage_dir = out / stage
         previous = out / ALL_STAGES[ALL_STAGES.index(stage) - 1] / "export" if stage != ALL_STAGES[0] else None
         if stage not in stages:
             continue
-        if previous is not None and (previous / "model.safetensors").is_file():
+        starts_from_init = init is not None and stage == first
+        if previous is not None and (previous / "model.safetensors").is_file() and not starts_from_init:
             student = load_student(previous, device=runtime.device)  # each stage starts from the one before
         if resume and (stage_dir / "done.json").is_file():
             log.info("%s already finished: skipped", stage)
+            if (stage_dir / "export" / "model.safetensors").is_file():  # the next selected stage starts from it
+                student = load_student(stage_dir / "export", device=runtime.device)
             continue
         resume_from = prepare_folder(stage_dir, "auto" if resume else None, overwrite, runtime)
         seed_everything(settings.seed + runtime.rank)
@@ -88,6 +96,26 @@ def distill_student(settings: DistillSettings, stages: list[str], runtime: Runti
         int8_report = evaluate_run(settings, teacher, data, out, student_dir=out / "int8" / "export", int8=True)
     runtime.barrier()
     return {"results": results, "completed": True, "report": report, "int8_report": int8_report}
+
+
+def init_student(folder: str | Path, teacher: KanadeTeacher, runtime: Runtime) -> KanadeStudent:
+    """The student in `folder`, checked against the teacher whose targets it will learn."""
+    try:
+        student = load_student(folder, device=runtime.device)
+    except FileNotFoundError as err:
+        raise DistillError(f"--init: {err}") from None
+    c, t = student.config, teacher
+    expected = {"content_feature_dim": t.ssl.feature_dim, "global_feature_dim": t.ssl.feature_dim,
+                "global_dim": t.global_encoder.output_channels, "fsq_levels": list(t.local_quantizer.levels),
+                "downsample_factor": t.config.downsample_factor, "upsample_factor": t.config.mel_upsample_factor,
+                "sample_rate": t.sample_rate, "hop_length": t.config.hop_length}
+    wrong = [f"{k} {list(getattr(c, k)) if k == 'fsq_levels' else getattr(c, k)} (the teacher's: {v})"
+             for k, v in expected.items() if (list(getattr(c, k)) if k == "fsq_levels" else getattr(c, k)) != v]
+    if wrong:
+        raise DistillError(f"--init {folder} was not distilled from a teacher like this one: " + "; ".join(wrong))
+    log.info("distill: starting from the student in %s (%.2f M parameters; the recipe's student sizes are not used)",
+             folder, student.num_parameters() / 1e6)
+    return student
 
 
 def evaluate_run(settings: DistillSettings, teacher: KanadeTeacher, data: RunData, out: Path,

@@ -44,10 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocoder", default=None, help="teacher vocoder to imitate (Vocos hub id or folder)")
     p.add_argument("--data", default=None, help="audio folder or manifest.jsonl (default: embedded eSpeak corpus)")
     p.add_argument("--out", default=None, help="output folder (default: from the config)")
-    p.add_argument("--stage", default="all", choices=ALL_STAGES + ("all",),
-                   help="run one stage, or all (default: ssl to joint, the float student); int8 then fine-tunes "
-                        "that student through int8 rounding into <out>/int8/export (run it in int8: --precision "
-                        "int8 in the live programs)")
+    p.add_argument("--stage", nargs="+", default=["all"], choices=ALL_STAGES + ("all",),
+                   help="run these stages in order, or all (default: ssl to joint, the float student); int8 then "
+                        "fine-tunes that student through int8 rounding into <out>/int8/export (run it in int8: "
+                        "--precision int8 in the live programs)")
+    p.add_argument("--init", default=None,
+                   help="a student folder (config.json + model.safetensors) to start from instead of a fresh "
+                        "student, e.g. --init kanade_stream/assets/student-tiny --stage ssl joint: more training "
+                        "of the shipped student's front end, then end to end")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every selected stage")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--resume", action="store_true",
@@ -89,7 +93,7 @@ def apply_overrides(settings: DistillSettings, args, stages) -> DistillSettings:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    stages = list(STAGES) if args.stage == "all" else [args.stage]
+    stages = list(STAGES) if "all" in args.stage else [s for s in ALL_STAGES if s in args.stage]
     runtime = report = int8_report = None
     start = time.time()
     if args.threads is not None:
@@ -105,7 +109,8 @@ def main(argv=None) -> int:
             teacher, _ = load_teacher(settings.teacher, settings.ssl_model, runtime)
             report = evaluate_run(settings, teacher, RunData(settings, runtime, out), out)
         else:
-            outcome = distill_student(settings, stages, runtime, args.resume, args.overwrite, not args.no_progress)
+            outcome = distill_student(settings, stages, runtime, args.resume, args.overwrite, not args.no_progress,
+                                      init=args.init)
             report, int8_report = outcome.get("report"), outcome.get("int8_report")
             if not outcome["completed"]:
                 return 130

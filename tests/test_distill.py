@@ -94,6 +94,41 @@ def test_full_run_writes_student_and_report(corpus, tmp_path):
     assert "vc_content_token_agreement" in report
 
 
+def test_init_continues_a_student_through_selected_stages(corpus, tmp_path):
+    """--init: the first selected stage starts from a given student (its sizes, not the recipe's), a stage
+    not run keeps the weights it had, and the next selected stage starts from the one before it."""
+    first = run(settings_for(corpus, tmp_path / "first", steps=2), list(STAGES), Runtime(), progress=False)
+    assert first["completed"]
+    start = load_student(tmp_path / "first" / "export")
+    settings = settings_for(corpus, tmp_path / "more", steps=3)
+    settings.student = {"preset": "tiny", "ssl_dim": 32}  # ignored: the student comes from --init
+    outcome = run(settings, ["ssl", "joint"], Runtime(), progress=False, init=tmp_path / "first" / "export")
+    assert outcome["completed"] and set(outcome["results"]) == {"ssl", "joint"}
+    final = load_student(tmp_path / "more" / "export")
+    assert final.config == start.config
+    for name, value in start.vocoder.state_dict().items():  # trained by `first`, in neither stage here
+        assert torch.equal(final.vocoder.state_dict()[name], value), name
+    # joint went on from ssl's result: its first validation reads the same features ssl's last one did
+    ssl, joint = outcome["results"]["ssl"], outcome["results"]["joint"]
+    assert joint.first_val["feature_mse"] == pytest.approx(ssl.val["feature_mse"], rel=1e-5)
+    assert ssl.first_val["feature_mse"] != pytest.approx(ssl.val["feature_mse"], rel=1e-5)
+    assert (tmp_path / "more" / "eval" / "report.json").is_file()
+
+
+def test_init_refuses_a_student_of_another_teacher(corpus, tmp_path):
+    from distill.models import DistillError
+    from kanade_stream.streaming import KanadeStudent, StudentConfig
+
+    folder = tmp_path / "other"
+    KanadeStudent(StudentConfig.tiny()).save(folder)  # sized for a 768-wide WavLM, not the tiny teacher's
+    with pytest.raises(DistillError, match=r"--init .* was not distilled from a teacher like this one: "
+                                           r"content_feature_dim"):
+        run(settings_for(corpus, tmp_path / "run", steps=1), ["ssl"], Runtime(), progress=False, init=folder)
+    with pytest.raises(DistillError, match="--init: .* is not a student folder"):
+        run(settings_for(corpus, tmp_path / "run2", steps=1), ["ssl"], Runtime(), progress=False,
+            init=tmp_path / "missing")
+
+
 def tiny_official_12hz_teacher(folder):
     """The tiny official-format model at 12.5 Hz (4 SSL frames a token, 8 mel-rate steps a token), random
     weights: no tiny official 12.5 Hz model exists, and the recipe test needs one."""
