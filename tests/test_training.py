@@ -108,6 +108,32 @@ def test_corpus_manifest_split_and_chunks(corpus):
     assert not torch.equal(dataset[(1, 2)][0], a[0])  # another epoch, another chunk
 
 
+def test_speed_perturbation_plays_chunks_faster_or_slower(tmp_path):
+    """A 440 Hz tone read at speed f comes out at 440 f Hz; the speed is drawn per chunk, repeatably."""
+    rate = 16000
+    t = np.arange(rate * 3) / rate
+    sf.write(tmp_path / "tone.wav", (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate)
+    record = {"path": str(tmp_path / "tone.wav"), "sample_rate": rate, "speaker": "a", "duration": 3.0}
+
+    def pitch(wave):
+        spectrum = np.abs(np.fft.rfft(wave.numpy() * np.hanning(len(wave))))
+        return np.argmax(spectrum) * 24000 / len(wave)
+
+    assert pitch(read_chunk(record, 48000, 24000, None)) == pytest.approx(440, abs=1)
+    assert pitch(read_chunk(record, 48000, 24000, None, speed=1.1)) == pytest.approx(484, abs=1)
+    assert pitch(read_chunk(record, 48000, 24000, None, speed=0.9)) == pytest.approx(396, abs=1)
+    dataset = ChunkDataset([record] * 8, 48000, seed=3, speed_perturbation=0.1)
+    pitches = [pitch(dataset[(0, i)][0]) for i in range(8)]
+    assert all(396 - 1 <= f <= 484 + 1 for f in pitches) and max(pitches) - min(pitches) > 10
+    assert torch.equal(dataset[(0, 5)][0], dataset[(0, 5)][0])
+    # no perturbation: the chunks are exactly what they were before the option existed
+    plain = ChunkDataset([record] * 8, 48000, seed=3)
+    offset = float(np.random.default_rng([3, 0, 5]).random())
+    assert torch.equal(plain[(0, 5)][0], read_chunk(record, 48000, 24000, offset))
+    with pytest.raises(DataError, match="speed_perturbation must be in"):
+        ChunkDataset([record], 48000, speed_perturbation=0.7)
+
+
 def test_empty_unreadable_and_short_data_are_clear(tmp_path, corpus):
     with pytest.raises(DataError, match="no audio files"):
         build_manifest(tmp_path)

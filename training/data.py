@@ -264,11 +264,19 @@ def filter_clips(records: list[dict], chunk_seconds: float, short_clips: str = "
 # --------------------------------------------------------------------------------------------------------
 
 
-def read_chunk(record: dict, num_samples: int, sample_rate: int, offset: float | None) -> torch.Tensor:
+SPEED_RATE_STEP = 80  # perturbed source rates are multiples of this (keeps the resampling kernel small)
+
+
+def read_chunk(record: dict, num_samples: int, sample_rate: int, offset: float | None,
+               speed: float = 1.0) -> torch.Tensor:
     """`num_samples` at `sample_rate` from the clip, mono, zero-padded at the end if the clip is shorter.
-    `offset` in [0, 1] places the chunk within the clip (None or 0 = the start). Only the needed part of
-    the file is read."""
-    source_rate = int(record["sample_rate"])
+    `offset` in [0, 1] places the chunk within the clip (None or 0 = the start). `speed` plays the clip that
+    much faster (the file is read as if recorded at `speed` x its rate, to the nearest 80 Hz). Only the
+    needed part of the file is read."""
+    file_rate = int(record["sample_rate"])
+    source_rate = file_rate
+    if speed != 1.0:
+        source_rate = max(SPEED_RATE_STEP, round(file_rate * speed / SPEED_RATE_STEP) * SPEED_RATE_STEP)
     margin = 0 if source_rate == sample_rate else 64  # resampling filter edge, trimmed below
     need = math.ceil(num_samples * source_rate / sample_rate) + margin
     with sf.SoundFile(record["path"]) as f:
@@ -297,11 +305,13 @@ class ChunkDataset(Dataset):
     MAX_TRIES = 8
 
     def __init__(self, records: list[dict], chunk_samples: int, sample_rate: int = 24000, seed: int = 0,
-                 random_offset: bool = True):
+                 random_offset: bool = True, speed_perturbation: float = 0.0):
         if not records:
             raise DataError("no clips to train on")
+        if not 0.0 <= speed_perturbation < 0.5:
+            raise DataError(f"speed_perturbation must be in [0, 0.5), got {speed_perturbation}")
         self.records, self.chunk_samples, self.sample_rate = records, int(chunk_samples), int(sample_rate)
-        self.seed, self.random_offset = int(seed), random_offset
+        self.seed, self.random_offset, self.speed_perturbation = int(seed), random_offset, speed_perturbation
 
     def __len__(self) -> int:
         return len(self.records)
@@ -311,11 +321,14 @@ class ChunkDataset(Dataset):
         failures = 0
         for attempt in range(self.MAX_TRIES):
             i = (index + attempt) % len(self.records)
-            offset = None
+            offset, speed = None, 1.0
+            rng = np.random.default_rng([self.seed, epoch, i])  # the same chunk after a resume
             if self.random_offset:
-                offset = float(np.random.default_rng([self.seed, epoch, i]).random())
+                offset = float(rng.random())
+            if self.speed_perturbation:
+                speed = float(rng.uniform(1 - self.speed_perturbation, 1 + self.speed_perturbation))
             try:
-                return read_chunk(self.records[i], self.chunk_samples, self.sample_rate, offset), failures
+                return read_chunk(self.records[i], self.chunk_samples, self.sample_rate, offset, speed), failures
             except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
                 failures += 1
                 log.warning("cannot read %s (%s); using another clip", self.records[i]["path"], err)
@@ -481,7 +494,7 @@ class RunData:
         batch = s.batch_size(phase)
         if batch % runtime.world_size:
             raise SettingsError(f"batch size {batch} does not split over {runtime.world_size} processes")
-        dataset = ChunkDataset(train, chunk, rate, seed=seed)
+        dataset = ChunkDataset(train, chunk, rate, seed=seed, speed_perturbation=s.data.speed_perturbation)
         stream = BatchStream(dataset, batch // runtime.world_size, s.data.num_workers, runtime.rank,
                              runtime.world_size, seed, pin_memory=runtime.device.type == "cuda")
         val_batches = (validation_batches(val, chunk, rate, s.data.val_clips, s.data.val_batch_size)

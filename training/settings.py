@@ -192,6 +192,9 @@ class DataSettings:
     short_clips: Literal["pad", "skip"] = "pad"  # clips shorter than a chunk: zeros at the end, or left out
     min_seconds: float = 0.5  # shorter clips are always skipped
     heldout_speakers: int = 2  # held-out voices when the data has no heldout split
+    # training chunks played up to this much faster or slower (0.1: 0.9x to 1.1x; pitch, formants and tempo
+    # together, as speed perturbation does): more voices from the same clips; validation clips never
+    speed_perturbation: float = 0.0
     val_clips: int = 16
     val_batch_size: int = 8
 
