@@ -22,6 +22,7 @@ from training.ssl_phase import (
     make_ssl_task,
     mask_spans,
     num_frames,
+    num_frames_to_samples,
     train_ssl,
 )
 
@@ -180,6 +181,37 @@ def test_loader_workers_make_the_same_batches_and_resume(voice_corpus, tmp_path)
     for k in range(3, 6):
         batch, _ = next(resumed)
         assert torch.equal(batch.wave, expected[k].wave) and torch.equal(batch.speakers, expected[k].speakers)
+
+
+def test_speed_perturbed_chunks_keep_their_labels_on_the_sound(tmp_path):
+    """A tone from 1 s to 2 s labelled 'aa': played 0.85x to 1.15x as fast, the frames labelled 'aa' are
+    the frames where the tone sounds."""
+    import numpy as np
+    import soundfile as sf
+
+    from kanade_stream.voices.phones import PHONE_INDEX
+    from training.ssl_phase import LabelledClips, LabelledStream
+
+    t = np.arange(48000) / 16000
+    wave = np.where((t >= 1) & (t < 2), 0.5 * np.sin(2 * np.pi * 300 * t), 0.0).astype(np.float32)
+    sf.write(tmp_path / "clip.wav", wave, 16000)
+    (tmp_path / "clip.phones").write_text("0.0\t1.0\tsil\n1.0\t2.0\taa\n2.0\t3.0\tsil\n")
+    entry = {"path": "clip.wav", "phones": "clip.phones", "speaker": "a", "split": "train"}
+    clips = LabelledClips(tmp_path, [entry], chunk_samples=num_frames_to_samples(150))  # 3 s played
+    for speed in (0.85, 1.0, 1.15):
+        audio, labels = clips.load(0, None, speed)
+        frames = audio[: 150 * 320].reshape(150, 320)
+        sounding = np.abs(frames).max(axis=1) > 0.25
+        labelled = labels[:150] == PHONE_INDEX["aa"]
+        assert 0.8 / speed * 50 < labelled.sum() < 1.2 / speed * 50  # the tone lasts 1 / speed s
+        assert (sounding == labelled).mean() > 0.95, speed
+    # drawn per clip from the batch's seed: the same batch twice, and not every clip at one speed
+    stream = LabelledStream(LabelledClips(tmp_path, [entry] * 4, num_frames_to_samples(100)), 4, seed=0,
+                            speed_perturbation=0.15)
+    a, b = stream.make_batch((0, 0)), stream.make_batch((0, 0))
+    assert torch.equal(a.wave, b.wave) and torch.equal(a.labels, b.labels)
+    counts = (a.labels == PHONE_INDEX["aa"]).sum(dim=1)
+    assert counts.max() - counts.min() >= 3
 
 
 def test_ssl_phase_continues_from_an_export(voice_corpus, tmp_path):

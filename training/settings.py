@@ -177,6 +177,7 @@ class SSLSettings(PhaseSettings):
     val_clips: int = 16  # from the corpus's held-out voices
     mask_prob: float = 0.08  # a frame starts a masked span with this probability
     mask_length: int = 10
+    speed_perturbation: float = 0.0  # as data.speed_perturbation; the phone labels are stretched with the audio
     losses: SSLLosses = field(default_factory=SSLLosses)
     model: SSLModelSettings = field(default_factory=SSLModelSettings)
 
@@ -366,6 +367,8 @@ def check_settings(settings: RunSettings) -> None:
     ssl = settings.ssl
     if ssl.corpus == "prebuilt" and not ssl.corpus_dir:
         raise SettingsError("ssl.corpus: prebuilt needs ssl.corpus_dir (a folder made by kanade_stream.voices.builder)")
+    if not 0 <= ssl.speed_perturbation < 0.5 or not 0 <= settings.data.speed_perturbation < 0.5:
+        raise SettingsError("speed_perturbation must be in [0, 0.5) (0.1: chunks played 0.9x to 1.1x as fast)")
     if not 0 < ssl.mask_prob < 1 or ssl.mask_length < 1:
         raise SettingsError(f"ssl.mask_prob must be in (0, 1) and ssl.mask_length >= 1, got {ssl.mask_prob}, "
                             f"{ssl.mask_length}")

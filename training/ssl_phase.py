@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kanade_stream.voices.builder import build_voice_corpus, read_phones
-from kanade_stream.voices.phones import PHONES, UNKNOWN, frame_labels
+from kanade_stream.audio import resample
+from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, PHONES, UNKNOWN, frame_labels
 
+from .data import SPEED_RATE_STEP
 from .runtime import Runtime
 from .settings import SSLModelSettings, SSLSettings
 from .trainer import Task
@@ -106,19 +109,31 @@ class LabelledClips:
     def __len__(self):
         return len(self.entries)
 
-    def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-        """A chunk (random offset on the 320-sample grid when rng is given, else the start) and its labels."""
+    def load(self, index: int, rng: np.random.Generator | None, speed: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """A chunk (random offset on the 320-sample grid when rng is given, else the start) and its labels;
+        `speed` plays it that much faster (read as if recorded at speed x 16 kHz, to the nearest 80 Hz), the
+        labels stretched to match."""
         entry = self.entries[index]
         path = self.root / entry["path"]
         total = sf.info(path).frames
+        source_rate = SAMPLE_RATE if speed == 1.0 else max(SPEED_RATE_STEP, round(SAMPLE_RATE * speed /
+                                                                                   SPEED_RATE_STEP) * SPEED_RATE_STEP)
+        speed = source_rate / SAMPLE_RATE
+        margin = 0 if source_rate == SAMPLE_RATE else 64  # resampling filter edge
+        need = math.ceil(self.chunk * speed) + margin
         start = 0
-        if rng is not None and total > self.chunk:
-            start = int(rng.integers(0, (total - self.chunk) // HOP + 1)) * HOP
-        audio, _ = sf.read(path, start=start, frames=self.chunk, dtype="float32", always_2d=False)
+        if rng is not None and total > need:
+            start = int(rng.integers(0, (total - need) // HOP + 1)) * HOP
+        audio, _ = sf.read(path, start=start, frames=need, dtype="float32", always_2d=False)
+        if source_rate != SAMPLE_RATE:
+            audio = resample(torch.from_numpy(audio), source_rate, SAMPLE_RATE).numpy()
+        audio = audio[:self.chunk]
         n = num_frames(self.chunk)
         if index not in self._segments:
             self._segments[index] = read_phones(self.root / entry["phones"], entry.get("phone_set"))
-        labels = frame_labels(self._segments[index], n, start=start / SAMPLE_RATE)
+        # output frame i is centred at 12.5 ms + i / 50 s of the played chunk: speed x that into the file
+        labels = frame_labels(self._segments[index], n, frame_rate=FRAME_RATE / speed, offset=LABEL_OFFSET * speed,
+                              start=start / SAMPLE_RATE)
         valid = num_frames(len(audio)) if len(audio) >= 400 else 0
         labels[valid:] = UNKNOWN
         if len(audio) < self.chunk:
@@ -132,10 +147,11 @@ class LabelledStream:
     step is faster than reading 64 clips in one process) and the batches are the same with or without them."""
 
     def __init__(self, clips: LabelledClips, batch_size: int, seed: int, gain: tuple[float, float] = (0.3, 1.0),
-                 num_workers: int = 0):
+                 num_workers: int = 0, speed_perturbation: float = 0.0):
         if len(clips) < batch_size:
             raise ValueError(f"{len(clips)} training clips, fewer than the batch size {batch_size}")
         self.clips, self.batch_size, self.seed, self.gain = clips, batch_size, seed, gain
+        self.speed_perturbation = speed_perturbation
         self.batches_per_epoch = len(clips) // batch_size
         self.epoch, self.batch_in_epoch = 0, 0
         self.num_workers = num_workers
@@ -159,7 +175,10 @@ class LabelledStream:
         picks = order[index * self.batch_size:(index + 1) * self.batch_size]
         waves, labels = [], []
         for i in picks:
-            audio, lab = self.clips.load(int(i), rng)
+            speed = 1.0
+            if self.speed_perturbation:
+                speed = float(rng.uniform(1 - self.speed_perturbation, 1 + self.speed_perturbation))
+            audio, lab = self.clips.load(int(i), rng, speed)
             waves.append(audio * rng.uniform(*self.gain))
             labels.append(lab)
         speakers = torch.tensor([self.clips.speaker(int(i)) for i in picks], dtype=torch.long)
@@ -444,7 +463,7 @@ def make_ssl_task(run, runtime: Runtime):
              info.out_dir, len(train), len(info.voices["train"]), info.hours, len(val))
     speakers = {name: i for i, name in enumerate(sorted({e["speaker"] for e in train}))}
     stream = LabelledStream(LabelledClips(info.out_dir, train, chunk, speakers), batch_size, seed,
-                            num_workers=settings.num_workers)
+                            num_workers=settings.num_workers, speed_perturbation=settings.speed_perturbation)
     val_batches = fixed_batches(LabelledClips(info.out_dir, val, chunk, speakers), len(val), batch_size)
     return SSLTask(runtime, settings, seed, num_speakers=len(speakers)), stream, val_batches
 

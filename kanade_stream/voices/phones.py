@@ -30,6 +30,7 @@ PHONES: tuple[str, ...] = (SILENCE,) + ARPABET  # label index = position here
 PHONE_INDEX = {p: i for i, p in enumerate(PHONES)}
 UNKNOWN = -100  # frame label of a phone no map knows (ignored by cross-entropy)
 FRAME_RATE = 50  # labels per second (the SSL frame rate: 320 samples at 16 kHz)
+LABEL_OFFSET = 0.0125  # s: the centre of frame 0, WavLM's 400-sample receptive field at 16 kHz
 
 _SIL = {"pau", "h#", "brth", "#", "##", "_", "_:", "_!", "_!!", "||", "|", "sil", "SIL", "IGNORE"}
 
@@ -105,11 +106,11 @@ def phone_id(phone: str | None) -> int:
 
 
 def frame_labels(segments: list[tuple[float, float, str]], num_frames: int, frame_rate: float = FRAME_RATE,
-                 offset: float = 0.0125, start: float = 0.0) -> np.ndarray:
+                 offset: float = LABEL_OFFSET, start: float = 0.0) -> np.ndarray:
     """Label of each frame: the segment (start s, end s, inventory phone or None) covering the frame's
     centre `start + offset + i / frame_rate`; silence before the first and after the last segment.
 
-    The default offset is the centre of WavLM's 400-sample receptive field at 16 kHz (12.5 ms)."""
+    The default offset is the centre of WavLM's 400-sample receptive field at 16 kHz (LABEL_OFFSET)."""
     labels = np.full(num_frames, PHONE_INDEX[SILENCE], dtype=np.int64)
     if not segments or num_frames <= 0:
         return labels
