@@ -65,6 +65,15 @@ def load_teacher_vocoder(spec: str | None, folder: str, device):
     return load_vocoder(spec, device=device)
 
 
+def teacher_shapes(teacher: KanadeTeacher) -> dict:
+    """The student settings that the teacher decides: its targets' sizes and its token and mel rates."""
+    return dict(content_feature_dim=teacher.ssl.feature_dim, global_feature_dim=teacher.ssl.feature_dim,
+                global_dim=teacher.global_encoder.output_channels, fsq_levels=list(teacher.local_quantizer.levels),
+                downsample_factor=teacher.config.downsample_factor,
+                upsample_factor=teacher.config.mel_upsample_factor, sample_rate=teacher.sample_rate,
+                hop_length=teacher.config.hop_length)
+
+
 def student_config(settings: DistillSettings, teacher: KanadeTeacher) -> StudentConfig:
     """Preset + overrides, with the distillation targets' sizes and the token rate taken from the teacher
     (kanade-12.5hz: 4 SSL frames a token, 8 mel-rate steps a token)."""
@@ -72,15 +81,14 @@ def student_config(settings: DistillSettings, teacher: KanadeTeacher) -> Student
     preset = options.pop("preset", "default")
     base = getattr(StudentConfig, preset)().to_dict()
     base.update(options)
-    base.update(content_feature_dim=teacher.ssl.feature_dim, global_feature_dim=teacher.ssl.feature_dim,
-                global_dim=teacher.global_encoder.output_channels, fsq_levels=list(teacher.local_quantizer.levels),
-                downsample_factor=teacher.config.downsample_factor,
-                upsample_factor=teacher.config.mel_upsample_factor)
+    shapes = teacher_shapes(teacher)
+    rate, hop = shapes.pop("sample_rate"), shapes.pop("hop_length")  # the recipe's own must agree (checked)
+    base.update(shapes)
     try:
         config = StudentConfig.from_dict(base)
     except (StudentLoadError, TypeError, ValueError) as err:
         raise SettingsError(f"student: {err}") from err
-    if config.sample_rate != teacher.sample_rate or config.hop_length != teacher.config.hop_length:
+    if config.sample_rate != rate or config.hop_length != hop:
         raise SettingsError("the student must use the teacher's sample rate and mel hop")
     token_seconds = 1 / teacher.config.token_rate
     for stage in ALL_STAGES:  # whole teacher tokens per chunk, so teacher and student frames line up one to one

@@ -18,7 +18,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from kanade_stream.streaming import KanadeStudent, load_student
+from kanade_stream.streaming import KanadeStudent, StudentLoadError, load_student
 from kanade_stream.streaming.int8 import quantize_int8
 from kanade_stream.teacher import KanadeTeacher
 from training.checkpoint import check_resume_flags, prepare_folder, seed_everything
@@ -28,7 +28,7 @@ from training.runtime import Runtime
 from training.trainer import Trainer
 
 from .evaluate import evaluate
-from .models import DistillError, load_teacher, load_teacher_vocoder, save_student, student_config
+from .models import DistillError, load_teacher, load_teacher_vocoder, save_student, student_config, teacher_shapes
 from .settings import ALL_STAGES, STAGES, DistillSettings
 from .tasks import DistillTask, TeacherTargets
 
@@ -62,6 +62,8 @@ def distill_student(settings: DistillSettings, stages: list[str], runtime: Runti
                  student.num_parameters() / 1e6, ", ".join(stages), out.resolve())
     data = RunData(settings, runtime, out)
     results = {}
+    if not set(stages) & set(ALL_STAGES):
+        raise DistillError(f"no stage to run in {stages}: choose from {', '.join(ALL_STAGES)}")
     first = next(stage for stage in ALL_STAGES if stage in stages)
     for stage in ALL_STAGES:
         stage_dir = out / stage
@@ -102,15 +104,11 @@ def init_student(folder: str | Path, teacher: KanadeTeacher, runtime: Runtime) -
     """The student in `folder`, checked against the teacher whose targets it will learn."""
     try:
         student = load_student(folder, device=runtime.device)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, StudentLoadError) as err:
         raise DistillError(f"--init: {err}") from None
-    c, t = student.config, teacher
-    expected = {"content_feature_dim": t.ssl.feature_dim, "global_feature_dim": t.ssl.feature_dim,
-                "global_dim": t.global_encoder.output_channels, "fsq_levels": list(t.local_quantizer.levels),
-                "downsample_factor": t.config.downsample_factor, "upsample_factor": t.config.mel_upsample_factor,
-                "sample_rate": t.sample_rate, "hop_length": t.config.hop_length}
-    wrong = [f"{k} {list(getattr(c, k)) if k == 'fsq_levels' else getattr(c, k)} (the teacher's: {v})"
-             for k, v in expected.items() if (list(getattr(c, k)) if k == "fsq_levels" else getattr(c, k)) != v]
+    actual = student.config.to_dict()
+    wrong = [f"{key} {actual[key]} (the teacher's: {value})" for key, value in teacher_shapes(teacher).items()
+             if actual[key] != value]
     if wrong:
         raise DistillError(f"--init {folder} was not distilled from a teacher like this one: " + "; ".join(wrong))
     log.info("distill: starting from the student in %s (%.2f M parameters; the recipe's student sizes are not used)",
