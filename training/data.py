@@ -33,7 +33,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from kanade_stream.audio import AUDIO_SUFFIXES, resample
+from kanade_stream.audio import AUDIO_SUFFIXES, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
 
 from .runtime import Runtime
 from .settings import SettingsError
@@ -267,16 +267,22 @@ def filter_clips(records: list[dict], chunk_seconds: float, short_clips: str = "
 SPEED_RATE_STEP = 80  # perturbed source rates are multiples of this (keeps the resampling kernel small)
 
 
+def perturbed_rate(file_rate: int, speed: float) -> int:
+    """The rate to read a file as so that it plays `speed` times as fast: the nearest multiple of 80 Hz,
+    kept within the rates the resampler takes."""
+    if speed == 1.0:
+        return int(file_rate)
+    rate = round(file_rate * speed / SPEED_RATE_STEP) * SPEED_RATE_STEP
+    return min(max(rate, MIN_SAMPLE_RATE), MAX_SAMPLE_RATE)
+
+
 def read_chunk(record: dict, num_samples: int, sample_rate: int, offset: float | None,
                speed: float = 1.0) -> torch.Tensor:
     """`num_samples` at `sample_rate` from the clip, mono, zero-padded at the end if the clip is shorter.
     `offset` in [0, 1] places the chunk within the clip (None or 0 = the start). `speed` plays the clip that
     much faster (the file is read as if recorded at `speed` x its rate, to the nearest 80 Hz). Only the
     needed part of the file is read."""
-    file_rate = int(record["sample_rate"])
-    source_rate = file_rate
-    if speed != 1.0:
-        source_rate = max(SPEED_RATE_STEP, round(file_rate * speed / SPEED_RATE_STEP) * SPEED_RATE_STEP)
+    source_rate = perturbed_rate(int(record["sample_rate"]), speed)
     margin = 0 if source_rate == sample_rate else 64  # resampling filter edge, trimmed below
     need = math.ceil(num_samples * source_rate / sample_rate) + margin
     with sf.SoundFile(record["path"]) as f:

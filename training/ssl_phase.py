@@ -43,7 +43,7 @@ from kanade_stream.voices.builder import build_voice_corpus, read_phones
 from kanade_stream.audio import resample
 from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, PHONES, UNKNOWN, frame_labels
 
-from .data import SPEED_RATE_STEP
+from .data import perturbed_rate
 from .runtime import Runtime
 from .settings import SSLModelSettings, SSLSettings
 from .trainer import Task
@@ -116,9 +116,8 @@ class LabelledClips:
         entry = self.entries[index]
         path = self.root / entry["path"]
         total = sf.info(path).frames
-        source_rate = SAMPLE_RATE if speed == 1.0 else max(SPEED_RATE_STEP, round(SAMPLE_RATE * speed /
-                                                                                   SPEED_RATE_STEP) * SPEED_RATE_STEP)
-        speed = source_rate / SAMPLE_RATE
+        source_rate = perturbed_rate(SAMPLE_RATE, speed)
+        speed = source_rate / SAMPLE_RATE  # the speed it plays at exactly
         margin = 0 if source_rate == SAMPLE_RATE else 64  # resampling filter edge
         need = math.ceil(self.chunk * speed) + margin
         start = 0
