@@ -70,8 +70,8 @@ def evaluate(student, reader, batches, targets: TeacherTargets, lookahead: int, 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--student", required=True, help="a student folder; its content encoder should have learned "
-                                                    "on the teacher's features (a content stage export)")
+    p.add_argument("--student", required=True, help="the student folder to start from: its SSL encoder is copied "
+                                                    "once per lookahead, its content encoder once for reading")
     p.add_argument("--teacher", required=True)
     p.add_argument("--data", required=True, help="manifest.jsonl (its heldout split is the evaluation)")
     p.add_argument("--lookahead", type=int, nargs="+", default=[0, 1])
