@@ -120,7 +120,7 @@ def test_init_refuses_a_student_of_another_teacher(corpus, tmp_path):
     from kanade_stream.streaming import KanadeStudent, StudentConfig
 
     folder = tmp_path / "other"
-    KanadeStudent(StudentConfig.tiny()).save(folder)  # sized for a 768-wide WavLM, not the tiny teacher's
+    KanadeStudent(StudentConfig.tiny()).save(folder)  # its feature sizes are not the reference teacher's
     with pytest.raises(DistillError, match=r"--init .* was not distilled from a teacher like this one: "
                                            r"content_feature_dim"):
         run(settings_for(corpus, tmp_path / "run", steps=1), ["ssl"], Runtime(), progress=False, init=folder)
