@@ -150,17 +150,18 @@ def test_int8_stage_trains_through_the_rounding(tmp_path, small_layers):
 
 def test_exportable_int8_linear_computes_what_the_dynamic_int8_layer_does():
     # the form compiled steps carry (int8.py): same numbers as torch.ao's layer, bit for bit, with both kernels of
-    # the op. The C++ kernel computes up to 8 rows (a streaming step's frames) itself and hands larger inputs to
-    # fbgemm: rows 1..8 and 15, an input width that is no multiple of its 32-lane blocks, inputs of one sign
+    # the op. The C++ kernel computes up to 32 rows (a streaming step's frames) itself, 8 at a time, and hands
+    # larger inputs to fbgemm: rows 1..8, 15, 32 and 33, an input width that is no multiple of its 32-lane blocks, inputs of one sign
     # (the zero point at either end), and all zeros.
-    from kanade_stream.streaming.int8 import ExportableInt8Linear, exportable_int8, linear_int8, load_int8_kernel
+    from kanade_stream.streaming.int8 import ExportableInt8Linear, exportable_int8, linear_int8
+    from kanade_stream.streaming.kernels import load_kernels
 
     torch.manual_seed(0)
     layer = quantize_dynamic_one(torch.nn.Linear(100, 80))
     exportable = ExportableInt8Linear(layer)
-    kernel = load_int8_kernel()
+    kernel = load_kernels()
     assert kernel == "C++" or kernel.startswith("Python (")
-    inputs = [torch.randn(1, rows, 100) * 3 for rows in range(1, 9)] + [torch.randn(3, 5, 100)]
+    inputs = [torch.randn(1, rows, 100) * 3 for rows in (*range(1, 9), 32, 33)] + [torch.randn(3, 5, 100)]
     inputs += [torch.rand(2, 100) + 0.5, -torch.rand(4, 100) - 0.1, torch.zeros(2, 100)]
     # ranges so small that the input scale is raised to its floor (near-silent activations)
     inputs += [torch.randn(2, 100) * 1e-4, torch.rand(2, 100) * 1e-4, -torch.rand(3, 100) * 1e-5]

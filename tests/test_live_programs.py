@@ -69,7 +69,7 @@ def test_live_vc_int8_runs_the_int8_student_and_says_so(clips, demo_student, tmp
                       "--precision", "int8"])
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["model"] in ("int8 weights, torch.export + AOTInductor, int8 layers (C++ kernel) step",
+    assert summary["model"] in ("int8 weights, torch.export + AOTInductor, C++ kernels step",
                                 "int8 weights, TorchScript step")  # the latter where no C++ compiler is found
     assert "not fine-tuned for int8" in capsys.readouterr().err  # the shipped student was not
     converted, _ = sf.read(out, dtype="float32")

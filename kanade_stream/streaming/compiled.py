@@ -45,7 +45,8 @@ from torch import Tensor, nn
 
 from ..cache import cache_root
 from ..modules.streaming import copy_state
-from .int8 import exportable_int8, load_int8_kernel
+from .int8 import exportable_int8
+from .kernels import load_kernels, with_kernel_attention
 from .pipeline import ConverterCore, DecoderCore, EncoderCore
 
 PACKAGE_VERSION = 1  # bump when the way graphs are made changes without a code change below
@@ -233,8 +234,8 @@ class CompiledStep:
         tokens = core.encoder.num_tokens(self.push_size) if isinstance(core, ConverterCore) else self.push_size
         self.latent_per_push = tokens * self.decoder.upsample_factor if self.decoder is not None else 0
         # what the graphs are traced from: the core itself, or a copy with int8 layers torch.export can carry
-        self.graph_core = exportable_int8(self.core)
-        self.int8_kernel = load_int8_kernel() if self.graph_core is not self.core else None
+        self.graph_core = with_kernel_attention(exportable_int8(self.core))
+        self.kernels = load_kernels()
         self.compile_options = dict(compile_options or {})  # torch.compile's, e.g. backend="eager" in tests
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.log = log or (lambda message: None)
@@ -251,7 +252,7 @@ class CompiledStep:
     @property
     def label(self) -> str:
         label = "torch.export + AOTInductor" if self.compiler == "aot" else "torch.compile (whole graphs)"
-        return label + (f", int8 layers ({self.int8_kernel} kernel)" if self.int8_kernel else "")
+        return f"{label}, {self.kernels} kernels"
 
     @property
     def decoder(self) -> DecoderCore | None:

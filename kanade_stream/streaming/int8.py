@@ -33,6 +33,7 @@ from torch import nn
 from ..modules.attention import Attention
 from ..modules.transformer import FeedForward
 from .convs import CausalConv1d, StepSizedConv1d, causal_conv, causal_conv_step, conv_windows
+from .kernels import LIBRARY
 
 MIN_WEIGHTS = 4096  # smaller layers cost nothing to read and are left in float32
 KEEP_FLOAT = ("quantizer.", "content_head", "global_head", "vocoder.head")  # exact tokens, targets, the spectrum
@@ -171,35 +172,14 @@ def linear_int8(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zer
     return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True)
 
 
-# The op's Python kernel serves every backend; int8_kernel.cpp, once built (load_int8_kernel), takes over on
+# The op's Python kernel serves every backend; int8_kernel.cpp, once built (kernels.load_kernels), takes over on
 # CPU, where a compiled graph would otherwise pay ~45 us of Python per int8 layer per step.
-_LIBRARY = torch.library.Library("kanade_stream", "DEF")
-_LIBRARY.define("linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor zero_points, Tensor bias, int key) "
-                "-> Tensor")
-_LIBRARY.impl("linear_int8", linear_int8, "CompositeExplicitAutograd")
-_KERNEL: dict[str, str] = {}  # "kind": "C++" or "Python (why)"
+LIBRARY.define("linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor zero_points, Tensor bias, int key) "
+               "-> Tensor")
+LIBRARY.impl("linear_int8", linear_int8, "CompositeExplicitAutograd")
 
 
-def load_int8_kernel() -> str:
-    """Build (first time, ~40 s; cached by torch in ~/.cache/torch_extensions) and load the C++ kernel of
-    kanade_stream::linear_int8. Returns "C++", or "Python (...)" with the reason it could not be built."""
-    if not _KERNEL:
-        from pathlib import Path
-
-        try:
-            from torch.utils.cpp_extension import load
-
-            load("kanade_stream_int8", [str(Path(__file__).with_name("int8_kernel.cpp"))], extra_cflags=["-O3"],
-                 is_python_module=False, verbose=False)
-            _KERNEL["kind"] = "C++"
-        except Exception as err:  # no compiler or headers: the Python kernel computes the same, slower
-            _KERNEL["kind"] = f"Python ({type(err).__name__}: {str(err).strip()[:120]})"
-            warnings.warn(f"the C++ int8 kernel could not be built ({err}); the Python one runs instead",
-                          RuntimeWarning)
-    return _KERNEL["kind"]
-
-
-@torch.library.register_fake("kanade_stream::linear_int8", lib=_LIBRARY)
+@torch.library.register_fake("kanade_stream::linear_int8", lib=LIBRARY)
 def _linear_int8_shape(x, weight, scales, zero_points, bias, key):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 

@@ -1,11 +1,12 @@
 // The kernel of kanade_stream::linear_int8 (int8.py) in C++: exactly what torch.ao's dynamic int8 Linear
 // computes on x86 (fbgemm, input quantized to 7 bits over its [min, max] range, per-row weight scales).
 //
-// A streaming step multiplies 1-8 frames by each weight matrix. There fbgemm's general GEMM costs 45-55 us
-// a call even for a 64x64 matrix (packing, blocking; measured on one thread), against ~5 us here; so up to
-// MAX_SMALL_ROWS rows this file computes the same integers itself (AVX2 u8 x s8 dot products) and
-// dequantizes them with the same fused multiply-add, bit for bit. Larger inputs go to fbgemm.
-// Built on first use by int8.py (torch's cpp_extension); a CPU without AVX2 takes a plain C++ loop.
+// A streaming step multiplies 1-8 frames by each weight matrix (32 in the SSL front end's second conv).
+// There fbgemm's general GEMM costs 45-55 us a call even for a 64x64 matrix (packing, blocking; measured on
+// one thread), against ~5 us here; so up to MAX_SMALL_ROWS rows this file computes the same integers itself
+// (AVX2 u8 x s8 dot products, 8 rows at a time) and dequantizes them with the same fused multiply-add, bit
+// for bit. Larger inputs go to fbgemm.
+// Built on first use by kernels.py (torch's cpp_extension); a CPU without AVX2 takes a plain C++ loop.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -20,7 +21,7 @@
 
 namespace {
 
-constexpr int64_t MAX_SMALL_ROWS = 8;
+constexpr int64_t MAX_SMALL_ROWS = 32;
 constexpr int64_t LANES = 32;  // int8 values in an AVX2 register; rows are padded to a multiple of this
 constexpr int64_t PREFETCH_BYTES = 2048;  // 1-4 KB measured alike
 
@@ -160,6 +161,11 @@ __attribute__((target("avx2"))) void dots_avx2(const uint8_t* x, const PackedWei
 
 void dots(const uint8_t* x, int64_t rows, const PackedWeights& p, int32_t* acc) {
   static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2 && rows > 8) {  // blocks of 8 rows: their accumulators fit the registers
+    for (int64_t m = 0; m < rows; m += 8)
+      dots(x + m * p.in_padded, std::min<int64_t>(8, rows - m), p, acc + m * p.out);
+    return;
+  }
   if (avx2) {
     switch (rows) {
       case 1: return dots_avx2<1, 4>(x, p, acc);
