@@ -86,7 +86,10 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
   TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, "attention: q, k, v must be (B, H, T, D)");
   TORCH_CHECK(q_in.scalar_type() == at::kFloat && k_in.scalar_type() == at::kFloat && v_in.scalar_type() == at::kFloat,
               "attention: the C++ kernel takes float32");
-  const auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  // a step's queries are a transposed view (B, T, H, D) -> (B, H, T, D): read them through their strides
+  // rather than copy them; the KV rings are contiguous already
+  const auto q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
+  const auto k = k_in.contiguous(), v = v_in.contiguous();
   const int64_t batch = q.size(0), heads = q.size(1), queries = q.size(2), dim = q.size(3), keys = k.size(2);
   TORCH_CHECK(k.size(0) == batch && v.size(0) == batch && k.size(1) == heads && v.size(1) == heads &&
               k.size(3) == dim && v.size(3) == dim && v.size(2) == keys, "attention: q, k, v shapes do not match");
@@ -100,6 +103,7 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const bool vectorised = avx2 && dim % 8 == 0;
   const float* qs = q.data_ptr<float>();
+  const int64_t q_batch = q.stride(0), q_head = q.stride(1), q_time = q.stride(2);
   const float* ks = k.data_ptr<float>();
   const float* vs = v.data_ptr<float>();
   float* os = out.data_ptr<float>();
@@ -111,7 +115,7 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
       const float* kh = ks + (b * heads + h) * keys * dim;
       const float* vh = vs + (b * heads + h) * keys * dim;
       for (int64_t i = 0; i < queries; ++i) {
-        const float* qi = qs + ((b * heads + h) * queries + i) * dim;
+        const float* qi = qs + b * q_batch + h * q_head + i * q_time;
         (vectorised ? scores_avx2 : scores_plain)(qi, kh, keys, dim, factor, s.data());
         float top = NEG_INF;
         for (int64_t j = 0; j < keys; ++j) {
