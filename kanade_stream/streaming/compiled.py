@@ -233,9 +233,12 @@ class CompiledStep:
         # latent frames (100 Hz) a push makes, the interpolation's input (0 for an encoder)
         tokens = core.encoder.num_tokens(self.push_size) if isinstance(core, ConverterCore) else self.push_size
         self.latent_per_push = tokens * self.decoder.upsample_factor if self.decoder is not None else 0
-        # what the graphs are traced from: the core itself, or a copy with int8 layers torch.export can carry
-        self.graph_core = with_kernel_attention(exportable_int8(self.core))
-        self.kernels = load_kernels()
+        # what the graphs are traced from: a copy of the core whose int8 layers are an op torch.export can carry
+        # and whose attention, on CPU, is this package's kernel for a step's few queries (kernels.py)
+        graph_core = exportable_int8(self.core)
+        on_cpu = next(self.core.parameters()).device.type == "cpu"
+        self.graph_core = with_kernel_attention(graph_core) if on_cpu else graph_core
+        self.kernels = load_kernels() if on_cpu or graph_core is not self.core else None
         self.compile_options = dict(compile_options or {})  # torch.compile's, e.g. backend="eager" in tests
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.log = log or (lambda message: None)
@@ -252,7 +255,7 @@ class CompiledStep:
     @property
     def label(self) -> str:
         label = "torch.export + AOTInductor" if self.compiler == "aot" else "torch.compile (whole graphs)"
-        return f"{label}, {self.kernels} kernels"
+        return label + (f", {self.kernels} kernels" if self.kernels else "")
 
     @property
     def decoder(self) -> DecoderCore | None:

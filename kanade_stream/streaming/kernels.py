@@ -8,8 +8,8 @@
 Each op has a Python kernel computing the same numbers, which serves every device and any CPU where the
 C++ could not be built. `load_kernels()` builds the C++ once (torch's cpp_extension, about a minute; cached
 in ~/.cache/torch_extensions) and its CPU kernels take over. Compiled steps trace a copy of their core in
-which these ops replace the layers they stand for (`with_kernel_attention`, `int8.exportable_int8`); eager
-and TorchScript paths keep the plain layers.
+which these ops replace the layers they stand for (`int8.exportable_int8`; `with_kernel_attention` for a
+core on CPU); eager and TorchScript paths keep the plain layers.
 """
 
 from __future__ import annotations
