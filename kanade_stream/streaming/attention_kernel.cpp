@@ -96,7 +96,8 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
   at::Tensor mask;
   const bool* allowed = nullptr;
   if (mask_in.has_value()) {
-    mask = mask_in->to(at::kBool).expand({queries, keys}).contiguous();
+    TORCH_CHECK(mask_in->scalar_type() == at::kBool, "attention: the mask must be boolean (True = attend)");
+    mask = mask_in->expand({queries, keys}).contiguous();
     allowed = mask.data_ptr<bool>();
   }
   auto out = at::empty({batch, queries, heads * dim}, q.options());
