@@ -87,7 +87,8 @@ def main(argv=None) -> None:
                 print(f"round {round_}  {name:<7} attention  median {statistics.median(times) * 1e3:5.2f} ms  "
                       f"p99 {times[int(0.99 * len(times))] * 1e3:5.2f} ms", flush=True)
         for name, values in medians.items():
-            print(f"{name:<7} attention: mean of the round medians {statistics.mean(values) * 1e3:.2f} ms")
+            if values:
+                print(f"{name:<7} attention: mean of the round medians {statistics.mean(values) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ from kanade_stream.evaluation import (
 from kanade_stream.evaluation.judges import require
 from kanade_stream.pretrained import default_student, default_teacher, default_vocoder
 from kanade_stream.streaming import StreamingConverter, load_student
+from kanade_stream.streaming.int8 import quantize_int8
 from kanade_stream.vocoder import GRIFFIN_LIM
 
 ROWS = {  # key: label
@@ -91,6 +92,9 @@ def parse_args(argv=None):
     parser.add_argument("--teacher", default=None, help="teacher release folder (default: the embedded teacher-tiny)")
     parser.add_argument("--vocoder", default=None, help="Vocos folder / hub id (default: the embedded vocoder-tiny)")
     parser.add_argument("--student", default=None, help="student folder (default: the embedded student-tiny)")
+    parser.add_argument("--student-precision", choices=("float32", "int8"), default="float32",
+                        help="run the student rows with int8 weights (quantize_int8, CPU), as --precision int8 "
+                             "in the live programs")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows to run (default all)")
     parser.add_argument("--chunk-ms", type=float, default=80, help="streaming chunk (default 80 ms)")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="output folder (default runs/quality)")
@@ -152,6 +156,9 @@ def load_models(args) -> dict:
         else:
             models["student"] = load_student(student_path)
             models["paths"]["student"] = str(student_path)
+            if args.student_precision == "int8":
+                models["student"] = quantize_int8(models["student"])
+                models["paths"]["student"] += " (int8 weights)"
     return models
 
 
