@@ -17,35 +17,23 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import warnings
 
 import torch
-from streaming_table import INPUT_RATE  # benchmarks/ is on sys.path when a script here runs
+from step_breakdown import step_arguments, step_student  # benchmarks/ is on sys.path when a script here runs
+from streaming_table import INPUT_RATE
 
 import kanade_stream.streaming.compiled as compiled
 from kanade_stream.cache import cache_root
-from kanade_stream.streaming import KanadeStudent, StudentConfig
-from kanade_stream.streaming.int8 import quantize_int8
 from kanade_stream.streaming.pipeline import ConverterCore
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="a student folder (default: the default-size student, "
-                        "random weights)")
-    parser.add_argument("--precision", choices=("int8", "float32"), default="int8")
-    parser.add_argument("--chunk-ms", type=int, default=40)
+    step_arguments(parser)
     parser.add_argument("--rounds", type=int, default=8, help="alternating rounds")
     parser.add_argument("--pushes", type=int, default=150, help="timed pushes a round")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-    torch.manual_seed(0)
-    student = (KanadeStudent.from_pretrained(args.model) if args.model
-               else KanadeStudent(StudentConfig.default())).eval()
-    if args.precision == "int8":
-        student = quantize_int8(student)
+    student = step_student(args)
     push = args.chunk_ms * INPUT_RATE // 1000
     steps = {"kernel": compiled.CompiledStep(ConverterCore(student, INPUT_RATE), push, "aot",
                                              cache_dir=cache_root() / "aot", log=print)}

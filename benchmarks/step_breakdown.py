@@ -40,23 +40,31 @@ def timed(function, times: list[float]):
     return wrapper
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the step timed (shared with attention_kernel.py)."""
     parser.add_argument("--model", default=None, help="a student folder (default: the default-size student, "
                         "random weights)")
     parser.add_argument("--precision", choices=("int8", "float32"), default="int8")
     parser.add_argument("--chunk-ms", type=int, default=40)
-    parser.add_argument("--pushes", type=int, default=200, help="timed pushes (after 20 untimed)")
-    parser.add_argument("--kernels", action="store_true", help="also profile the kernels inside the graphs")
-    args = parser.parse_args(argv)
+
+
+def step_student(args: argparse.Namespace) -> torch.nn.Module:
+    """The student those options name, on one thread, in the precision asked."""
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-
     torch.manual_seed(0)
     student = (KanadeStudent.from_pretrained(args.model) if args.model
                else KanadeStudent(StudentConfig.default())).eval()
-    if args.precision == "int8":
-        student = quantize_int8(student)
+    return quantize_int8(student) if args.precision == "int8" else student
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    step_arguments(parser)
+    parser.add_argument("--pushes", type=int, default=200, help="timed pushes (after 20 untimed)")
+    parser.add_argument("--kernels", action="store_true", help="also profile the kernels inside the graphs")
+    args = parser.parse_args(argv)
+    student = step_student(args)
     if args.kernels:
         import torch._inductor.config as inductor_config
 
