@@ -3,6 +3,7 @@
 - words.py    speech recognition (pocketsphinx) and word error rate
 - voices.py   speaker similarity (Resemblyzer)
 - heldout.py  the held-out set: Harvard sentences spoken by flite's CMU ARCTIC voices rms, awb, slt
+- compare.py  two quality runs of the same clips, paired: a difference with its bootstrap interval
 
 The judges are optional dependencies (`pip install "kanade-stream[eval]"`), imported only when a measurement
 runs: importing this package (or kanade_stream) does not need them. `benchmarks/quality.py` puts it together.
