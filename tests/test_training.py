@@ -168,6 +168,16 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, corpus, capsys):
     assert "no training config" in capsys.readouterr().err
 
 
+def test_speed_perturbation_flag_reaches_both_data_and_ssl_settings(capsys):
+    args = run_mod.parse_args(["--config", "embedded", "--phase", "1", "--speed-perturbation", "0.15"])
+    settings = run_mod.apply_overrides(load_settings("embedded"), args, ["phase1"])
+    assert settings.data.speed_perturbation == 0.15 and settings.ssl.speed_perturbation == 0.15
+    args = run_mod.parse_args(["--config", "embedded", "--phase", "1"])  # not given: the recipe's value stays
+    assert run_mod.apply_overrides(load_settings("embedded"), args, ["phase1"]).data.speed_perturbation == 0.0
+    assert run_mod.main(["--config", "embedded", "--phase", "1", "--speed-perturbation", "0.7"]) == 2
+    assert "speed_perturbation must be in [0, 0.5)" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------------------
 # phase 1
 # --------------------------------------------------------------------------------------------------------

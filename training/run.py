@@ -51,6 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="global batch size, split over torchrun processes")
     p.add_argument("--chunk-seconds", type=float, default=None, help="training chunk length (paper: 5.76)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of each phase run")
+    p.add_argument("--speed-perturbation", type=float, default=None,
+                   help="play training chunks up to this much faster or slower (0.1: 0.9x to 1.1x; pitch, formants "
+                        "and tempo together): more voices from the same clips (data.speed_perturbation, and "
+                        "ssl.speed_perturbation for --phase ssl)")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers per process")
     p.add_argument("--ssl-model", default=None,
                    help="WavLM: hub id (microsoft/wavlm-base-plus), local transformers folder, or 'embedded' (tiny)")
@@ -85,6 +89,9 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
                         ("num_workers", args.num_workers)):
         if value is not None:
             setattr(data, attr, value)
+    if args.speed_perturbation is not None:
+        data.speed_perturbation = args.speed_perturbation
+        settings.ssl.speed_perturbation = args.speed_perturbation
     for attr, value in (("out", args.out), ("ssl_model", args.ssl_model), ("precision", args.precision),
                         ("seed", args.seed)):
         if value is not None:
