@@ -178,6 +178,14 @@ def test_speed_perturbation_flag_reaches_both_data_and_ssl_settings(capsys):
     assert "speed_perturbation must be in [0, 0.5)" in capsys.readouterr().err
 
 
+def test_content_perturbation_flag_reaches_phase1_and_is_range_checked(capsys):
+    args = run_mod.parse_args(["--config", "embedded", "--phase", "1", "--content-perturbation", "0.15"])
+    assert run_mod.apply_overrides(load_settings("embedded"), args, ["phase1"]).phase1.content_perturbation == 0.15
+    assert load_settings("embedded").phase1.content_perturbation == 0.0  # off unless asked for, as the paper
+    assert run_mod.main(["--config", "embedded", "--phase", "1", "--content-perturbation", "0.5"]) == 2
+    assert "phase1.content_perturbation must be in [0, 0.5)" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------------------
 # phase 1
 # --------------------------------------------------------------------------------------------------------
@@ -195,6 +203,39 @@ def test_lr_schedule_matches_the_recipe():
     assert settings.phase1.losses == Phase1Losses(ssl_weight=30.0, mel_weight=30.0)
     assert settings.phase2.losses == Phase2Losses(mel_weight=30.0, adv_weight=1.0, fm_weight=10.0)
     assert load_settings("kanade_12hz").model["init_args"]["config"]["downsample_factor"] == 4
+
+
+def test_content_perturbation_changes_the_content_branch_alone_and_keeps_frames_aligned(corpus):
+    from kanade_stream.config import tiny_config
+    from training.models import build_teacher
+    from training.phase1 import Phase1Model
+
+    ssl_model = resolve_ssl_model("embedded")
+    teacher = build_teacher(tiny_config(ssl_dim=256), ssl_model, with_feature_decoder=True)
+    model = Phase1Model(teacher, Runtime(), content_perturbation=0.3)
+    record = next(r for r in load_data(corpus).records if r["duration"] > 2.0)
+    wave = read_chunk(record, 48000, 24000, None)[None]
+    clean, global_in, mel = model.targets(wave)
+    torch.manual_seed(0)
+    perturbed = model.perturbed_content(wave, clean.shape[1])
+    assert perturbed.shape == clean.shape and not torch.allclose(perturbed, clean, atol=1e-2)
+    # stretched back in time: each perturbed frame is closer to the clean frame at the same time than to one
+    # 60 ms away, so the unperturbed mel target still lines up with the tokens
+    cosine = torch.nn.functional.cosine_similarity
+    aligned, shifted = cosine(perturbed[0, 3:-3], clean[0, 3:-3], dim=-1), cosine(perturbed[0, 6:], clean[0, :-6], dim=-1)
+    assert aligned.mean() > shifted.mean() + 0.1, (aligned.mean(), shifted.mean())
+    # validation (eval mode) hears the chunk as it is: the same output as without perturbation
+    teacher.eval()
+    with torch.no_grad():
+        plain = Phase1Model(teacher, Runtime())(wave)
+        evaluated = model(wave)
+    assert torch.equal(plain["mel"], evaluated["mel"]) and torch.equal(plain["indices"], evaluated["indices"])
+    teacher.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        trained = model(wave)
+    assert not torch.equal(trained["indices"], plain["indices"])  # training: the content branch heard it perturbed
+    assert torch.equal(model.targets(wave)[2], mel)  # the mel target is the chunk's own
 
 
 @pytest.mark.slow

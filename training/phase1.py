@@ -9,6 +9,11 @@ not part of a release. When the SSL frame count is not a multiple of the downsam
 reconstruction is one token's worth shorter, and the loss is taken over the frames both have.
 
 The FSQ runs in fp32 even under bf16 autocast, so training and inference round to the same codes.
+
+With `content_perturbation` > 0 the content branch hears each training batch played faster or slower (its
+pitch and formants moved), its SSL features stretched back in time to the chunk's frames, while the global
+branch and both targets hear the chunk as it is: tokens that kept the voice would no longer help the mel
+decoder, so the voice has to come through the global embedding. Validation always hears the chunk as it is.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kanade_stream.audio import resample
 from kanade_stream.config import KanadeConfig
 from kanade_stream.teacher import KanadeTeacher
 
+from .data import perturbed_rate
 from .export import export_teacher
 from .losses import codebook_stats, mel_loss
 from .models import build_teacher, freeze_ssl, load_teacher_weights
@@ -33,10 +40,11 @@ from .trainer import Task
 class Phase1Model(nn.Module):
     """The forward pass of phase 1 as one module, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, teacher: KanadeTeacher, runtime: Runtime):
+    def __init__(self, teacher: KanadeTeacher, runtime: Runtime, content_perturbation: float = 0.0):
         super().__init__()
         self.teacher = teacher
         self.runtime = runtime
+        self.content_perturbation = content_perturbation
 
     def targets(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frozen SSL features (normalised content, global) and the target log-mel, all fp32."""
@@ -47,6 +55,17 @@ class Phase1Model(nn.Module):
                 mel = teacher.mel_spectrogram(wave.float())
         return content_in.float(), global_in.float(), mel
 
+    def perturbed_content(self, wave: torch.Tensor, frames: int) -> torch.Tensor:
+        """The normalised content features of `wave` played at a random speed (one for the batch, so it stays
+        one SSL forward), stretched back to `frames` so they line up with the unperturbed targets."""
+        spread = self.content_perturbation
+        speed = 1.0 + spread * (2.0 * float(torch.rand(())) - 1.0)
+        rate = self.teacher.config.sample_rate
+        with torch.no_grad():
+            content, _ = self.teacher.ssl_features(resample(wave, perturbed_rate(rate, speed), rate))
+        content = F.interpolate(content.float().transpose(1, 2), size=frames, mode="linear", align_corners=False)
+        return content.transpose(1, 2)
+
     def quantize(self, content_in: torch.Tensor):
         latent = self.teacher.content_latent(content_in)
         with self.runtime.no_autocast():
@@ -55,6 +74,8 @@ class Phase1Model(nn.Module):
     def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
         teacher = self.teacher
         content_in, global_in, mel_target = self.targets(wave)
+        if self.teacher.training and self.content_perturbation:  # validation hears the chunk as it is
+            content_in = self.perturbed_content(wave, content_in.shape[1])
         embedding, indices, perplexity = self.quantize(content_in)
         upsampled = teacher.conv_upsample(embedding.transpose(1, 2)).transpose(1, 2)
         recon = teacher.feature_decoder(upsampled)
@@ -80,7 +101,7 @@ class Phase1Task(Task):
         self.teacher.to(runtime.device)
         freeze_ssl(self.teacher)
         self.models = {"teacher": self.teacher}
-        self.model = Phase1Model(self.teacher, runtime)
+        self.model = Phase1Model(self.teacher, runtime, settings.content_perturbation)
         self.ddp = runtime.wrap(self.model)
         self.add_optimizer("teacher", self.teacher.parameters())
         self.losses = settings.losses

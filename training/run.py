@@ -55,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="play training chunks up to this much faster or slower (0.1: 0.9x to 1.1x; pitch, formants "
                         "and tempo together): more voices from the same clips (data.speed_perturbation, and "
                         "ssl.speed_perturbation for --phase ssl)")
+    p.add_argument("--content-perturbation", type=float, default=None,
+                   help="phase 1: the content branch alone hears each batch up to this much faster or slower "
+                        "(0.15: 0.85x to 1.15x), so the voice must come through the global branch "
+                        "(phase1.content_perturbation)")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers per process")
     p.add_argument("--ssl-model", default=None,
                    help="WavLM: hub id (microsoft/wavlm-base-plus), local transformers folder, or 'embedded' (tiny)")
@@ -92,6 +96,8 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
     if args.speed_perturbation is not None:
         data.speed_perturbation = args.speed_perturbation
         settings.ssl.speed_perturbation = args.speed_perturbation
+    if args.content_perturbation is not None:
+        settings.phase1.content_perturbation = args.content_perturbation
     for attr, value in (("out", args.out), ("ssl_model", args.ssl_model), ("precision", args.precision),
                         ("seed", args.seed)):
         if value is not None:

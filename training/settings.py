@@ -78,6 +78,11 @@ class Phase1Losses:
 @dataclass
 class Phase1Settings(PhaseSettings):
     losses: Phase1Losses = field(default_factory=Phase1Losses)
+    # the content branch hears each training batch played up to this much faster or slower (0.15: 0.85x to
+    # 1.15x; pitch and formants move), its SSL features stretched back to the chunk's frames; the global branch
+    # and both targets hear the chunk as it is, so the voice of the output can only come from the global
+    # embedding (disentanglement by perturbing the content input; 0 = off, as the paper)
+    content_perturbation: float = 0.0
 
 
 @dataclass
@@ -369,6 +374,9 @@ def check_settings(settings: RunSettings) -> None:
         raise SettingsError("ssl.corpus: prebuilt needs ssl.corpus_dir (a folder made by kanade_stream.voices.builder)")
     if not 0 <= ssl.speed_perturbation < 0.5 or not 0 <= settings.data.speed_perturbation < 0.5:
         raise SettingsError("speed_perturbation must be in [0, 0.5) (0.1: chunks played 0.9x to 1.1x as fast)")
+    if not 0 <= settings.phase1.content_perturbation < 0.5:
+        raise SettingsError("phase1.content_perturbation must be in [0, 0.5) (0.15: the content branch hears "
+                            f"chunks played 0.85x to 1.15x as fast), got {settings.phase1.content_perturbation}")
     if not 0 < ssl.mask_prob < 1 or ssl.mask_length < 1:
         raise SettingsError(f"ssl.mask_prob must be in (0, 1) and ssl.mask_length >= 1, got {ssl.mask_prob}, "
                             f"{ssl.mask_length}")
