@@ -10,6 +10,11 @@ Next to each: the vocoder alone on the clip's own mel (the ceiling the vocoder s
 teacher's global embeddings of different voices are (cosine, same voice vs different voices), to tell a
 global branch that cannot tell the voices apart from a decoder that cannot render them.
 
+Then the words of the ARCTIC clips (pocketsphinx word error rate): the source, its resynthesis in its own
+(unseen) voice, and its conversion into a training voice (the first clip of `--seen-voice` as reference).
+If the words come through better in a voice the decoder has learnt to render, the tokens carry them and the
+rendering of unseen voices is what loses them.
+
     python benchmarks/voice_generalization.py --corpus ~/.cache/kanade_stream/ssl-corpus-full/manifest.jsonl
 
 Needs the eval extra (Resemblyzer) and flite for the ARCTIC voices.
@@ -33,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from kanade_stream.audio import load_audio
 from kanade_stream.evaluation.heldout import build_heldout_set
 from kanade_stream.evaluation.voices import speaker_similarity
+from kanade_stream.evaluation.words import transcribe, word_error_rate
 from kanade_stream.pretrained import EMBEDDED_TEACHER, EMBEDDED_VOCODER
 from kanade_stream.teacher import KanadeTeacher
 from kanade_stream.vocoder import load_vocoder, vocode
@@ -86,6 +92,28 @@ def measure(teacher: KanadeTeacher, vocoder, clips: list[tuple[Path, str]]) -> d
             "global_cosine_different_voices": float(np.mean(different)) if different else None}
 
 
+def arctic_words(teacher: KanadeTeacher, vocoder, items, reference: Path) -> dict:
+    """Mean word error rate of the source, its resynthesis and its conversion into the reference's voice."""
+    rate = teacher.sample_rate
+    ref_wave, _ = load_audio(reference, rate)
+    rows = {"source": [], "resynthesis (own voice)": [], "conversion into the seen voice": []}
+    with torch.inference_mode():
+        for item in items:
+            wave, _ = load_audio(item.path, rate)
+            resynth = vocode(vocoder, teacher.voice_conversion(wave, wave))
+            converted = vocode(vocoder, teacher.voice_conversion(wave, ref_wave))
+            for row, audio in zip(rows, (wave, resynth, converted)):
+                rows[row].append(word_error_rate(item.text, transcribe(audio.reshape(-1).numpy(), rate)))
+    return {row: float(np.mean(v)) for row, v in rows.items()}
+
+
+def first_clip_of(manifest: Path, voice: str) -> Path:
+    for line in manifest.read_text().splitlines():
+        if line.strip() and (r := json.loads(line))["speaker"] == voice:
+            return manifest.parent / r["path"]
+    raise SystemExit(f"{manifest} has no voice {voice!r} (--seen-voice)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", type=Path, required=True, help="manifest.jsonl of the voice corpus the teacher saw")
@@ -94,6 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--clips", type=int, default=16, help="clips per corpus split, two a voice (default 16)")
     p.add_argument("--sentences", type=int, default=4, help="Harvard sentences per ARCTIC voice (default 4)")
     p.add_argument("--cache", default="runs/heldout", help="where the ARCTIC clips are synthesised (reused)")
+    p.add_argument("--seen-voice", default="fe-kal-0", help="training voice to convert the ARCTIC clips into")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
@@ -103,7 +132,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     teacher = KanadeTeacher.from_pretrained(args.teacher).eval()
     vocoder = load_vocoder(args.vocoder)
-    arctic = [(item.path, item.voice) for item in build_heldout_set(args.cache, sentences=args.sentences)]
+    items = build_heldout_set(args.cache, sentences=args.sentences)
+    arctic = [(item.path, item.voice) for item in items]
     groups = {"corpus training voices": corpus_clips(args.corpus, "train", args.clips, args.seed),
               "corpus held-out voices": corpus_clips(args.corpus, "heldout", args.clips, args.seed),
               "CMU ARCTIC voices (unseen speakers)": arctic}
@@ -117,9 +147,14 @@ def main(argv=None) -> int:
         pair = f"{same:.3f} / {diff:.3f}" if same is not None and diff is not None else "-"
         print(f"| {name} | {r['clips']} | {r['teacher_resynthesis_similarity']:.3f} | "
               f"{r['vocoder_similarity']:.3f} | {pair} |")
+    words = arctic_words(teacher, vocoder, items, first_clip_of(args.corpus, args.seen_voice))
+    print(f"\nwords of the {len(items)} ARCTIC clips (word error rate; seen voice {args.seen_voice})\n")
+    print("| " + " | ".join(words) + " |\n|" + "---:|" * len(words))
+    print("| " + " | ".join(f"{v:.3f}" for v in words.values()) + " |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"teacher": args.teacher, "vocoder": args.vocoder, "groups": results},
+        args.out.write_text(json.dumps({"teacher": args.teacher, "vocoder": args.vocoder, "groups": results,
+                                        "arctic_words": words, "seen_voice": args.seen_voice},
                                        indent=2))
     return 0
 
