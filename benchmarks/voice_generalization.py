@@ -95,13 +95,15 @@ def measure(teacher: KanadeTeacher, vocoder, clips: list[tuple[Path, str]]) -> d
 def arctic_words(teacher: KanadeTeacher, vocoder, items, reference: Path) -> dict:
     """Mean word error rate of the source, its resynthesis and its conversion into the reference's voice."""
     rate = teacher.sample_rate
-    ref_wave, _ = load_audio(reference, rate)
     rows = {"source": [], "resynthesis (own voice)": [], "conversion into the seen voice": []}
     with torch.inference_mode():
+        seen_voice = teacher.encode(load_audio(reference, rate)[0], return_content=False).global_embedding
         for item in items:
             wave, _ = load_audio(item.path, rate)
-            resynth = vocode(vocoder, teacher.voice_conversion(wave, wave))
-            converted = vocode(vocoder, teacher.voice_conversion(wave, ref_wave))
+            features = teacher.encode(wave)  # one SSL pass gives the tokens and the clip's own voice
+            resynth, converted = (vocode(vocoder, teacher.decode(voice, content_embedding=features.content_embedding,
+                                                                  target_audio_length=wave.numel()))
+                                  for voice in (features.global_embedding, seen_voice))
             for row, audio in zip(rows, (wave, resynth, converted)):
                 rows[row].append(word_error_rate(item.text, transcribe(audio.reshape(-1).numpy(), rate)))
     return {row: float(np.mean(v)) for row, v in rows.items()}

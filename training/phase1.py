@@ -11,8 +11,8 @@ reconstruction is one token's worth shorter, and the loss is taken over the fram
 The FSQ runs in fp32 even under bf16 autocast, so training and inference round to the same codes.
 
 With `content_perturbation` > 0 the content branch hears each training batch played faster or slower (its
-pitch and formants moved), its SSL features stretched back in time to the chunk's frames, while the global
-branch and both targets hear the chunk as it is: tokens that kept the voice would no longer help the mel
+pitch and formants moved), its SSL features stretched back in time to the chunk's frames (the SSL
+reconstruction aims at those), while the global branch and the mel target hear the chunk as it is: tokens that kept the voice would no longer help the mel
 decoder, so the voice has to come through the global embedding. Validation always hears the chunk as it is.
 """
 

@@ -79,9 +79,9 @@ class Phase1Losses:
 class Phase1Settings(PhaseSettings):
     losses: Phase1Losses = field(default_factory=Phase1Losses)
     # the content branch hears each training batch played up to this much faster or slower (0.15: 0.85x to
-    # 1.15x; pitch and formants move), its SSL features stretched back to the chunk's frames; the global branch
-    # and both targets hear the chunk as it is, so the voice of the output can only come from the global
-    # embedding (disentanglement by perturbing the content input; 0 = off, as the paper)
+    # 1.15x; pitch and formants move), its SSL features stretched back to the chunk's frames (the SSL
+    # reconstruction aims at those); the global branch and the mel target hear the chunk as it is, so the voice
+    # of the output can only come from the global embedding (disentanglement by perturbing the content input; 0 = off, as the paper)
     content_perturbation: float = 0.0
 
 
