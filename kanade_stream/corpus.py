@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -271,6 +272,40 @@ class _ESpeak:
                 lib.espeak_Terminate()  # frees its buffers before the library is unloaded
             self._close(lib)
         return np.frombuffer(b"".join(self._chunks), dtype=np.int16)
+
+    def ipa(self, text: str, language: str = "en-us") -> list[tuple[str, str]]:
+        """`text` in IPA, clause by clause: [(words separated by spaces, phones within a word by '.', the
+        clause's closing punctuation or '')]. eSpeak's own text-to-phoneme pass, no audio."""
+        lib = self._open()
+        initialised = False
+        try:
+            if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(self.data_path),
+                                     _INITIALIZE_DONT_EXIT) != ESPEAK_SAMPLE_RATE:
+                raise RuntimeError(f"eSpeak NG failed to initialise with data at {self.data_path}; {_INSTALL_HINT}")
+            initialised = True
+            if lib.espeak_SetVoiceByName(language.encode()) != _EE_OK:
+                raise ValueError(f"eSpeak NG has no voice {language!r}")
+            to_phonemes = lib.espeak_TextToPhonemes
+            to_phonemes.restype = ctypes.c_char_p
+            to_phonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+            buffer = ctypes.create_string_buffer(text.encode("utf-8"))
+            pointer = ctypes.c_void_p(ctypes.addressof(buffer))
+            clauses = []
+            while pointer.value:
+                before = pointer.value - ctypes.addressof(buffer)
+                # IPA (bit 1), '.' between the phones of a word (bits 8-23)
+                phonemes = (to_phonemes(ctypes.byref(pointer), _CHARS_UTF8, 0x02 | (ord(".") << 8)) or b"").decode()
+                after = (pointer.value - ctypes.addressof(buffer)) if pointer.value else len(buffer.value)
+                # eSpeak reads one character into the next clause: the mark is what precedes that
+                piece = buffer.value[before:after].decode("utf-8", "replace")
+                end = re.search(r"([,.;:!?])\s*\S?\s*$", piece)
+                if phonemes.strip():
+                    clauses.append((phonemes.strip(), end.group(1) if end else ""))
+            return clauses
+        finally:
+            if initialised:
+                lib.espeak_Terminate()
+            self._close(lib)
 
 
 def _load_libc():

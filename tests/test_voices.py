@@ -146,6 +146,24 @@ def test_training_voices_of_the_recipes_are_not_held_out():
     assert len(builder.voice_plan(CorpusRecipe(festival_voices=tuple(FESTIVAL_VOICES)))) >= 100
 
 
+def test_a_voice_added_at_the_end_leaves_the_existing_voices_unchanged():
+    """A corpus built before a festival voice was added keeps every voice byte-identical (and reused):
+    perturbations and sentence blocks are drawn in FESTIVAL_VOICES order, so new voices go at its end."""
+    sentences = corpus_sentences()
+    every = tuple(FESTIVAL_VOICES)
+    # the festival voices of the corpus the shipped models were trained on, in its order
+    assert every[:10] == ("kal_diphone", "ked_diphone", "lp_diphone", "pc_diphone", "upc_ca_ona_hts", "czech_dita",
+                          "czech_machac", "suo_fi_lj_diphone", "hy_fi_mv_diphone", "msu_ru_nsh_clunits")
+    for n in range(1, len(every)):
+        before = CorpusRecipe(festival_voices=every[:n], kokoro_voices=())
+        after = CorpusRecipe(festival_voices=every, kokoro_voices=())
+        old, new = builder.voice_plan(before), builder.voice_plan(after)
+        assert new[:len(old)] == old
+        old_plan, new_plan = builder.sentence_plan(old, before, sentences), builder.sentence_plan(new, after, sentences)
+        assert all(new_plan[s.name] == old_plan[s.name] for s in old)
+        assert len(new) > len(old)
+
+
 def test_sentences_are_many_and_not_harvard():
     sentences = corpus_sentences()
     assert len(sentences) > 5000 and len(set(sentences)) == len(sentences)

