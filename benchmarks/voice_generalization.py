@@ -15,6 +15,11 @@ Then the words of the ARCTIC clips (pocketsphinx word error rate): the source, i
 If the words come through better in a voice the decoder has learnt to render, the tokens carry them and the
 rendering of unseen voices is what loses them.
 
+Last, the words of corpus voices (`--words-of`, default a training voice `fe-kal-0` and the held-out real
+speaker `fe-ked-0`, festival's ked, no version of whom the models saw): the source, the vocoder on its mel, and
+teacher resynthesis. The same teacher on a speaker it saw and on one it did not, with the judge's own
+difficulty with each voice next to it.
+
     python benchmarks/voice_generalization.py --corpus ~/.cache/kanade_stream/ssl-corpus-full/manifest.jsonl
 
 Needs the eval extra (Resemblyzer) and flite for the ARCTIC voices.
@@ -109,6 +114,26 @@ def arctic_words(teacher: KanadeTeacher, vocoder, items, reference: Path) -> dic
     return {row: float(np.mean(v)) for row, v in rows.items()}
 
 
+def corpus_words(teacher: KanadeTeacher, vocoder, manifest: Path, voice: str, count: int) -> dict:
+    """Mean word error rate of `count` clips of a corpus voice: the source, the vocoder on its mel, resynthesis."""
+    rate = teacher.sample_rate
+    records = [r for line in manifest.read_text().splitlines() if line.strip()
+               and (r := json.loads(line))["speaker"] == voice][:count]
+    if not records:
+        raise SystemExit(f"{manifest} has no voice {voice!r} (--words-of)")
+    rows = {"source": [], "vocoder": [], "teacher resynthesis": []}
+    with torch.inference_mode():
+        for r in records:
+            wave, _ = load_audio(manifest.parent / r["path"], rate)
+            features = teacher.encode(wave)
+            mel = teacher.decode(features.global_embedding, content_token_indices=features.content_token_indices,
+                                 target_audio_length=wave.numel())
+            outputs = (wave, vocode(vocoder, teacher.mel_spectrogram(wave[None])), vocode(vocoder, mel))
+            for row, audio in zip(rows, outputs):
+                rows[row].append(word_error_rate(r["text"], transcribe(audio.reshape(-1).numpy(), rate)))
+    return {"clips": len(records), **{row: float(np.mean(v)) for row, v in rows.items()}}
+
+
 def first_clip_of(manifest: Path, voice: str) -> Path:
     for line in manifest.read_text().splitlines():
         if line.strip() and (r := json.loads(line))["speaker"] == voice:
@@ -125,6 +150,9 @@ def main(argv=None) -> int:
     p.add_argument("--sentences", type=int, default=4, help="Harvard sentences per ARCTIC voice (default 4)")
     p.add_argument("--cache", default="runs/heldout", help="where the ARCTIC clips are synthesised (reused)")
     p.add_argument("--seen-voice", default="fe-kal-0", help="training voice to convert the ARCTIC clips into")
+    p.add_argument("--words-of", nargs="*", default=["fe-kal-0", "fe-ked-0"],
+                   help="corpus voices whose words are judged (default: training fe-kal-0, held-out fe-ked-0)")
+    p.add_argument("--word-clips", type=int, default=30, help="clips per --words-of voice (default 30)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
@@ -153,10 +181,21 @@ def main(argv=None) -> int:
     print(f"\nwords of the {len(items)} ARCTIC clips (word error rate; seen voice {args.seen_voice})\n")
     print("| " + " | ".join(words) + " |\n|" + "---:|" * len(words))
     print("| " + " | ".join(f"{v:.3f}" for v in words.values()) + " |")
+    voice_words = {voice: corpus_words(teacher, vocoder, args.corpus, voice, args.word_clips)
+                   for voice in args.words_of}
+    if voice_words:
+        print("\nwords of corpus voices (word error rate)\n")
+        print("| voice | split | clips | source | vocoder | teacher resynthesis |\n|---|---|---:|---:|---:|---:|")
+        splits = {json.loads(line)["speaker"]: json.loads(line)["split"]
+                  for line in args.corpus.read_text().splitlines() if line.strip()}
+        for voice, r in voice_words.items():
+            print(f"| {voice} | {splits.get(voice, '?')} | {r['clips']} | {r['source']:.3f} | {r['vocoder']:.3f} | "
+                  f"{r['teacher resynthesis']:.3f} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"teacher": args.teacher, "vocoder": args.vocoder, "groups": results,
-                                        "arctic_words": words, "seen_voice": args.seen_voice},
+                                        "arctic_words": words, "seen_voice": args.seen_voice,
+                                        "corpus_words": voice_words},
                                        indent=2))
     return 0
 
