@@ -105,6 +105,12 @@ RECIPES = {
 }
 
 
+def _versions(rng: random.Random, count: int) -> list[Perturbation]:
+    """A voice as it is, then count - 1 seeded speed / pitch perturbations of it."""
+    return [Perturbation() if k == 0 else Perturbation(round(rng.uniform(0.86, 1.16), 3),
+                                                       round(rng.uniform(-4.0, 4.0), 1)) for k in range(count)]
+
+
 def voice_plan(recipe: CorpusRecipe) -> list[VoiceSpec]:
     rng = random.Random(recipe.seed)
     specs = []
@@ -116,18 +122,14 @@ def voice_plan(recipe: CorpusRecipe) -> list[VoiceSpec]:
     for name in names:
         check_not_held_out(name)
         short = name.split("_diphone")[0].replace("_", "")
-        for k in range(recipe.festival_perturbations):
-            p = Perturbation() if k == 0 else Perturbation(round(rng.uniform(0.86, 1.16), 3),
-                                                           round(rng.uniform(-4.0, 4.0), 1))
+        for k, p in enumerate(_versions(rng, recipe.festival_perturbations)):
             split = "heldout" if name in recipe.heldout_festival else "train"
             specs.append(VoiceSpec(name=f"fe-{short}-{k}", synth="festival", base=name, perturbation=p, split=split))
     # after every other voice: a voice added here leaves the perturbations and sentences of those unchanged
     names = recipe.kokoro_voices if recipe.kokoro_voices is not None else (
         kokoro.recipe_voices() if kokoro.available() else ())
     for name in names:
-        for k in range(recipe.kokoro_perturbations):
-            p = Perturbation() if k == 0 else Perturbation(round(rng.uniform(0.86, 1.16), 3),
-                                                           round(rng.uniform(-4.0, 4.0), 1))
+        for k, p in enumerate(_versions(rng, recipe.kokoro_perturbations)):
             specs.append(VoiceSpec(name=f"ko-{kokoro.short_name(name)}-{k}", synth="kokoro", base=name, perturbation=p))
     return specs
 

@@ -205,10 +205,11 @@ def synthesize_batch(voice: str, texts: list[str], sample_rate: int = 16000, cac
         audio = audio * (0.9 / peak)
         if sample_rate != SAMPLE_RATE:
             import torch
-            import torchaudio
+
+            from ..audio import resample
 
             with torch.no_grad():
-                audio = torchaudio.functional.resample(torch.from_numpy(audio), SAMPLE_RATE, sample_rate).numpy()
+                audio = resample(torch.from_numpy(audio), SAMPLE_RATE, sample_rate).numpy()
         out.append((np.clip(audio, -1, 1).astype(np.float32), segments))
     return out
 
