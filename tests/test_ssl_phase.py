@@ -145,12 +145,14 @@ def test_speaker_adversary_pushes_the_model_away_from_the_voice(voice_corpus, tm
     task, stream, val = make_ssl_task(settings, Runtime())
     batch, _ = next(stream)
     assert sorted(set(batch.speakers.tolist())) == [0, 1] and set(val[0].speakers.tolist()) == {-1}
-    _, labels, speaker_logits, _ = task.forward(batch, None, with_speaker=True)
+    _, labels, hidden = task.forward(batch, None, hidden=True)
+    speaker_logits, _ = task.adversary_logits(hidden, labels.shape[1])
     confusion = task.confusion_loss(speaker_logits, labels, batch.speakers)
     model_weight = task.model.encoder.layers[0].feed_forward.output_dense.weight
     (grad,) = torch.autograd.grad(confusion, [model_weight])
     assert confusion >= math.log(2) - 1e-5 and grad.abs().sum() > 0
-    _, val_labels, val_logits, _ = task.forward(val[0], None, with_speaker=True)
+    _, val_labels, hidden = task.forward(val[0], None, hidden=True)
+    val_logits, _ = task.adversary_logits(hidden, val_labels.shape[1])
     assert task.speaker_loss(val_logits, val_labels, val[0].speakers)[0] == 0  # held-out voice: no target
     assert task.confusion_loss(val_logits, val_labels, val[0].speakers) == 0
     task.net.train()
@@ -243,8 +245,82 @@ def test_the_adversary_learns_with_its_own_optimizer(voice_corpus, tmp_path):
     batch, _ = next(stream)
     task.net.eval()
     with torch.no_grad():
-        _, labels, _, features = task.forward(batch, None, with_speaker=True)
+        _, labels, hidden = task.forward(batch, None, hidden=True)
+        _, features = task.adversary_logits(hidden, labels.shape[1])
     before = [p.detach().clone() for p in task.model.parameters()]
     ces = [task.adversary_step(features, labels, batch.speakers) for _ in range(60)]
     assert ces[-1] < 0.6 * ces[0], ces[::10]  # from chance (ln 2) towards naming the voice
     assert all(torch.equal(a, b) for a, b in zip(before, task.model.parameters()))  # the model is untouched
+
+
+def test_second_view_lines_up_with_the_first(tmp_path):
+    """A tone from 1 s to 2 s labelled 'aa', heard at 0.85x and again as another voice (1.2x, pitch +3
+    semitones): where the first view's labelled frames map into the second view, the second view sounds."""
+    import numpy as np
+    import soundfile as sf
+
+    from kanade_stream.voices.phones import PHONE_INDEX
+    from training.ssl_phase import LabelledClips, aligned_positions
+
+    t = np.arange(48000) / 16000
+    wave = np.where((t >= 1) & (t < 2), 0.5 * np.sin(2 * np.pi * 300 * t), 0.0).astype(np.float32)
+    sf.write(tmp_path / "clip.wav", wave, 16000)
+    (tmp_path / "clip.phones").write_text("0.0\t1.0\tsil\n1.0\t2.0\taa\n2.0\t3.0\tsil\n")
+    entry = {"path": "clip.wav", "phones": "clip.phones", "speaker": "a", "split": "train"}
+    clips = LabelledClips(tmp_path, [entry], chunk_samples=num_frames_to_samples(150))
+    for speed, view_speed in ((0.85, 1.2), (1.2, 0.85)):
+        audio, labels, view, ratio = clips.load_views(0, None, speed, (view_speed, 3.0))
+        assert view.shape == audio.shape and ratio == pytest.approx(speed / view_speed, abs=0.01)
+        sounding = np.abs(view[: 150 * 320].reshape(150, 320)).max(axis=1) > 0.2
+        position, inside = aligned_positions(torch.tensor([ratio]), 150, 150)
+        index = position[0].round().long().clamp(0, 149).numpy()
+        labelled = labels[:150] == PHONE_INDEX["aa"]
+        inside = inside[0].numpy()
+        assert labelled[inside].sum() > 30
+        assert (sounding[index][inside] == labelled[inside]).mean() > 0.95, (speed, view_speed)
+        # the pitch moved: the tone's strongest frequency is 300 Hz x view_speed x 2^(3/12)
+        first = int(np.flatnonzero(sounding)[0]) * 320
+        spectrum = np.abs(np.fft.rfft(view[first + 1600:first + 9600]))
+        assert np.fft.rfftfreq(8000, 1 / 16000)[spectrum.argmax()] == pytest.approx(
+            300 * view_speed * 2 ** 0.25, rel=0.04)
+
+
+def test_interpolate_frames_reads_between_frames():
+    from training.ssl_phase import interpolate_frames
+
+    features = torch.arange(10, dtype=torch.float32).reshape(1, 10, 1).repeat(1, 1, 3)
+    out = interpolate_frames(features, torch.tensor([[0.0, 2.5, 8.75, 12.0]]))
+    assert torch.allclose(out[0, :, 0], torch.tensor([0.0, 2.5, 8.75, 9.0]))
+
+
+def test_consistency_loss_trains_the_content_layers_to_match_across_voices(voice_corpus, tmp_path):
+    """With the consistency loss on, batches carry a second view; the loss is lowest when the second view is
+    the first itself, sends a gradient into the model, and falls as the model trains on a batch."""
+    torch.manual_seed(0)
+    settings = tiny_ssl_settings(tmp_path / "run", voice_corpus, steps=1000)
+    settings.ssl.losses.consistency_weight = 1.0
+    settings.ssl.losses.consistency_layers = (3, 6)
+    task, stream, _ = make_ssl_task(settings, Runtime())
+    batch, _ = next(stream)
+    assert batch.view.shape == batch.wave.shape and not torch.equal(batch.view, batch.wave)
+    assert ((batch.view_ratio > 0.5) & (batch.view_ratio < 2)).all()
+    task.net.eval()
+    _, labels, hidden = task.forward(batch, None, hidden=True)
+    other, _ = task.consistency_loss(hidden, batch, labels)
+    from dataclasses import replace
+
+    itself = replace(batch, view=batch.wave, view_ratio=torch.ones(len(batch.wave)))
+    same, hits = task.consistency_loss(hidden, itself, labels)
+    assert same < other and hits == 1.0
+    weight = task.model.encoder.layers[0].feed_forward.output_dense.weight
+    (grad,) = torch.autograd.grad(other, [weight])
+    assert grad.abs().sum() > 0
+    task.net.train()
+    metrics = [task.train_step(batch, i) for i in range(12)]
+    assert all(math.isfinite(m["ce_view"]) for m in metrics)
+    assert sum(m["ce_view"] for m in metrics[-3:]) < sum(m["ce_view"] for m in metrics[:3])
+    settings.ssl.losses.consistency_layers = (12,)
+    from training.settings import check_settings
+
+    with pytest.raises(SettingsError, match="consistency_layers in 1..9"):
+        check_settings(settings)

@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="phase 1: the content branch alone hears each batch up to this much faster or slower "
                         "(0.15: 0.85x to 1.15x), so the voice must come through the global branch "
                         "(phase1.content_perturbation)")
+    p.add_argument("--consistency", type=float, default=None,
+                   help="--phase ssl: weight of the cross-view consistency loss (each chunk heard again as another "
+                        "voice; its content layers must match frame by frame; ssl.losses.consistency_weight)")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers per process")
     p.add_argument("--ssl-model", default=None,
                    help="WavLM: hub id (microsoft/wavlm-base-plus), local transformers folder, or 'embedded' (tiny)")
@@ -98,6 +101,8 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
         settings.ssl.speed_perturbation = args.speed_perturbation
     if args.content_perturbation is not None:
         settings.phase1.content_perturbation = args.content_perturbation
+    if args.consistency is not None:
+        settings.ssl.losses.consistency_weight = args.consistency
     for attr, value in (("out", args.out), ("ssl_model", args.ssl_model), ("precision", args.precision),
                         ("seed", args.seed)):
         if value is not None:

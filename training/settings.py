@@ -160,6 +160,16 @@ class SSLLosses:
     # times a step: sharing the model's optimizer, a 110-way frame classifier never left chance
     adversary_lr: float = 3.0e-3
     adversary_steps: int = 2
+    # cross-view consistency (the idea of ContentVec): each training chunk is heard a second time as another
+    # voice (speed 1 +- view_speed_spread moves formants and tempo, then the pitch moves by up to
+    # +- view_semitones); every frame of the content layers must pick the aligned frame of the second view out
+    # of the batch's other clips (InfoNCE; the second view is the target and gets no gradient). The phone
+    # labels say what is said; this takes out of the layers Kanade reads what a change of voice changes. 0 = off
+    consistency_weight: float = 0.0
+    consistency_layers: tuple[int, ...] = (6, 9)  # each layer's loss, averaged
+    consistency_temperature: float = 0.1
+    view_speed_spread: float = 0.2
+    view_semitones: float = 4.0
 
 
 @dataclass
@@ -380,6 +390,16 @@ def check_settings(settings: RunSettings) -> None:
     if not 0 < ssl.mask_prob < 1 or ssl.mask_length < 1:
         raise SettingsError(f"ssl.mask_prob must be in (0, 1) and ssl.mask_length >= 1, got {ssl.mask_prob}, "
                             f"{ssl.mask_length}")
+    losses = ssl.losses
+    if losses.consistency_weight < 0 or losses.consistency_weight > 0 and (
+            not losses.consistency_layers or not all(1 <= i <= ssl.model.num_layers for i in losses.consistency_layers)
+            or losses.consistency_temperature <= 0 or not 0 <= losses.view_speed_spread < 0.5
+            or not 0 <= losses.view_semitones <= 12):
+        raise SettingsError("ssl.losses: consistency_weight >= 0; when on, consistency_layers in 1.."
+                            f"{ssl.model.num_layers}, consistency_temperature > 0, view_speed_spread in [0, 0.5) "
+                            f"and view_semitones in [0, 12] (got {losses.consistency_weight}, "
+                            f"{losses.consistency_layers}, {losses.consistency_temperature}, "
+                            f"{losses.view_speed_spread}, {losses.view_semitones})")
     if ssl.model.hidden_size % ssl.model.num_heads or ssl.model.hidden_size % ssl.model.pos_conv_groups:
         raise SettingsError("ssl.model.hidden_size must be a multiple of num_heads and pos_conv_groups")
 

@@ -41,6 +41,7 @@ from torch import nn
 
 from kanade_stream.voices.builder import build_voice_corpus, read_phones
 from kanade_stream.audio import resample
+from kanade_stream.voices.perturb import pitch_shift
 from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, PHONES, UNKNOWN, frame_labels
 
 from .data import perturbed_rate
@@ -82,15 +83,20 @@ def num_frames(samples: int) -> int:
 @dataclass
 class LabelledBatch:
     """Waves (B, samples), frame phone labels (B, frames) and speaker indices (B,; -1 for voices outside
-    the training set); what the Trainer moves and counts."""
+    the training set); what the Trainer moves and counts. With a second view (the consistency loss): `view`
+    (B, samples), the same stretches of the files heard as other voices, and `view_ratio` (B,), the first
+    view's speed over the second's (frame i of `wave` is centred where frame `aligned_positions(...)[i]` of
+    `view` is)."""
 
     wave: torch.Tensor
     labels: torch.Tensor
     speakers: torch.Tensor
+    view: torch.Tensor | None = None
+    view_ratio: torch.Tensor | None = None
 
     def to(self, device, non_blocking: bool = False) -> LabelledBatch:
-        return LabelledBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.wave, self.labels,
-                                                                                 self.speakers)))
+        return LabelledBatch(*(None if t is None else t.to(device, non_blocking=non_blocking)
+                               for t in (self.wave, self.labels, self.speakers, self.view, self.view_ratio)))
 
     @property
     def shape(self):
@@ -113,20 +119,23 @@ class LabelledClips:
         """A chunk (random offset on the 320-sample grid when rng is given, else the start) and its labels;
         `speed` plays it that much faster (read as if recorded at speed x 16 kHz, to the nearest 80 Hz), the
         labels stretched to match."""
+        audio, labels, _, _ = self.load_views(index, rng, speed)
+        return audio, labels
+
+    def load_views(self, index: int, rng: np.random.Generator | None, speed: float = 1.0,
+                   view: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+        """As `load`, and with `view` = (speed, semitones) the same stretch of the file heard as another voice:
+        played at that speed (formants and tempo) with its pitch then moved by `semitones` (the duration
+        kept). Returns (audio, labels, view audio or None, the first speed over the view's, both as played)."""
         entry = self.entries[index]
         path = self.root / entry["path"]
         total = sf.info(path).frames
-        source_rate = perturbed_rate(SAMPLE_RATE, speed)
-        speed = source_rate / SAMPLE_RATE  # the speed it plays at exactly
-        margin = 0 if source_rate == SAMPLE_RATE else 64  # resampling filter edge
-        need = math.ceil(self.chunk * speed) + margin
+        speed = perturbed_rate(SAMPLE_RATE, speed) / SAMPLE_RATE  # the speed it plays at exactly
         start = 0
+        need = self._samples_needed(speed)
         if rng is not None and total > need:
             start = int(rng.integers(0, (total - need) // HOP + 1)) * HOP
-        audio, _ = sf.read(path, start=start, frames=need, dtype="float32", always_2d=False)
-        if source_rate != SAMPLE_RATE:
-            audio = resample(torch.from_numpy(audio), source_rate, SAMPLE_RATE).numpy()
-        audio = audio[:self.chunk]
+        audio = self._read(path, start, speed)
         n = num_frames(self.chunk)
         if index not in self._segments:
             self._segments[index] = read_phones(self.root / entry["phones"], entry.get("phone_set"))
@@ -135,9 +144,27 @@ class LabelledClips:
                               start=start / SAMPLE_RATE)
         valid = num_frames(len(audio)) if len(audio) >= 400 else 0
         labels[valid:] = UNKNOWN
-        if len(audio) < self.chunk:
-            audio = np.pad(audio, (0, self.chunk - len(audio)))
-        return audio, labels
+        second, ratio = None, 1.0
+        if view is not None:
+            view_speed = perturbed_rate(SAMPLE_RATE, view[0]) / SAMPLE_RATE
+            second = self._padded(self._read(path, start, view_speed))
+            if view[1]:
+                second = pitch_shift(torch.from_numpy(second), SAMPLE_RATE, view[1]).numpy()
+            ratio = speed / view_speed
+        return self._padded(audio), labels, second, ratio
+
+    def _samples_needed(self, speed: float) -> int:
+        return math.ceil(self.chunk * speed) + (0 if speed == 1.0 else 64)  # + the resampling filter's edge
+
+    def _read(self, path: Path, start: int, speed: float) -> np.ndarray:
+        """Up to a chunk of audio from `start`, played at `speed` (an exact multiple of 80 Hz / 16 kHz)."""
+        audio, _ = sf.read(path, start=start, frames=self._samples_needed(speed), dtype="float32", always_2d=False)
+        if speed != 1.0:
+            audio = resample(torch.from_numpy(audio), int(round(speed * SAMPLE_RATE)), SAMPLE_RATE).numpy()
+        return audio[:self.chunk]
+
+    def _padded(self, audio: np.ndarray) -> np.ndarray:
+        return np.pad(audio, (0, self.chunk - len(audio))) if len(audio) < self.chunk else audio
 
 
 class LabelledStream:
@@ -146,11 +173,13 @@ class LabelledStream:
     step is faster than reading 64 clips in one process) and the batches are the same with or without them."""
 
     def __init__(self, clips: LabelledClips, batch_size: int, seed: int, gain: tuple[float, float] = (0.3, 1.0),
-                 num_workers: int = 0, speed_perturbation: float = 0.0):
+                 num_workers: int = 0, speed_perturbation: float = 0.0, view: tuple[float, float] | None = None):
+        """`view` = (speed spread, semitones): each clip is also heard as another voice, played at a speed in
+        1 +- spread with its pitch then moved by up to +- semitones (LabelledClips.load_views)."""
         if len(clips) < batch_size:
             raise ValueError(f"{len(clips)} training clips, fewer than the batch size {batch_size}")
         self.clips, self.batch_size, self.seed, self.gain = clips, batch_size, seed, gain
-        self.speed_perturbation = speed_perturbation
+        self.speed_perturbation, self.view = speed_perturbation, view
         self.batches_per_epoch = len(clips) // batch_size
         self.epoch, self.batch_in_epoch = 0, 0
         self.num_workers = num_workers
@@ -172,17 +201,28 @@ class LabelledStream:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.clips))
         rng = np.random.default_rng([self.seed, epoch, index, 1])
         picks = order[index * self.batch_size:(index + 1) * self.batch_size]
-        waves, labels = [], []
+        waves, labels, views, ratios = [], [], [], []
         for i in picks:
             speed = 1.0
             if self.speed_perturbation:
                 speed = float(rng.uniform(1 - self.speed_perturbation, 1 + self.speed_perturbation))
-            audio, lab = self.clips.load(int(i), rng, speed)
+            view = None
+            if self.view is not None:
+                spread, semitones = self.view
+                view = (float(rng.uniform(1 - spread, 1 + spread)), float(rng.uniform(-semitones, semitones)))
+            audio, lab, second, ratio = self.clips.load_views(int(i), rng, speed, view)
             waves.append(audio * rng.uniform(*self.gain))
             labels.append(lab)
+            if second is not None:
+                views.append(second * rng.uniform(*self.gain))
+                ratios.append(ratio)
         speakers = torch.tensor([self.clips.speaker(int(i)) for i in picks], dtype=torch.long)
-        return LabelledBatch(torch.from_numpy(np.stack(waves)).float(), torch.from_numpy(np.stack(labels)),
-                             speakers)
+        batch = LabelledBatch(torch.from_numpy(np.stack(waves)).float(), torch.from_numpy(np.stack(labels)),
+                              speakers)
+        if views:
+            batch.view = torch.from_numpy(np.stack(views)).float()
+            batch.view_ratio = torch.tensor(ratios, dtype=torch.float32)
+        return batch
 
     def _positions(self):
         epoch, index = self.epoch, self.batch_in_epoch
@@ -264,6 +304,28 @@ def mask_spans(batch: int, frames: int, prob: float, length: int, generator: tor
     return mask[:, :frames]
 
 
+def aligned_positions(ratio: torch.Tensor, frames: int, view_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where (fractional frame index) each of `frames` frames of the first view lies in the second, for
+    views that start at the same place in the file and play at speeds whose ratio (first / second) is
+    `ratio` (B,): frame i is centred at (12.5 ms + i / 50 s) x speed into the file. And which of them fall
+    inside the second view's `view_frames` frames."""
+    centre = LABEL_OFFSET * FRAME_RATE  # frame 0's centre, in frames
+    i = torch.arange(frames, device=ratio.device, dtype=torch.float32)
+    position = ratio[:, None].float() * (i[None, :] + centre) - centre
+    return position, (position >= 0) & (position <= view_frames - 1)
+
+
+def interpolate_frames(features: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """features (B, T, D) read at fractional frame positions (B, N), linearly; positions are clamped
+    to [0, T - 1]."""
+    position = position.clamp(0, features.shape[1] - 1)
+    low = position.floor().long()
+    high = (low + 1).clamp(max=features.shape[1] - 1)
+    w = (position - low)[..., None].to(features.dtype)
+    pick = lambda index: features.gather(1, index[..., None].expand(-1, -1, features.shape[2]))  # noqa: E731
+    return pick(low) * (1 - w) + pick(high) * w
+
+
 class SpeakerAdversary(nn.Module):
     """Names the training voice of every frame from the mean of some hidden states."""
 
@@ -305,16 +367,43 @@ class SSLTask(Task):
             self.add_optimizer("adversary", self.adversary.parameters(), optim)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def forward(self, batch: LabelledBatch, mask: torch.Tensor | None, with_speaker: bool = False):
-        """Phone logits and labels (B, frames); `with_speaker`: also the adversary's speaker logits and its
-        input features (B, frames, dim)."""
-        out = self.model(batch.wave, mask_time_indices=mask, output_hidden_states=with_speaker)
+    def forward(self, batch: LabelledBatch, mask: torch.Tensor | None, hidden: bool = False):
+        """Phone logits and labels (B, frames), and with `hidden` every layer's hidden states."""
+        out = self.model(batch.wave, mask_time_indices=mask, output_hidden_states=hidden)
         logits = self.head(out.last_hidden_state).float()
         frames = min(logits.shape[1], batch.labels.shape[1])
-        if not with_speaker:
-            return logits[:, :frames], batch.labels[:, :frames]
-        features = self.adversary.features(out.hidden_states)[:, :frames]
-        return logits[:, :frames], batch.labels[:, :frames], self.adversary.classify(features), features
+        return logits[:, :frames], batch.labels[:, :frames], out.hidden_states
+
+    def adversary_logits(self, hidden_states, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adversary's speaker logits and its input features (B, frames, dim)."""
+        features = self.adversary.features(hidden_states)[:, :frames]
+        return self.adversary.classify(features), features
+
+    def consistency_loss(self, hidden_states, batch: LabelledBatch, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """InfoNCE between the content layers of the first view and those of the second, aligned frame by
+        frame (mean over the layers), and how often each frame picks its own aligned frame."""
+        losses = self.settings.losses
+        with torch.no_grad():
+            targets = self.model(batch.view, output_hidden_states=True).hidden_states
+        frames = labels.shape[1]
+        position, valid = aligned_positions(batch.view_ratio, frames, targets[0].shape[1])
+        valid &= labels != UNKNOWN
+        if valid.sum() < 2:
+            return labels.new_zeros((), dtype=torch.float32), 0.0
+        rows = valid.nonzero(as_tuple=True)
+        same_clip = rows[0][:, None] == rows[0][None, :]
+        # other frames of the same clip are not negatives: neighbours share the phone
+        exclude = same_clip & ~torch.eye(len(rows[0]), dtype=torch.bool, device=labels.device)
+        total, hits = 0.0, 0.0
+        for layer in losses.consistency_layers:
+            a = F.normalize(hidden_states[layer][:, :frames][rows].float(), dim=-1)
+            b = F.normalize(interpolate_frames(targets[layer].float(), position)[rows], dim=-1)
+            scores = (a @ b.T / losses.consistency_temperature).masked_fill(exclude, float("-inf"))
+            own = torch.arange(len(a), device=a.device)
+            total = total + F.cross_entropy(scores, own)
+            hits += float((scores.argmax(-1) == own).float().mean())
+        n = len(losses.consistency_layers)
+        return total / n, hits / n
 
     def adversary_step(self, features: torch.Tensor, labels: torch.Tensor, speakers: torch.Tensor) -> float:
         """One step of the adversary alone on detached features; its speaker cross-entropy before the step."""
@@ -360,13 +449,18 @@ class SSLTask(Task):
         frames = num_frames(batch.wave.shape[1])
         mask = mask_spans(batch.wave.shape[0], frames, s.mask_prob, s.mask_length, self.generator).to(self.device)
         extra = {}
+        consistency = s.losses.consistency_weight > 0 and batch.view is not None
         with self.runtime.autocast():
-            if self.adversary is None:
-                logits, labels = self.forward(batch, mask)
-            else:
-                logits, labels, speaker_logits, features = self.forward(batch, mask, with_speaker=True)
+            logits, labels, hidden = self.forward(batch, mask, hidden=self.adversary is not None or consistency)
+            if self.adversary is not None:
+                speaker_logits, features = self.adversary_logits(hidden, labels.shape[1])
+            if consistency:
+                ce_view, acc_view = self.consistency_loss(hidden, batch, labels)
         mask = mask[:, :labels.shape[1]]
         ce_m, ce_u, loss = self.losses(logits, labels, mask)
+        if consistency:
+            loss = loss + s.losses.consistency_weight * ce_view
+            extra.update(ce_view=ce_view.item(), acc_view=acc_view)
         if self.adversary is not None:
             # the model is pushed towards an adversary that cannot tell the voices apart (the gradient this
             # puts on the adversary's own weights is dropped: it learns below, on the detached features)
@@ -375,7 +469,7 @@ class SSLTask(Task):
             confusion = self.confusion_loss(speaker_logits, labels, batch.speakers)
             loss = loss + losses.speaker_adversarial_weight * ramp * confusion
             ce_spk, acc_spk = self.speaker_loss(speaker_logits.detach(), labels, batch.speakers)
-            extra = {"ce_speaker": ce_spk.item(), "acc_speaker": acc_spk, "confusion": confusion.item()}
+            extra.update(ce_speaker=ce_spk.item(), acc_speaker=acc_spk, confusion=confusion.item())
         grad_norm = self.optimize("ssl", loss)
         if self.adversary is not None:
             for _ in range(self.settings.losses.adversary_steps):
@@ -393,8 +487,8 @@ class SSLTask(Task):
             mask = mask_spans(batch.wave.shape[0], frames, self.settings.mask_prob, self.settings.mask_length,
                               gen).to(self.device)
             with self.runtime.autocast():
-                logits, labels = self.forward(batch, mask)
-                clean_logits, _ = self.forward(batch, None)
+                logits, labels, _ = self.forward(batch, mask)
+                clean_logits, _, _ = self.forward(batch, None)
             mask = mask[:, :labels.shape[1]]
             ce_m, _, loss = self.losses(logits, labels, mask)
             valid = labels != UNKNOWN
@@ -462,7 +556,9 @@ def make_ssl_task(run, runtime: Runtime):
              info.out_dir, len(train), len(info.voices["train"]), info.hours, len(val))
     speakers = {name: i for i, name in enumerate(sorted({e["speaker"] for e in train}))}
     stream = LabelledStream(LabelledClips(info.out_dir, train, chunk, speakers), batch_size, seed,
-                            num_workers=settings.num_workers, speed_perturbation=settings.speed_perturbation)
+                            num_workers=settings.num_workers, speed_perturbation=settings.speed_perturbation,
+                            view=(settings.losses.view_speed_spread, settings.losses.view_semitones)
+                            if settings.losses.consistency_weight > 0 else None)
     val_batches = fixed_batches(LabelledClips(info.out_dir, val, chunk, speakers), len(val), batch_size)
     return SSLTask(runtime, settings, seed, num_speakers=len(speakers)), stream, val_batches
 

@@ -52,7 +52,7 @@ def apply(audio: np.ndarray, sample_rate: int, p: Perturbation, segments: list |
             x = AF.resample(x, int(round(sample_rate * speed)), sample_rate)
         shift = p.semitones - 12 * math.log2(speed)
         if abs(shift) > 1e-3:
-            x = _pitch_shift(x, sample_rate, shift)
+            x = pitch_shift(x, sample_rate, shift)
     y = x.numpy().astype(np.float32)
     peak = float(np.abs(y).max())
     if peak > 0:
@@ -62,7 +62,7 @@ def apply(audio: np.ndarray, sample_rate: int, p: Perturbation, segments: list |
     return y, segments
 
 
-def _pitch_shift(x, sample_rate: int, semitones: float):
+def pitch_shift(x, sample_rate: int, semitones: float):
     """Phase-vocoder stretch by f, then resampling by 1/f, with f = 2**(semitones/12) rounded so that the
     resampling ratio is sample_rate : a multiple of 100 Hz (torchaudio's own pitch_shift resamples with
     an arbitrary ratio, whose filter is huge and slow). Keeps the length."""
