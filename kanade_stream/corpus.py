@@ -12,6 +12,7 @@ voices, a fixed set of plain sentences, and byte-for-byte reproducible output fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -224,6 +225,27 @@ class _ESpeak:
         if maps.exists() and str(self._library) in maps.read_text():
             self._library = self._new_copy()
 
+    @contextlib.contextmanager
+    def _session(self, options: int = 0):
+        """A freshly loaded copy of the library, initialised for synchronous output (with `options`) for one
+        job, then terminated and unloaded, so that nothing of the job outlives it."""
+        lib = self._open()
+        initialised = False
+        try:
+            rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(self.data_path),
+                                         _INITIALIZE_DONT_EXIT | options)
+            if rate != ESPEAK_SAMPLE_RATE:
+                raise RuntimeError(
+                    f"eSpeak NG failed to initialise with data at {self.data_path} (returned {rate}); "
+                    f"reinstall it: {_INSTALL_HINT}"
+                )
+            initialised = True
+            yield lib
+        finally:
+            if initialised:
+                lib.espeak_Terminate()  # frees its buffers before the library is unloaded
+            self._close(lib)
+
     def synth(self, text: str, voice: Voice, phonemes: bool = False) -> np.ndarray:
         """int16 samples at ESPEAK_SAMPLE_RATE; with `phonemes`, self._events holds (start sample, phoneme)."""
         if not (self.data_path / "voices" / "!v" / voice.variant).is_file():
@@ -231,19 +253,7 @@ class _ESpeak:
                 f"voice {voice.name!r}: eSpeak NG has no variant {voice.variant!r}; "
                 f"available: {', '.join(_variant_names(self.data_path))}"
             )
-        lib = self._open()
-        initialised = False
-        try:
-            rate = lib.espeak_Initialize(
-                _AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(self.data_path),
-                _INITIALIZE_DONT_EXIT | (_INITIALIZE_PHONEME_EVENTS if phonemes else 0),
-            )
-            if rate != ESPEAK_SAMPLE_RATE:
-                raise RuntimeError(
-                    f"eSpeak NG failed to initialise with data at {self.data_path} (returned {rate}); "
-                    f"reinstall it: {_INSTALL_HINT}"
-                )
-            initialised = True
+        with self._session(_INITIALIZE_PHONEME_EVENTS if phonemes else 0) as lib:
             lib.espeak_SetSynthCallback(self._callback)
             if lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != _EE_OK:
                 raise ValueError(f"voice {voice.name!r}: eSpeak NG has no voice {voice.espeak_name!r}")
@@ -267,22 +277,12 @@ class _ESpeak:
             if status != _EE_OK:
                 raise RuntimeError(f"eSpeak NG synthesis failed (error {status}) for {text!r} with voice {voice}")
             lib.espeak_Synchronize()
-        finally:
-            if initialised:
-                lib.espeak_Terminate()  # frees its buffers before the library is unloaded
-            self._close(lib)
         return np.frombuffer(b"".join(self._chunks), dtype=np.int16)
 
     def ipa(self, text: str, language: str = "en-us") -> list[tuple[str, str]]:
         """`text` in IPA, clause by clause: [(words separated by spaces, phones within a word by '.', the
         clause's closing punctuation or '')]. eSpeak's own text-to-phoneme pass, no audio."""
-        lib = self._open()
-        initialised = False
-        try:
-            if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(self.data_path),
-                                     _INITIALIZE_DONT_EXIT) != ESPEAK_SAMPLE_RATE:
-                raise RuntimeError(f"eSpeak NG failed to initialise with data at {self.data_path}; {_INSTALL_HINT}")
-            initialised = True
+        with self._session() as lib:
             if lib.espeak_SetVoiceByName(language.encode()) != _EE_OK:
                 raise ValueError(f"eSpeak NG has no voice {language!r}")
             to_phonemes = lib.espeak_TextToPhonemes
@@ -302,10 +302,6 @@ class _ESpeak:
                 if phonemes.strip():
                     clauses.append((phonemes.strip(), end.group(1) if end else ""))
             return clauses
-        finally:
-            if initialised:
-                lib.espeak_Terminate()
-            self._close(lib)
 
 
 def _load_libc():
