@@ -13,7 +13,8 @@ WavLM was pretrained).
    sees: K-means (K=64) tokens of the frames; the same sentence in two voices is DTW-aligned and the share
    of aligned frames with the same token measured, against two different sentences in one voice (the
    agreement expected by chance alignment). Higher "same sentence" over "different" = speaker-independent
-   content. The sentences are written here for the probe (not Harvard sentences).
+   content. The sentences are written here for the probe (not Harvard sentences). With --teacher, the
+   same for a Kanade teacher's own content tokens (aligned on its latent before quantisation).
 
 Writes a JSON (--out) and prints a table.
 """
@@ -167,6 +168,41 @@ def dtw_path(a: torch.Tensor, b: torch.Tensor) -> list[tuple[int, int]]:
     return path[::-1]
 
 
+def cross_voice_agreement(features: dict, tokens: dict) -> dict[str, float]:
+    """Share of DTW-aligned frames (aligned on `features`) with the same token: the same probe sentence in two
+    ARCTIC voices, against two different sentences in one voice. Tokens (frames,) or (frames, digits): with
+    digits, the share of equal digits."""
+    same, diff = [], []
+    for i in range(len(PROBE_SENTENCES)):
+        for a in range(len(ARCTIC_VOICES)):
+            pairs = [((ARCTIC_VOICES[a], i), (ARCTIC_VOICES[b], i)) for b in range(a + 1, len(ARCTIC_VOICES))]
+            other = ((ARCTIC_VOICES[a], i), (ARCTIC_VOICES[a], (i + 1) % len(PROBE_SENTENCES)))
+            for (ka, kb), rates in [*((pair, same) for pair in pairs), (other, diff)]:
+                path = dtw_path(features[ka], features[kb])
+                p, q = (torch.tensor(side) for side in zip(*path))
+                rates.append(float((tokens[ka][p] == tokens[kb][q]).float().mean()))
+    return {"same_sentence_two_voices": float(np.mean(same)), "two_sentences_one_voice": float(np.mean(diff))}
+
+
+def teacher_token_agreement(teacher_folder: str, waves: dict) -> dict[str, float]:
+    """The teacher's own content tokens on the ARCTIC clips, aligned on its pre-quantisation latent: whole
+    tokens (one of 12,800 for Kanade's FSQ) and FSQ digits (each level alone)."""
+    from kanade_stream import KanadeTeacher
+    from kanade_stream.audio import resample
+
+    teacher = KanadeTeacher.from_pretrained(teacher_folder).eval()
+    latents, tokens = {}, {}
+    with torch.inference_mode():
+        for key, wave in waves.items():
+            wave_model = resample(torch.from_numpy(wave), RATE, teacher.sample_rate)[None].to(teacher.device)
+            latent = teacher.content_latent(teacher.ssl_features(wave_model)[0])
+            latents[key] = latent[0].float()
+            tokens[key] = teacher.local_quantizer.encode(latent)[1][0]
+    digits = {key: teacher.local_quantizer.valid_indices_to_codes(t) for key, t in tokens.items()}  # (T, levels)
+    whole, per_digit = cross_voice_agreement(latents, tokens), cross_voice_agreement(latents, digits)
+    return {**whole, **{f"{k}_per_digit": v for k, v in per_digit.items()}}
+
+
 def arctic_waves(folder: Path) -> dict[tuple[str, int], np.ndarray]:
     import torchaudio
 
@@ -192,6 +228,8 @@ def main(argv=None) -> int:
     p.add_argument("--layers", default="1,3,6,9")
     p.add_argument("--train-voices", type=int, default=12)
     p.add_argument("--per-voice", type=int, default=6)
+    p.add_argument("--teacher", default=None,
+                   help="also the cross-voice agreement of this Kanade teacher's content tokens (release folder)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
@@ -243,19 +281,9 @@ def main(argv=None) -> int:
             z = {key: (f[k] - mean) / std for key, f in fa.items()}
             centres = kmeans(torch.cat(list(z.values())))
             tok = {key: torch.cdist(v, centres).argmin(1) for key, v in z.items()}
-            same, diff = [], []
-            for i in range(len(PROBE_SENTENCES)):
-                for a in range(len(ARCTIC_VOICES)):
-                    for b in range(a + 1, len(ARCTIC_VOICES)):
-                        ka, kb = (ARCTIC_VOICES[a], i), (ARCTIC_VOICES[b], i)
-                        path = dtw_path(z[ka], z[kb])
-                        same.append(np.mean([int(tok[ka][p] == tok[kb][q]) for p, q in path]))
-                    j = (i + 1) % len(PROBE_SENTENCES)
-                    ka, kb = (ARCTIC_VOICES[a], i), (ARCTIC_VOICES[a], j)
-                    path = dtw_path(z[ka], z[kb])
-                    diff.append(np.mean([int(tok[ka][p] == tok[kb][q]) for p, q in path]))
-            results["arctic_agreement"][k] = {"same_sentence_two_voices": float(np.mean(same)),
-                                              "two_sentences_one_voice": float(np.mean(diff))}
+            results["arctic_agreement"][k] = cross_voice_agreement(z, tok)
+        if args.teacher:
+            results["teacher_token_agreement"] = teacher_token_agreement(args.teacher, waves)
     results["wall_s"] = round(time.time() - start, 1)
     print(f"{'features':<18} {'phone acc (unseen voices)':>26} {'speaker acc (8, chance .125)':>29} "
           f"{'ARCTIC same-sent/2 voices':>26} {'diff-sent/1 voice':>18}")
@@ -264,6 +292,11 @@ def main(argv=None) -> int:
         print(f"{k:<18} {results['phone_acc'][k]:>26.3f} {results['speaker_acc'][k]:>29.3f} "
               f"{ag.get('same_sentence_two_voices', float('nan')):>26.3f} "
               f"{ag.get('two_sentences_one_voice', float('nan')):>18.3f}")
+    if "teacher_token_agreement" in results:
+        ag = results["teacher_token_agreement"]
+        for name, suffix in (("teacher tokens", ""), ("  FSQ digits", "_per_digit")):
+            print(f"{name:<18} {'':>26} {'':>29} {ag['same_sentence_two_voices' + suffix]:>26.3f} "
+                  f"{ag['two_sentences_one_voice' + suffix]:>18.3f}")
     print(f"(phone majority class {results['phone_majority']:.3f}; {results['wall_s']} s)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
