@@ -163,7 +163,7 @@ class SSLLosses:
     # cross-view consistency (the idea of ContentVec): each training chunk is heard a second time as another
     # voice (speed 1 +- view_speed_spread moves formants and tempo, then the pitch moves by up to
     # +- view_semitones); every frame of the content layers must pick the aligned frame of the second view out
-    # of the batch's other clips (InfoNCE; the second view is the target and gets no gradient). The phone
+    # of that view's other frames (InfoNCE; the second view is the target and gets no gradient). The phone
     # labels say what is said; this takes out of the layers Kanade reads what a change of voice changes. 0 = off
     consistency_weight: float = 0.0
     consistency_layers: tuple[int, ...] = (6, 9)  # each layer's loss, averaged

@@ -54,6 +54,7 @@ SAMPLE_RATE = 16000
 CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)  # WavLM's front end: 320 samples a frame at 16 kHz
 CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
 HOP = 320
+CONSISTENCY_GAP = 4  # frames: the consistency loss's negatives are at least this far from the positive
 
 
 def wavlm_config(m: SSLModelSettings):
@@ -391,9 +392,12 @@ class SSLTask(Task):
         if valid.sum() < 2:
             return labels.new_zeros((), dtype=torch.float32), 0.0
         rows = valid.nonzero(as_tuple=True)
-        same_clip = rows[0][:, None] == rows[0][None, :]
-        # other frames of the same clip are not negatives: neighbours share the phone
-        exclude = same_clip & ~torch.eye(len(rows[0]), dtype=torch.bool, device=labels.device)
+        clip, frame = rows
+        # The negatives are the other frames of the same clip, from CONSISTENCY_GAP frames away (neighbours
+        # share the phone). Frames of other clips are other voices, which the voice itself tells apart: with
+        # them as negatives the content layers learnt the voice (speaker probe 0.90 -> 1.00).
+        near = (frame[:, None] - frame[None, :]).abs() < CONSISTENCY_GAP
+        exclude = (clip[:, None] != clip[None, :]) | near & ~torch.eye(len(clip), dtype=torch.bool, device=clip.device)
         total, hits = 0.0, 0.0
         for layer in losses.consistency_layers:
             a = F.normalize(hidden_states[layer][:, :frames][rows].float(), dim=-1)
