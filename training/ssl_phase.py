@@ -15,6 +15,12 @@ against the uniform distribution, bounded below by ln(voices)), so the layers Ka
 lose the voice (the global branch reads lower layers). Gradient reversal, tried first, let the model win
 by making the adversary confidently wrong, which still names the voice.
 
+Optionally (`consistency_weight` > 0, `--consistency`) each chunk is heard a second time as another voice
+(another speed, then another pitch) and, on the content layers, every frame must pick its aligned frame of
+that view out of the view's other frames (InfoNCE, as ContentVec does): what a change of voice changes
+leaves those layers. The negatives come from the same clip: other clips are other voices, which the voice
+alone tells apart.
+
     python training/run.py --phase ssl                         # tiny model on the tiny corpus, CPU, minutes
     python training/run.py --phase ssl --config ssl_full --resume   # the full recipe (runs/ssl-full)
 
