@@ -324,3 +324,41 @@ def test_consistency_loss_trains_the_content_layers_to_match_across_voices(voice
 
     with pytest.raises(SettingsError, match="consistency_layers in 1..9"):
         check_settings(settings)
+
+
+def test_noise_is_added_at_the_asked_snr(tmp_path):
+    """With noise_snr_db the chunks (and their second views, with noise of their own) carry white noise at an
+    SNR in the range, the same for the same batch; without it they are as read; a bad range is refused."""
+    import numpy as np
+    import soundfile as sf
+
+    from training.settings import check_settings
+    from training.ssl_phase import LabelledClips, LabelledStream
+
+    t = np.arange(32000) / 16000
+    sf.write(tmp_path / "clip.wav", (0.5 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 16000)
+    (tmp_path / "clip.phones").write_text("0.0\t2.0\taa\n")
+    entry = {"path": "clip.wav", "phones": "clip.phones", "speaker": "a", "split": "train"}
+    clips = LabelledClips(tmp_path, [entry] * 4, num_frames_to_samples(90))
+
+    def snr(batch_wave, clean):
+        out = []
+        for row in batch_wave.numpy():
+            gain = float(row @ clean / (clean @ clean))  # the random gain, undone
+            noise = row / gain - clean
+            out.append(10 * np.log10(np.mean(clean ** 2) / np.mean(noise ** 2)))
+        return np.array(out)
+
+    clean = clips.load(0, None)[0]
+    stream = LabelledStream(clips, 4, seed=0, noise_snr_db=(20, 30), view=(0.0, 0.0))
+    a, b = stream.make_batch((0, 0)), stream.make_batch((0, 0))
+    assert torch.equal(a.wave, b.wave) and torch.equal(a.view, b.view)
+    levels = snr(a.wave, clean)
+    assert ((levels > 19.5) & (levels < 30.5)).all() and levels.std() > 0.3, levels
+    assert not torch.allclose(a.wave / a.wave.norm(dim=1, keepdim=True), a.view / a.view.norm(dim=1, keepdim=True))
+    quiet = LabelledStream(clips, 4, seed=0).make_batch((0, 0))
+    assert snr(quiet.wave, clean).min() > 100
+    settings = load_settings("tiny")
+    settings.ssl.noise_snr_db = (30, 20)
+    with pytest.raises(SettingsError, match="noise_snr_db"):
+        check_settings(settings)

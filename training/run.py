@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--consistency", type=float, default=None,
                    help="--phase ssl: weight of the cross-view consistency loss (each chunk heard again as another "
                         "voice; its content layers must match frame by frame; ssl.losses.consistency_weight)")
+    p.add_argument("--noise-snr", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="--phase ssl: add white noise to each training chunk at an SNR (dB) drawn from LOW..HIGH "
+                        "(ssl.noise_snr_db)")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers per process")
     p.add_argument("--ssl-model", default=None,
                    help="WavLM: hub id (microsoft/wavlm-base-plus), local transformers folder, or 'embedded' (tiny)")
@@ -103,6 +106,8 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
         settings.phase1.content_perturbation = args.content_perturbation
     if args.consistency is not None:
         settings.ssl.losses.consistency_weight = args.consistency
+    if args.noise_snr is not None:
+        settings.ssl.noise_snr_db = tuple(args.noise_snr)
     for attr, value in (("out", args.out), ("ssl_model", args.ssl_model), ("precision", args.precision),
                         ("seed", args.seed)):
         if value is not None:

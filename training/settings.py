@@ -193,6 +193,10 @@ class SSLSettings(PhaseSettings):
     mask_prob: float = 0.08  # a frame starts a masked span with this probability
     mask_length: int = 10
     speed_perturbation: float = 0.0  # as data.speed_perturbation; the phone labels are stretched with the audio
+    # (low, high): each training chunk, and its second view apart, gets white noise at a signal-to-noise
+    # ratio (dB, against the chunk's RMS) drawn from this range; () = clean. The synthetic corpus is
+    # digitally clean, and a model that never heard noise flips half its phone decisions at 26 dB SNR.
+    noise_snr_db: tuple[float, ...] = ()
     losses: SSLLosses = field(default_factory=SSLLosses)
     model: SSLModelSettings = field(default_factory=SSLModelSettings)
 
@@ -382,6 +386,8 @@ def check_settings(settings: RunSettings) -> None:
     ssl = settings.ssl
     if ssl.corpus == "prebuilt" and not ssl.corpus_dir:
         raise SettingsError("ssl.corpus: prebuilt needs ssl.corpus_dir (a folder made by kanade_stream.voices.builder)")
+    if ssl.noise_snr_db and (len(ssl.noise_snr_db) != 2 or ssl.noise_snr_db[0] > ssl.noise_snr_db[1]):
+        raise SettingsError(f"ssl.noise_snr_db must be [] (clean) or [low, high] in dB, got {list(ssl.noise_snr_db)}")
     if not 0 <= ssl.speed_perturbation < 0.5 or not 0 <= settings.data.speed_perturbation < 0.5:
         raise SettingsError("speed_perturbation must be in [0, 0.5) (0.1: chunks played 0.9x to 1.1x as fast)")
     if not 0 <= settings.phase1.content_perturbation < 0.5:

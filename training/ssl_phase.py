@@ -180,13 +180,15 @@ class LabelledStream:
     step is faster than reading 64 clips in one process) and the batches are the same with or without them."""
 
     def __init__(self, clips: LabelledClips, batch_size: int, seed: int, gain: tuple[float, float] = (0.3, 1.0),
-                 num_workers: int = 0, speed_perturbation: float = 0.0, view: tuple[float, float] | None = None):
+                 num_workers: int = 0, speed_perturbation: float = 0.0, view: tuple[float, float] | None = None,
+                 noise_snr_db: tuple[float, ...] = ()):
         """`view` = (speed spread, semitones): each clip is also heard as another voice, played at a speed in
-        1 +- spread with its pitch then moved by up to +- semitones (LabelledClips.load_views)."""
+        1 +- spread with its pitch then moved by up to +- semitones (LabelledClips.load_views).
+        `noise_snr_db` = (low, high): white noise added to every chunk (and view) at an SNR in that range."""
         if len(clips) < batch_size:
             raise ValueError(f"{len(clips)} training clips, fewer than the batch size {batch_size}")
         self.clips, self.batch_size, self.seed, self.gain = clips, batch_size, seed, gain
-        self.speed_perturbation, self.view = speed_perturbation, view
+        self.speed_perturbation, self.view, self.noise_snr_db = speed_perturbation, view, tuple(noise_snr_db)
         self.batches_per_epoch = len(clips) // batch_size
         self.epoch, self.batch_in_epoch = 0, 0
         self.num_workers = num_workers
@@ -218,10 +220,10 @@ class LabelledStream:
                 spread, semitones = self.view
                 view = (float(rng.uniform(1 - spread, 1 + spread)), float(rng.uniform(-semitones, semitones)))
             audio, lab, second, ratio = self.clips.load_views(int(i), rng, speed, view)
-            waves.append(audio * rng.uniform(*self.gain))
+            waves.append(self.noisy(audio, rng) * rng.uniform(*self.gain))
             labels.append(lab)
             if second is not None:
-                views.append(second * rng.uniform(*self.gain))
+                views.append(self.noisy(second, rng) * rng.uniform(*self.gain))
                 ratios.append(ratio)
         speakers = torch.tensor([self.clips.speaker(int(i)) for i in picks], dtype=torch.long)
         batch = LabelledBatch(torch.from_numpy(np.stack(waves)).float(), torch.from_numpy(np.stack(labels)),
@@ -230,6 +232,14 @@ class LabelledStream:
             batch.view = torch.from_numpy(np.stack(views)).float()
             batch.view_ratio = torch.tensor(ratios, dtype=torch.float32)
         return batch
+
+    def noisy(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`audio` with white noise at an SNR drawn from `noise_snr_db` (as it is when that is empty)."""
+        if not self.noise_snr_db:
+            return audio
+        rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
+        snr = rng.uniform(*self.noise_snr_db)
+        return (audio + rng.standard_normal(len(audio)) * rms * 10 ** (-snr / 20)).astype(np.float32)
 
     def _positions(self):
         epoch, index = self.epoch, self.batch_in_epoch
@@ -568,7 +578,7 @@ def make_ssl_task(run, runtime: Runtime):
     stream = LabelledStream(LabelledClips(info.out_dir, train, chunk, speakers), batch_size, seed,
                             num_workers=settings.num_workers, speed_perturbation=settings.speed_perturbation,
                             view=(settings.losses.view_speed_spread, settings.losses.view_semitones)
-                            if settings.losses.consistency_weight > 0 else None)
+                            if settings.losses.consistency_weight > 0 else None, noise_snr_db=settings.noise_snr_db)
     val_batches = fixed_batches(LabelledClips(info.out_dir, val, chunk, speakers), len(val), batch_size)
     return SSLTask(runtime, settings, seed, num_speakers=len(speakers)), stream, val_batches
 
