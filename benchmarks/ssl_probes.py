@@ -15,7 +15,7 @@ WavLM was pretrained).
    agreement expected by chance alignment). Higher "same sentence" over "different" = speaker-independent
    content. The sentences are written here for the probe (not Harvard sentences). With --teacher, the
    same for a Kanade teacher's own content tokens (aligned on its latent before quantisation), and the
-   share of its tokens that stay when only the pitch of a clip moves.
+   share of its tokens that stay when only the pitch of a clip moves or quiet white noise is added.
 
 Writes a JSON (--out) and prints a table.
 """
@@ -187,9 +187,10 @@ def cross_voice_agreement(features: dict, tokens: dict) -> dict[str, float]:
 
 def teacher_token_agreement(teacher_folder: str, waves: dict) -> dict[str, float]:
     """The teacher's own content tokens on the ARCTIC clips, aligned on its pre-quantisation latent: whole
-    tokens (one of 12,800 for Kanade's FSQ) and FSQ digits (each level alone). And the same clips with only
-    their pitch moved (+3 semitones, same timing): the share of tokens and digits that stay, a voice change
-    that leaves the words exactly as they were."""
+    tokens (one of 12,800 for Kanade's FSQ) and FSQ digits (each level alone). And the same clips changed
+    in a way that leaves the words exactly as they were, with the same timing: only the pitch moved (+3
+    semitones), or white noise added (25 dB SNR against the clip's RMS): the share of tokens and digits that
+    stay."""
     from kanade_stream import KanadeTeacher
     from kanade_stream.audio import resample
     from kanade_stream.voices.perturb import pitch_shift
@@ -201,19 +202,25 @@ def teacher_token_agreement(teacher_folder: str, waves: dict) -> dict[str, float
         latent = teacher.content_latent(teacher.ssl_features(wave_model)[0])
         return latent[0].float(), teacher.local_quantizer.encode(latent)[1][0]
 
-    latents, tokens, kept, kept_digits = {}, {}, [], []
+    noise = torch.Generator().manual_seed(0)
+    changes = {"pitch_shift": lambda w: pitch_shift(w, RATE, 3.0),
+               "noise": lambda w: w + torch.randn(w.shape, generator=noise) * w.square().mean().sqrt() * 10 ** (-25 / 20)}
+    latents, tokens = {}, {}
+    kept = {name: ([], []) for name in changes}
     codes = teacher.local_quantizer.valid_indices_to_codes  # token -> its FSQ digits (T, levels)
     with torch.inference_mode():
         for key, wave in waves.items():
             latents[key], tokens[key] = encode(torch.from_numpy(wave))
-            _, shifted = encode(pitch_shift(torch.from_numpy(wave), RATE, 3.0))
-            n = min(len(shifted), len(tokens[key]))
-            kept.append(float((shifted[:n] == tokens[key][:n]).float().mean()))
-            kept_digits.append(float((codes(shifted[:n]) == codes(tokens[key][:n])).float().mean()))
+            for name, change in changes.items():
+                _, changed = encode(change(torch.from_numpy(wave)))
+                n = min(len(changed), len(tokens[key]))
+                kept[name][0].append(float((changed[:n] == tokens[key][:n]).float().mean()))
+                kept[name][1].append(float((codes(changed[:n]) == codes(tokens[key][:n])).float().mean()))
     digits = {key: codes(t) for key, t in tokens.items()}
     whole, per_digit = cross_voice_agreement(latents, tokens), cross_voice_agreement(latents, digits)
     return {**whole, **{f"{k}_per_digit": v for k, v in per_digit.items()},
-            "pitch_shift_kept": float(np.mean(kept)), "pitch_shift_kept_per_digit": float(np.mean(kept_digits))}
+            **{f"{name}_kept": float(np.mean(a)) for name, (a, _) in kept.items()},
+            **{f"{name}_kept_per_digit": float(np.mean(b)) for name, (_, b) in kept.items()}}
 
 
 def arctic_waves(folder: Path) -> dict[tuple[str, int], np.ndarray]:
@@ -310,8 +317,10 @@ def main(argv=None) -> int:
         for name, suffix in (("teacher tokens", ""), ("  FSQ digits", "_per_digit")):
             print(f"{name:<18} {'':>26} {'':>29} {ag['same_sentence_two_voices' + suffix]:>26.3f} "
                   f"{ag['two_sentences_one_voice' + suffix]:>18.3f}")
-        print(f"teacher tokens kept when only the pitch moves (+3 semitones): {ag['pitch_shift_kept']:.3f} "
-              f"(FSQ digits {ag['pitch_shift_kept_per_digit']:.3f})")
+        for name, what in (("pitch_shift", "only the pitch moves (+3 semitones)"),
+                           ("noise", "white noise is added (25 dB SNR)")):
+            print(f"teacher tokens kept when {what}: {ag[name + '_kept']:.3f} "
+                  f"(FSQ digits {ag[name + '_kept_per_digit']:.3f})")
     print(f"(phone majority class {results['phone_majority']:.3f}; {results['wall_s']} s)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
