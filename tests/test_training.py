@@ -238,6 +238,73 @@ def test_content_perturbation_changes_the_content_branch_alone_and_keeps_frames_
     assert torch.equal(model.targets(wave)[2], mel)  # the mel target is the chunk's own
 
 
+def tiny_phase1_model(corpus, invariance=None):
+    from kanade_stream.config import tiny_config
+    from training.models import build_teacher
+    from training.phase1 import Phase1Model
+
+    teacher = build_teacher(tiny_config(ssl_dim=256), resolve_ssl_model("embedded"), with_feature_decoder=True)
+    record = next(r for r in load_data(corpus).records if r["duration"] > 2.0)
+    return Phase1Model(teacher, Runtime(), invariance=invariance), read_chunk(record, 48000, 24000, None)[None]
+
+
+def test_invariance_view_is_the_chunk_itself_when_nothing_moves_and_lines_up_when_it_does(corpus):
+    from training.settings import InvarianceView
+
+    model, wave = tiny_phase1_model(corpus, InvarianceView(speed_spread=0.0, semitones=0.0, snr_db=()))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(wave)
+    assert float(out["invariance"]) < 1e-8 and float(out["tokens_kept"]) == 1.0
+    clean = model.targets(wave)[0]
+    view = model.view_content(wave, clean.shape[1], speed=1.15, semitones=2.0, snr_db=torch.tensor([30.0]))
+    assert view.shape == clean.shape and not torch.allclose(view, clean, atol=1e-2)
+    cosine = torch.nn.functional.cosine_similarity
+    aligned, shifted = cosine(view[0, 3:-3], clean[0, 3:-3], dim=-1), cosine(view[0, 6:], clean[0, :-6], dim=-1)
+    assert aligned.mean() > shifted.mean() + 0.1, (aligned.mean(), shifted.mean())
+
+
+def test_invariance_noise_lands_at_the_asked_snr():
+    from training.phase1 import heard_as_another_voice
+
+    wave = torch.sin(torch.arange(24000) / 24000 * 2 * torch.pi * 220)[None].repeat(2, 1) * torch.tensor([[0.5], [0.05]])
+    noisy = heard_as_another_voice(wave, 24000, snr_db=torch.tensor([10.0, 30.0]), generator=torch.Generator().manual_seed(1))
+    snr = 10 * torch.log10(wave.pow(2).mean(-1) / (noisy - wave).pow(2).mean(-1))
+    assert torch.allclose(snr, torch.tensor([10.0, 30.0]), atol=0.3), snr
+    assert heard_as_another_voice(wave, 24000, speed=1.2).shape[-1] == pytest.approx(20000, abs=20)
+
+
+def test_invariance_loss_falls_and_validation_measures_it_on_the_same_views(corpus):
+    from training.settings import InvarianceView
+
+    model, wave = tiny_phase1_model(corpus, InvarianceView())
+    model.teacher.eval()
+    with torch.no_grad():
+        first, again = model(wave, view_seed=3), model(wave, view_seed=3)
+        assert "invariance" not in model(wave)  # evaluation without a seed: no view
+    assert torch.equal(first["invariance"], again["invariance"]) and 0 <= float(first["tokens_kept"]) < 1
+    model.teacher.train()
+    params = [p for n, p in model.teacher.named_parameters() if not n.startswith("ssl")]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    losses = []
+    for _ in range(12):
+        torch.manual_seed(5)  # the same view each step, so the loss is comparable
+        loss = model(wave)["invariance"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_invariance_flag_reaches_phase1_and_is_range_checked(capsys):
+    args = run_mod.parse_args(["--config", "embedded", "--phase", "1", "--invariance", "2"])
+    assert run_mod.apply_overrides(load_settings("embedded"), args, ["phase1"]).phase1.losses.invariance_weight == 2
+    assert load_settings("embedded").phase1.losses.invariance_weight == 0.0  # off unless asked for
+    assert run_mod.main(["--config", "embedded", "--phase", "1", "--invariance", "-1"]) == 2
+    assert "phase1.losses.invariance_weight must be >= 0" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_phase1_learns_and_exports_the_same_tokens(tmp_path, corpus):
     settings = tiny_settings(tmp_path / "run", corpus, steps=30)

@@ -14,6 +14,13 @@ With `content_perturbation` > 0 the content branch hears each training batch pla
 pitch and formants moved), its SSL features stretched back in time to the chunk's frames (the SSL
 reconstruction aims at those), while the global branch and the mel target hear the chunk as it is: tokens that kept the voice would no longer help the mel
 decoder, so the voice has to come through the global embedding. Validation always hears the chunk as it is.
+
+With `losses.invariance_weight` > 0 (the token-invariance loss) the content branch also hears each batch as
+another voice in another room (the `invariance` view: another speed, its pitch moved on its own, white noise),
+its SSL features stretched back to the chunk's frames, and the FSQ latent of that view must match the chunk's
+(MSE in units of the rounding grid, so an error under 0.5 keeps the digit; the chunk's latent is the target,
+no gradient). Without it a tenth of a semitone or quiet noise replaces most tokens: they followed the voice
+and the recording, not the words. Validation measures it on views drawn from a fixed seed.
 """
 
 from __future__ import annotations
@@ -27,24 +34,46 @@ from torch import nn
 from kanade_stream.audio import resample
 from kanade_stream.config import KanadeConfig
 from kanade_stream.teacher import KanadeTeacher
+from kanade_stream.voices.perturb import pitch_shift
 
 from .data import perturbed_rate
 from .export import export_teacher
 from .losses import codebook_stats, mel_loss
 from .models import build_teacher, freeze_ssl, load_teacher_weights
 from .runtime import Runtime
-from .settings import Phase1Settings
+from .settings import InvarianceView, Phase1Settings
 from .trainer import Task
+
+
+def heard_as_another_voice(wave: torch.Tensor, sample_rate: int, speed: float = 1.0, semitones: float = 0.0,
+                           snr_db: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`wave` (B, N) played `speed` times as fast (formants and tempo; N / speed samples), its pitch then moved
+    by `semitones` (duration kept), with white noise at `snr_db` (B,) dB below each row's RMS."""
+    if speed != 1.0:
+        wave = resample(wave, perturbed_rate(sample_rate, speed), sample_rate)
+    if semitones:
+        wave = pitch_shift(wave, sample_rate, semitones)
+    if snr_db is not None:
+        noise = torch.randn(wave.shape, generator=generator).to(wave.device, wave.dtype)
+        rms = wave.float().pow(2).mean(dim=-1, keepdim=True).sqrt().to(wave.dtype)
+        wave = wave + noise * rms * 10 ** (-snr_db.to(wave.device, wave.dtype)[:, None] / 20)
+    return wave
+
+
+def uniform(low: float, high: float, generator: torch.Generator | None, size: tuple = ()) -> torch.Tensor:
+    return low + (high - low) * torch.rand(size, generator=generator)
 
 
 class Phase1Model(nn.Module):
     """The forward pass of phase 1 as one module, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, teacher: KanadeTeacher, runtime: Runtime, content_perturbation: float = 0.0):
+    def __init__(self, teacher: KanadeTeacher, runtime: Runtime, content_perturbation: float = 0.0,
+                 invariance: InvarianceView | None = None):
         super().__init__()
         self.teacher = teacher
         self.runtime = runtime
         self.content_perturbation = content_perturbation
+        self.invariance = invariance  # the token-invariance loss's view; None = off
 
     def targets(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frozen SSL features (normalised content, global) and the target log-mel, all fp32."""
@@ -55,28 +84,50 @@ class Phase1Model(nn.Module):
                 mel = teacher.mel_spectrogram(wave.float())
         return content_in.float(), global_in.float(), mel
 
-    def perturbed_content(self, wave: torch.Tensor, frames: int) -> torch.Tensor:
-        """The normalised content features of `wave` played at a random speed (one for the batch, so it stays
-        one SSL forward), stretched back to `frames` so they line up with the unperturbed targets."""
-        spread = self.content_perturbation
-        speed = 1.0 + spread * (2.0 * float(torch.rand(())) - 1.0)
+    def view_content(self, wave: torch.Tensor, frames: int, speed: float = 1.0, semitones: float = 0.0,
+                     snr_db: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The normalised content features of `wave` heard as another voice (`heard_as_another_voice`; one
+        speed and pitch for the batch, so it stays one SSL forward), stretched back to `frames` so they line up
+        with the chunk's own."""
         rate = self.teacher.config.sample_rate
         with torch.no_grad():
-            content, _ = self.teacher.ssl_features(resample(wave, perturbed_rate(rate, speed), rate))
+            heard = heard_as_another_voice(wave, rate, speed, semitones, snr_db, generator)
+            content, _ = self.teacher.ssl_features(heard)
         content = F.interpolate(content.float().transpose(1, 2), size=frames, mode="linear", align_corners=False)
         return content.transpose(1, 2)
 
-    def quantize(self, content_in: torch.Tensor):
-        latent = self.teacher.content_latent(content_in)
+    def perturbed_content(self, wave: torch.Tensor, frames: int) -> torch.Tensor:
+        """The content features of `wave` played at a random speed (`content_perturbation`)."""
+        spread = self.content_perturbation
+        return self.view_content(wave, frames, speed=1.0 + float(uniform(-spread, spread, None)))
+
+    def invariance_view(self, wave: torch.Tensor, frames: int, generator: torch.Generator | None) -> torch.Tensor:
+        """The content features of the token-invariance loss's view of `wave`, drawn from `generator`."""
+        view = self.invariance
+        speed = 1.0 + float(uniform(-view.speed_spread, view.speed_spread, generator))
+        semitones = float(uniform(-view.semitones, view.semitones, generator))
+        snr = uniform(*view.snr_db, generator, (wave.shape[0],)) if view.snr_db else None
+        return self.view_content(wave, frames, speed, semitones, snr, generator)
+
+    def bounded_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """The FSQ's latent just before rounding: integers there are the code digits."""
+        quantizer = self.teacher.local_quantizer
+        with self.runtime.no_autocast():
+            return quantizer.bound(quantizer.proj_in(latent.float()))
+
+    def quantize(self, latent: torch.Tensor):
         with self.runtime.no_autocast():
             return self.teacher.local_quantizer(latent.float())
 
-    def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, wave: torch.Tensor, view_seed: int | None = None) -> dict[str, torch.Tensor]:
+        """The losses of a batch. With the invariance loss on, training draws its view from the global RNG and
+        evaluation measures it when given `view_seed` (the same views every time)."""
         teacher = self.teacher
         content_in, global_in, mel_target = self.targets(wave)
         if self.teacher.training and self.content_perturbation:  # validation hears the chunk as it is
             content_in = self.perturbed_content(wave, content_in.shape[1])
-        embedding, indices, perplexity = self.quantize(content_in)
+        latent = teacher.content_latent(content_in)
+        embedding, indices, perplexity = self.quantize(latent)
         upsampled = teacher.conv_upsample(embedding.transpose(1, 2)).transpose(1, 2)
         recon = teacher.feature_decoder(upsampled)
         frames = min(recon.shape[1], content_in.shape[1])
@@ -84,8 +135,16 @@ class Phase1Model(nn.Module):
         global_embedding = teacher.global_encoder(global_in)
         mel = teacher.forward_mel(embedding, global_embedding, mel_target.shape[-1]).float()
         mel_l1 = mel_loss(mel, mel_target)
-        return {"ssl_l2": ssl_l2, "mel_l1": mel_l1, "perplexity": perplexity, "indices": indices, "mel": mel,
-                "mel_target": mel_target}
+        out = {"ssl_l2": ssl_l2, "mel_l1": mel_l1, "perplexity": perplexity, "indices": indices, "mel": mel,
+               "mel_target": mel_target}
+        if self.invariance is not None and (teacher.training or view_seed is not None):
+            generator = None if view_seed is None else torch.Generator().manual_seed(view_seed)
+            view_latent = self.bounded_latent(teacher.content_latent(
+                self.invariance_view(wave, content_in.shape[1], generator)))
+            target = self.bounded_latent(latent).detach()
+            out["invariance"] = F.mse_loss(view_latent, target)
+            out["tokens_kept"] = (view_latent.round() == target.round()).all(dim=-1).float().mean()
+        return out
 
 
 class Phase1Task(Task):
@@ -101,7 +160,8 @@ class Phase1Task(Task):
         self.teacher.to(runtime.device)
         freeze_ssl(self.teacher)
         self.models = {"teacher": self.teacher}
-        self.model = Phase1Model(self.teacher, runtime, settings.content_perturbation)
+        self.model = Phase1Model(self.teacher, runtime, settings.content_perturbation,
+                                 settings.invariance if settings.losses.invariance_weight > 0 else None)
         self.ddp = runtime.wrap(self.model)
         self.add_optimizer("teacher", self.teacher.parameters())
         self.losses = settings.losses
@@ -115,18 +175,23 @@ class Phase1Task(Task):
             out = self.ddp(batch)
         w = self.losses
         loss = w.ssl_weight * out["ssl_l2"] + w.mel_weight * out["mel_l1"]
+        if "invariance" in out:
+            loss = loss + w.invariance_weight * out["invariance"]
         grad_norm = self.optimize("teacher", loss)
-        return {"loss": loss.item(), "mel_l1": out["mel_l1"].item(), "ssl_l2": out["ssl_l2"].item(),
-                "perplexity": float(out["perplexity"]), "grad_norm": grad_norm}
+        metrics = {"loss": loss.item(), "mel_l1": out["mel_l1"].item(), "ssl_l2": out["ssl_l2"].item(),
+                   "perplexity": float(out["perplexity"]), "grad_norm": grad_norm}
+        metrics.update({k: float(out[k].detach()) for k in ("invariance", "tokens_kept") if k in out})
+        return metrics
 
     def validate(self, batches: list[torch.Tensor]):
-        totals, count, indices, pairs = {"mel_l1": 0.0, "ssl_l2": 0.0}, 0, [], []
-        for wave in batches:
+        totals, count, indices, pairs = {}, 0, [], []
+        for number, wave in enumerate(batches):
             with self.runtime.autocast():
-                out = self.model(wave)
+                out = self.model(wave, view_seed=number)  # the same views at every validation
             n = wave.shape[0]
-            totals["mel_l1"] += float(out["mel_l1"]) * n
-            totals["ssl_l2"] += float(out["ssl_l2"]) * n
+            for key in ("mel_l1", "ssl_l2", "invariance", "tokens_kept"):
+                if key in out:
+                    totals[key] = totals.get(key, 0.0) + float(out[key]) * n
             count += n
             indices.append(out["indices"].flatten())
             pairs += list(zip(out["mel_target"], out["mel"]))

@@ -59,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="phase 1: the content branch alone hears each batch up to this much faster or slower "
                         "(0.15: 0.85x to 1.15x), so the voice must come through the global branch "
                         "(phase1.content_perturbation)")
+    p.add_argument("--invariance", type=float, default=None,
+                   help="phase 1: weight of the token-invariance loss (the content branch hears each batch again "
+                        "as another voice with noise; its FSQ latent must match the chunk's; "
+                        "phase1.losses.invariance_weight, view in phase1.invariance)")
     p.add_argument("--consistency", type=float, default=None,
                    help="--phase ssl: weight of the cross-view consistency loss (each chunk heard again as another "
                         "voice; its content layers must match frame by frame; ssl.losses.consistency_weight)")
@@ -104,6 +108,8 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
         settings.ssl.speed_perturbation = args.speed_perturbation
     if args.content_perturbation is not None:
         settings.phase1.content_perturbation = args.content_perturbation
+    if args.invariance is not None:
+        settings.phase1.losses.invariance_weight = args.invariance
     if args.consistency is not None:
         settings.ssl.losses.consistency_weight = args.consistency
     if args.noise_snr is not None:

@@ -73,6 +73,18 @@ class PhaseSettings:
 class Phase1Losses:
     ssl_weight: float = 30.0  # L2 of the SSL feature reconstruction
     mel_weight: float = 30.0  # L1 of the log-mel
+    invariance_weight: float = 0.0  # MSE between the FSQ latents of a chunk and of its `invariance` view (0 = off)
+
+
+@dataclass
+class InvarianceView:
+    """How phase 1's token-invariance loss hears each chunk again as another voice in another room: played up
+    to `speed_spread` faster or slower (formants and tempo), its pitch then moved by up to `semitones` on its
+    own, with white noise at an SNR (dB, against each chunk's RMS) drawn from `snr_db` (() = none)."""
+
+    speed_spread: float = 0.15
+    semitones: float = 3.0
+    snr_db: tuple[float, ...] = (15.0, 40.0)
 
 
 @dataclass
@@ -83,6 +95,8 @@ class Phase1Settings(PhaseSettings):
     # reconstruction aims at those); the global branch and the mel target hear the chunk as it is, so the voice
     # of the output can only come from the global embedding (disentanglement by perturbing the content input; 0 = off, as the paper)
     content_perturbation: float = 0.0
+    # the view of each chunk that losses.invariance_weight compares it with
+    invariance: InvarianceView = field(default_factory=InvarianceView)
 
 
 @dataclass
@@ -393,6 +407,12 @@ def check_settings(settings: RunSettings) -> None:
     if not 0 <= settings.phase1.content_perturbation < 0.5:
         raise SettingsError("phase1.content_perturbation must be in [0, 0.5) (0.15: the content branch hears "
                             f"chunks played 0.85x to 1.15x as fast), got {settings.phase1.content_perturbation}")
+    view = settings.phase1.invariance
+    if settings.phase1.losses.invariance_weight < 0 or not 0 <= view.speed_spread < 0.5 or not 0 <= view.semitones <= 12 \
+            or view.snr_db and (len(view.snr_db) != 2 or view.snr_db[0] > view.snr_db[1]):
+        raise SettingsError("phase1.losses.invariance_weight must be >= 0, phase1.invariance.speed_spread in [0, 0.5), "
+                            "semitones in [0, 12] and snr_db [] or [low, high] in dB; got "
+                            f"{settings.phase1.losses.invariance_weight}, {view}")
     if not 0 < ssl.mask_prob < 1 or ssl.mask_length < 1:
         raise SettingsError(f"ssl.mask_prob must be in (0, 1) and ssl.mask_length >= 1, got {ssl.mask_prob}, "
                             f"{ssl.mask_length}")

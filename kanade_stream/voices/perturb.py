@@ -73,9 +73,9 @@ def pitch_shift(x, sample_rate: int, semitones: float):
     new_rate = int(round(sample_rate / 2 ** (semitones / 12) / 100)) * 100
     factor = sample_rate / new_rate  # pitch factor really applied
     n_fft, hop = 512, 128
-    window = torch.hann_window(n_fft)
+    window = torch.hann_window(n_fft, device=x.device)
     spec = torch.stft(x, n_fft, hop, window=window, return_complex=True)
-    phase_advance = torch.linspace(0, torch.pi * hop, spec.shape[-2])[..., None]
+    phase_advance = torch.linspace(0, torch.pi * hop, spec.shape[-2], device=x.device)[..., None]
     stretched = AF.phase_vocoder(spec, 1.0 / factor, phase_advance)
     y = torch.istft(stretched, n_fft, hop, window=window, length=int(round(n * factor)))
     y = AF.resample(y, sample_rate, new_rate)
