@@ -16,6 +16,9 @@ Rows
   teacher resynthesis  teacher encode -> decode (the source's own voice) -> vocoder
     (griffin-lim)      the same mel through Griffin-Lim: with the two rows above, tells the decoder's loss from
                        the vocoder's
+  teacher resynthesis, FSQ unrounded
+                       as teacher resynthesis with the quantiser's rounding left out (a diagnostic: the words
+                       the continuous latent keeps, to tell the quantiser's loss from the encoder's)
   teacher VC           teacher voice conversion to another held-out voice -> vocoder
   student resynthesis  student encode -> decode, offline
   student stream VC    StreamingConverter at --chunk-ms chunks, the source pushed in 20 ms pieces, then flush
@@ -72,12 +75,14 @@ ROWS = {  # key: label
     "griffin-lim": "griffin-lim (source mel)",
     "teacher-resynth": "teacher resynthesis",
     "teacher-resynth-gl": "teacher resynthesis (griffin-lim)",
+    "teacher-resynth-unrounded": "teacher resynthesis, FSQ unrounded",
     "teacher-vc": "teacher VC",
     "student-resynth": "student resynthesis",
     "student-stream-vc": "student stream VC",
 }
 CONVERSIONS = ("teacher-vc", "student-stream-vc")
-TEACHER_ROWS = ("vocoder", "griffin-lim", "teacher-resynth", "teacher-resynth-gl", "teacher-vc")
+TEACHER_ROWS = ("vocoder", "griffin-lim", "teacher-resynth", "teacher-resynth-gl", "teacher-resynth-unrounded",
+                "teacher-vc")
 STUDENT_ROWS = ("student-resynth", "student-stream-vc")
 PIECE_MS = 20  # the size of each push into the streaming converter (an audio callback's block)
 
@@ -226,6 +231,9 @@ def make_outputs(args, clips: list[dict], pairs, models: dict, rate: int) -> tup
                         run("teacher-resynth", k, lambda: resynth(vocoder))
                     if "teacher-resynth-gl" in args.rows:
                         run("teacher-resynth-gl", k, lambda: resynth(models["griffin-lim"]))
+                if "teacher-resynth-unrounded" in args.rows:
+                    run("teacher-resynth-unrounded", k,
+                        lambda: (vocode(vocoder, unrounded_resynthesis(teacher, wave, rate)), model_rate))
             if student is not None and "student-resynth" in args.rows:
                 def student_resynth():
                     f = student.encode(wave, sample_rate=rate)
@@ -243,6 +251,19 @@ def make_outputs(args, clips: list[dict], pairs, models: dict, rate: int) -> tup
                     lambda: (stream_convert(student, source, reference, rate, args.chunk_ms), student.output_rate),
                     target, ref)
     return records, seconds
+
+
+def unrounded_resynthesis(teacher: KanadeTeacher, wave: torch.Tensor, rate: int) -> torch.Tensor:
+    """The teacher's resynthesis with the FSQ's rounding left out (its bounded latent, scaled as the codes
+    are): what the words would be if the 12,800 tokens lost nothing, to tell the quantiser's losses from the
+    encoder's."""
+    wave_model = resample(wave, rate, teacher.sample_rate)
+    content_in, global_in = teacher.ssl_features(wave_model[None].to(teacher.device))
+    quantizer = teacher.local_quantizer
+    latent = quantizer.proj_in(teacher.content_latent(content_in))
+    embedding = quantizer.proj_out(quantizer.bound(latent) / quantizer.half_width)
+    return teacher.decode(teacher.global_encoder(global_in)[0], content_embedding=embedding[0],
+                          target_audio_length=wave_model.numel())
 
 
 def token_agreement(clips: list[dict], models: dict, rate: int) -> dict | None:

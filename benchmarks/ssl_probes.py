@@ -15,7 +15,8 @@ WavLM was pretrained).
    agreement expected by chance alignment). Higher "same sentence" over "different" = speaker-independent
    content. The sentences are written here for the probe (not Harvard sentences). With --teacher, the
    same for a Kanade teacher's own content tokens (aligned on its latent before quantisation), and the
-   share of its tokens that stay when only the pitch of a clip moves or quiet white noise is added.
+   share of its tokens that stay when only the pitch of a clip moves, quiet white noise is added, it is
+   heard in a small room or through a telephone band.
 
 Writes a JSON (--out) and prints a table.
 """
@@ -185,12 +186,36 @@ def cross_voice_agreement(features: dict, tokens: dict) -> dict[str, float]:
     return {"same_sentence_two_voices": float(np.mean(same)), "two_sentences_one_voice": float(np.mean(diff))}
 
 
+# What `teacher_token_agreement` does to a clip; the last two are kinds of change that phase 1's invariance
+# loss (pitch, speed, white noise) never trains on.
+CHANGES = {"pitch_shift": "only the pitch moves (+3 semitones)", "noise": "white noise is added (25 dB SNR)",
+           "room": "it is heard in a small room (reverberation time 0.3 s)",
+           "telephone": "it is band-limited to 300-3400 Hz (a telephone line)"}
+
+
+def in_a_room(wave: torch.Tensor, rt60: float = 0.3) -> torch.Tensor:
+    """`wave` (16 kHz) through a synthetic room: the direct sound, then exponentially decaying noise that
+    falls 60 dB in `rt60` seconds (the same room for every clip), scaled back to the clip's RMS."""
+    import torchaudio.functional as AF
+
+    t = torch.arange(int(rt60 * RATE)) / RATE
+    tail = torch.randn(len(t), generator=torch.Generator().manual_seed(1)) * torch.exp(-6.91 * t / rt60) * 0.1
+    tail[0] = 1.0
+    wet = AF.fftconvolve(wave, tail)[..., :wave.shape[-1]]
+    return wet * wave.square().mean().sqrt() / wet.square().mean().sqrt().clamp_min(1e-8)
+
+
+def telephone_band(wave: torch.Tensor) -> torch.Tensor:
+    import torchaudio.functional as AF
+
+    return AF.lowpass_biquad(AF.highpass_biquad(wave, RATE, 300.0), RATE, 3400.0)
+
+
 def teacher_token_agreement(teacher_folder: str, waves: dict) -> dict[str, float]:
     """The teacher's own content tokens on the ARCTIC clips, aligned on its pre-quantisation latent: whole
     tokens (one of 12,800 for Kanade's FSQ) and FSQ digits (each level alone). And the same clips changed
-    in a way that leaves the words exactly as they were, with the same timing: only the pitch moved (+3
-    semitones), or white noise added (25 dB SNR against the clip's RMS): the share of tokens and digits that
-    stay."""
+    in a way that leaves the words exactly as they were, with the same timing (`CHANGES`): the share of
+    tokens and digits that stay."""
     from kanade_stream import KanadeTeacher
     from kanade_stream.audio import resample
     from kanade_stream.voices.perturb import pitch_shift
@@ -204,7 +229,8 @@ def teacher_token_agreement(teacher_folder: str, waves: dict) -> dict[str, float
 
     noise = torch.Generator().manual_seed(0)
     changes = {"pitch_shift": lambda w: pitch_shift(w, RATE, 3.0),
-               "noise": lambda w: w + torch.randn(w.shape, generator=noise) * w.square().mean().sqrt() * 10 ** (-25 / 20)}
+               "noise": lambda w: w + torch.randn(w.shape, generator=noise) * w.square().mean().sqrt() * 10 ** (-25 / 20),
+               "room": in_a_room, "telephone": telephone_band}
     latents, tokens = {}, {}
     kept = {name: ([], []) for name in changes}
     codes = teacher.local_quantizer.valid_indices_to_codes  # token -> its FSQ digits (T, levels)
@@ -317,8 +343,7 @@ def main(argv=None) -> int:
         for name, suffix in (("teacher tokens", ""), ("  FSQ digits", "_per_digit")):
             print(f"{name:<18} {'':>26} {'':>29} {ag['same_sentence_two_voices' + suffix]:>26.3f} "
                   f"{ag['two_sentences_one_voice' + suffix]:>18.3f}")
-        for name, what in (("pitch_shift", "only the pitch moves (+3 semitones)"),
-                           ("noise", "white noise is added (25 dB SNR)")):
+        for name, what in CHANGES.items():
             print(f"teacher tokens kept when {what}: {ag[name + '_kept']:.3f} "
                   f"(FSQ digits {ag[name + '_kept_per_digit']:.3f})")
     print(f"(phone majority class {results['phone_majority']:.3f}; {results['wall_s']} s)")

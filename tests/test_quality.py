@@ -8,6 +8,7 @@ import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,26 @@ def test_silence_has_no_speaker():
     assert speaker_embedding(np.zeros(48000, dtype=np.float32), 24000) is None
     with pytest.warns(NoSpeechWarning, match="first and second clips have no speech"):
         assert math.isnan(speaker_similarity(np.zeros(16000), 16000, np.zeros(8000, dtype=np.float32), 8000))
+
+
+def test_unrounded_resynthesis_is_the_tokens_path_without_the_rounding(reference_teacher, reference_audio):
+    """The diagnostic row decodes the same latent as the tokens do, only before rounding: the same length, close
+    to the tokens' mel (the rounding moves each code by under half a step), far from another clip's."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    teacher = reference_teacher
+    source, other = reference_audio
+    with torch.inference_mode():
+        unrounded = quality.unrounded_resynthesis(teacher, source, 24000)
+        f, g = teacher.encode(source), teacher.encode(other)
+        rounded = teacher.decode(f.global_embedding, content_token_indices=f.content_token_indices,
+                                 target_audio_length=source.numel())
+        elsewhere = teacher.decode(g.global_embedding, content_token_indices=g.content_token_indices,
+                                   target_audio_length=source.numel())
+    assert unrounded.shape == rounded.shape
+    frames = min(rounded.shape[1], elsewhere.shape[1])
+    near, far = (unrounded - rounded).abs().mean(), (unrounded[:, :frames] - elsewhere[:, :frames]).abs().mean()
+    assert 0 < near < 0.3 * far, (near, far)

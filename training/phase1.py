@@ -19,7 +19,7 @@ With `losses.invariance_weight` > 0 (the token-invariance loss) the content bran
 another voice in another room (the `invariance` view: another speed, its pitch moved on its own, white noise),
 its SSL features stretched back to the chunk's frames, and the FSQ latent of that view must match the chunk's
 (MSE in units of the rounding grid, so an error under 0.5 keeps the digit; the chunk's latent is the target,
-no gradient). Without it a tenth of a semitone or quiet noise replaces most tokens: they followed the voice
+no gradient). Without it a fifth of a semitone or quiet noise replaces most tokens: they followed the voice
 and the recording, not the words. Validation measures it on views drawn from a fixed seed.
 """
 
