@@ -260,8 +260,7 @@ def unrounded_resynthesis(teacher: KanadeTeacher, wave: torch.Tensor, rate: int)
     wave_model = resample(wave, rate, teacher.sample_rate)
     content_in, global_in = teacher.ssl_features(wave_model[None].to(teacher.device))
     quantizer = teacher.local_quantizer
-    latent = quantizer.proj_in(teacher.content_latent(content_in))
-    embedding = quantizer.proj_out(quantizer.bound(latent) / quantizer.half_width)
+    embedding = quantizer.proj_out(quantizer.unrounded(teacher.content_latent(content_in)) / quantizer.half_width)
     return teacher.decode(teacher.global_encoder(global_in)[0], content_embedding=embedding[0],
                           target_audio_length=wave_model.numel())
 

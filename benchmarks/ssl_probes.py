@@ -218,7 +218,7 @@ def teacher_token_agreement(teacher_folder: str, waves: dict) -> dict[str, float
     tokens and digits that stay."""
     from kanade_stream import KanadeTeacher
     from kanade_stream.audio import resample
-    from kanade_stream.voices.perturb import pitch_shift
+    from kanade_stream.voices.perturb import pitch_shift, white_noise
 
     teacher = KanadeTeacher.from_pretrained(teacher_folder).eval()
 
@@ -229,7 +229,7 @@ def teacher_token_agreement(teacher_folder: str, waves: dict) -> dict[str, float
 
     noise = torch.Generator().manual_seed(0)
     changes = {"pitch_shift": lambda w: pitch_shift(w, RATE, 3.0),
-               "noise": lambda w: w + torch.randn(w.shape, generator=noise) * w.square().mean().sqrt() * 10 ** (-25 / 20),
+               "noise": lambda w: white_noise(w, 25.0, noise),
                "room": in_a_room, "telephone": telephone_band}
     latents, tokens = {}, {}
     kept = {name: ([], []) for name in changes}

@@ -205,16 +205,22 @@ def test_lr_schedule_matches_the_recipe():
     assert load_settings("kanade_12hz").model["init_args"]["config"]["downsample_factor"] == 4
 
 
-def test_content_perturbation_changes_the_content_branch_alone_and_keeps_frames_aligned(corpus):
+def tiny_phase1_model(corpus, **options):
+    """A tiny phase-1 model on the embedded SSL model (`options` go to Phase1Model) and a 2 s chunk of the corpus."""
     from kanade_stream.config import tiny_config
     from training.models import build_teacher
     from training.phase1 import Phase1Model
 
-    ssl_model = resolve_ssl_model("embedded")
-    teacher = build_teacher(tiny_config(ssl_dim=256), ssl_model, with_feature_decoder=True)
-    model = Phase1Model(teacher, Runtime(), content_perturbation=0.3)
+    teacher = build_teacher(tiny_config(ssl_dim=256), resolve_ssl_model("embedded"), with_feature_decoder=True)
     record = next(r for r in load_data(corpus).records if r["duration"] > 2.0)
-    wave = read_chunk(record, 48000, 24000, None)[None]
+    return Phase1Model(teacher, Runtime(), **options), read_chunk(record, 48000, 24000, None)[None]
+
+
+def test_content_perturbation_changes_the_content_branch_alone_and_keeps_frames_aligned(corpus):
+    from training.phase1 import Phase1Model
+
+    model, wave = tiny_phase1_model(corpus, content_perturbation=0.3)
+    teacher = model.teacher
     clean, global_in, mel = model.targets(wave)
     torch.manual_seed(0)
     perturbed = model.perturbed_content(wave, clean.shape[1])
@@ -238,20 +244,10 @@ def test_content_perturbation_changes_the_content_branch_alone_and_keeps_frames_
     assert torch.equal(model.targets(wave)[2], mel)  # the mel target is the chunk's own
 
 
-def tiny_phase1_model(corpus, invariance=None):
-    from kanade_stream.config import tiny_config
-    from training.models import build_teacher
-    from training.phase1 import Phase1Model
-
-    teacher = build_teacher(tiny_config(ssl_dim=256), resolve_ssl_model("embedded"), with_feature_decoder=True)
-    record = next(r for r in load_data(corpus).records if r["duration"] > 2.0)
-    return Phase1Model(teacher, Runtime(), invariance=invariance), read_chunk(record, 48000, 24000, None)[None]
-
-
 def test_invariance_view_is_the_chunk_itself_when_nothing_moves_and_lines_up_when_it_does(corpus):
     from training.settings import InvarianceView
 
-    model, wave = tiny_phase1_model(corpus, InvarianceView(speed_spread=0.0, semitones=0.0, snr_db=()))
+    model, wave = tiny_phase1_model(corpus, invariance=InvarianceView(speed_spread=0.0, semitones=0.0, snr_db=()))
     torch.manual_seed(0)
     with torch.no_grad():
         out = model(wave)
@@ -277,7 +273,7 @@ def test_invariance_noise_lands_at_the_asked_snr():
 def test_invariance_loss_falls_and_validation_measures_it_on_the_same_views(corpus):
     from training.settings import InvarianceView
 
-    model, wave = tiny_phase1_model(corpus, InvarianceView())
+    model, wave = tiny_phase1_model(corpus, invariance=InvarianceView())
     model.teacher.eval()
     with torch.no_grad():
         first, again = model(wave, view_seed=3), model(wave, view_seed=3)

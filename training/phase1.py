@@ -34,7 +34,7 @@ from torch import nn
 from kanade_stream.audio import resample
 from kanade_stream.config import KanadeConfig
 from kanade_stream.teacher import KanadeTeacher
-from kanade_stream.voices.perturb import pitch_shift
+from kanade_stream.voices.perturb import pitch_shift, white_noise
 
 from .data import perturbed_rate
 from .export import export_teacher
@@ -54,9 +54,7 @@ def heard_as_another_voice(wave: torch.Tensor, sample_rate: int, speed: float = 
     if semitones:
         wave = pitch_shift(wave, sample_rate, semitones)
     if snr_db is not None:
-        noise = torch.randn(wave.shape, generator=generator).to(wave.device, wave.dtype)
-        rms = wave.float().pow(2).mean(dim=-1, keepdim=True).sqrt().to(wave.dtype)
-        wave = wave + noise * rms * 10 ** (-snr_db.to(wave.device, wave.dtype)[:, None] / 20)
+        wave = white_noise(wave, snr_db[:, None], generator)
     return wave
 
 
@@ -111,9 +109,8 @@ class Phase1Model(nn.Module):
 
     def bounded_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """The FSQ's latent just before rounding: integers there are the code digits."""
-        quantizer = self.teacher.local_quantizer
         with self.runtime.no_autocast():
-            return quantizer.bound(quantizer.proj_in(latent.float()))
+            return self.teacher.local_quantizer.unrounded(latent.float())
 
     def quantize(self, latent: torch.Tensor):
         with self.runtime.no_autocast():

@@ -38,6 +38,11 @@ class FiniteScalarQuantizer(nn.Module):
         offset = torch.where(self._levels % 2 == 0, 0.5, 0.0).to(z.dtype)
         return torch.tanh(z + torch.tan(offset / half_l)) * half_l - offset
 
+    def unrounded(self, latent: torch.Tensor) -> torch.Tensor:
+        """(..., input_dim) -> the bounded latent just before rounding (..., n_levels): its integers are the
+        code digits (training losses and diagnostics that look past the rounding)."""
+        return self.bound(self.proj_in(latent))
+
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """Latent (..., n_levels) -> codes in [-1, 1], straight-through gradient for the rounding."""
         bounded = self.bound(z)

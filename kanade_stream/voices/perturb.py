@@ -82,3 +82,13 @@ def pitch_shift(x, sample_rate: int, semitones: float):
     if y.shape[-1] >= n:
         return y[..., :n]
     return torch.nn.functional.pad(y, (0, n - y.shape[-1]))
+
+
+def white_noise(x, snr_db, generator=None):
+    """`x` (..., samples) with white noise `snr_db` dB below its RMS (over the last axis; `snr_db` a number or a
+    tensor broadcasting against x[..., :1]), drawn from `generator`."""
+    import torch
+
+    noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+    rms = x.float().pow(2).mean(dim=-1, keepdim=True).sqrt().to(x.dtype)
+    return x + noise * rms * 10 ** (-torch.as_tensor(snr_db, dtype=x.dtype, device=x.device) / 20)
