@@ -6,7 +6,8 @@ WavLM was pretrained).
 
 1. Phone probe: a linear classifier on frames of training voices (the corpus's train split) predicts the
    frame phone of unseen voices (its heldout split: festival ked and two eSpeak voices with their
-   perturbations, none of which the SSL model was trained on). Frame accuracy; higher = more content.
+   perturbations, none of which the SSL model was trained on), and of the held-out CMU ARCTIC voices
+   (flite's own segment times as labels, the probe sentences of 3.). Frame accuracy; higher = more content.
 2. Speaker probe: an MLP on single frames tells 8 training voices apart (utterances split 4 train / 2 test).
    Frame accuracy (chance 1/8); lower = less speaker information.
 3. Cross-voice agreement on the held-out CMU ARCTIC voices (flite rms, awb, slt), which no training ever
@@ -41,9 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kanade_stream.corpus import load_manifest
-from kanade_stream.ssl import SSLFeatureExtractor
+from kanade_stream.ssl import SSLFeatureExtractor, conv_frames
 from kanade_stream.voices.builder import read_phones
-from kanade_stream.voices.phones import PHONES, UNKNOWN, frame_labels
+from kanade_stream.voices.phones import PHONES, UNKNOWN, frame_labels, to_common
 
 RATE, HOP, WIN = 16000, 320, 400
 ARCTIC_VOICES = ("rms", "awb", "slt")  # held out: evaluation only
@@ -55,10 +56,6 @@ PROBE_SENTENCES = (
     "Nobody expected the concert to finish so early.",
     "Fresh bread smells wonderful on a cold winter day.",
 )
-
-
-def n_frames(samples: int) -> int:
-    return (samples - WIN) // HOP + 1
 
 
 class Features:
@@ -98,7 +95,7 @@ class Features:
     @torch.no_grad()
     def __call__(self, wave: np.ndarray) -> dict[str, torch.Tensor]:
         w = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-        n = n_frames(len(wave))
+        n = conv_frames(len(wave))
         return {k: f(w)[:n].float() for k, f in self.fns.items()}
 
 
@@ -123,12 +120,14 @@ def corpus_frames(feats: Features, root: Path, entries) -> tuple[dict[str, list]
     return X, Y, S
 
 
-def fit_probe(x, y, x_test, y_test, classes, hidden=0, steps=300, seed=0):
+def fit_probe(x, y, tests, classes, hidden=0, steps=300, seed=0) -> list[float]:
+    """The frame accuracy on each (x, y) of `tests` of a probe fitted on (x, y) (UNKNOWN labels left out):
+    linear, or an MLP with `hidden` units."""
     torch.manual_seed(seed)
-    keep, keep_t = y != UNKNOWN, y_test != UNKNOWN
-    x, y, x_test, y_test = x[keep], y[keep], x_test[keep_t], y_test[keep_t]
+    keep = y != UNKNOWN
+    x, y = x[keep], y[keep]
     mean, std = x.mean(0), x.std(0) + 1e-5
-    x, x_test = (x - mean) / std, (x_test - mean) / std
+    x = (x - mean) / std
     model = torch.nn.Linear(x.shape[1], classes) if not hidden else torch.nn.Sequential(
         torch.nn.Linear(x.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, classes))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -136,8 +135,12 @@ def fit_probe(x, y, x_test, y_test, classes, hidden=0, steps=300, seed=0):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
+    accuracies = []
     with torch.no_grad():
-        return float((model(x_test).argmax(-1) == y_test).float().mean())
+        for xt, yt in tests:
+            known = yt != UNKNOWN
+            accuracies.append(float((model((xt[known] - mean) / std).argmax(-1) == yt[known]).float().mean()))
+    return accuracies
 
 
 def kmeans(x, k=64, iters=25, seed=0):
@@ -249,22 +252,36 @@ def teacher_token_agreement(teacher_folder: str, waves: dict) -> dict[str, float
             **{f"{name}_kept_per_digit": float(np.mean(b)) for name, (_, b) in kept.items()}}
 
 
-def arctic_waves(folder: Path) -> dict[tuple[str, int], np.ndarray]:
+def arctic_waves(folder: Path) -> tuple[dict[tuple[str, int], np.ndarray], dict[tuple[str, int], list]]:
+    """The probe sentences in the ARCTIC voices (16 kHz, peak 0.9), and each clip's phone segments (start s,
+    end s, inventory phone) from flite's own segment times (`-psdur`)."""
     import torchaudio
 
     if shutil.which("flite") is None:
-        return {}
-    waves = {}
+        return {}, {}
+    waves, segments = {}, {}
     for voice in ARCTIC_VOICES:
         for i, text in enumerate(PROBE_SENTENCES):
             path = folder / f"{voice}_{i}.wav"
-            subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True,
-                           capture_output=True)
+            done = subprocess.run(["flite", "-voice", voice, "-psdur", "-t", text, "-o", str(path)], check=True,
+                                  capture_output=True, text=True)
             wave, rate = sf.read(path, dtype="float32")
             if rate != RATE:
                 wave = torchaudio.functional.resample(torch.from_numpy(wave), rate, RATE).numpy()
             waves[(voice, i)] = wave / (np.abs(wave).max() + 1e-9) * 0.9
-    return waves
+            segments[(voice, i)] = flite_segments(done.stdout)
+    return waves, segments
+
+
+def flite_segments(printed: str) -> list[tuple[float, float, str | None]]:
+    """flite's `-psdur` output ("pau:0.184 dh:0.228 ...", each phone with its end time) as segments in the
+    shared inventory (flite's US English phones are festival's radio set)."""
+    segments, start = [], 0.0
+    for item in printed.split():
+        phone, _, end = item.rpartition(":")
+        segments.append((start, float(end), to_common(phone, "radio")))
+        start = float(end)
+    return segments
 
 
 def main(argv=None) -> int:
@@ -291,13 +308,30 @@ def main(argv=None) -> int:
     results = {"ssl_model": args.ssl_model, "corpus": str(args.corpus), "probe_train_voices": probe_voices,
                "unseen_voices": held_voices, "phone_acc": {}, "speaker_acc": {}, "arctic_agreement": {}}
 
-    # 1. phones: train voices -> unseen voices
+    with tempfile.TemporaryDirectory() as tmp:
+        waves, arctic_phones = arctic_waves(Path(tmp))
+    fa = {key: feats(w) for key, w in waves.items()}
+
+    # 1. phones: train voices -> unseen voices, and -> the ARCTIC voices
     Xtr, Ytr, _ = corpus_frames(feats, args.corpus, spread(entries, probe_voices, args.per_voice))
     Xte, Yte, _ = corpus_frames(feats, args.corpus, spread(entries, held_voices, args.per_voice))
     ytr, yte = torch.cat(Ytr), torch.cat(Yte)
+    results["phone_acc_arctic"] = {}
     for k in feats.fns:
-        results["phone_acc"][k] = fit_probe(torch.cat(Xtr[k]), ytr, torch.cat(Xte[k]), yte, len(PHONES))
-    results["phone_majority"] = float((yte == torch.bincount(ytr[ytr >= 0]).argmax()).float().mean())
+        tests = [(torch.cat(Xte[k]), yte)]
+        if fa:  # labels for the frames each feature has (the SSL model's last frame may be missing)
+            tests.append((torch.cat([f[k] for f in fa.values()]),
+                          torch.cat([torch.from_numpy(frame_labels(arctic_phones[key], f[k].shape[0]))
+                                     for key, f in fa.items()])))
+        accuracies = fit_probe(torch.cat(Xtr[k]), ytr, tests, len(PHONES))
+        results["phone_acc"][k] = accuracies[0]
+        if fa:
+            results["phone_acc_arctic"][k] = accuracies[1]
+    majority = torch.bincount(ytr[ytr >= 0]).argmax()
+    results["phone_majority"] = float((yte == majority).float().mean())
+    if fa:
+        ya = tests[1][1]
+        results["phone_majority_arctic"] = float((ya[ya != UNKNOWN] == majority).float().mean())
 
     # 2. speakers: 8 training voices, per-utterance split
     spk_voices = probe_voices[:8]
@@ -314,13 +348,11 @@ def main(argv=None) -> int:
     y, u = torch.cat(Y), torch.cat(U)
     for k in feats.fns:
         x = torch.cat(X[k])
-        results["speaker_acc"][k] = fit_probe(x[u < 4], y[u < 4], x[u >= 4], y[u >= 4], len(spk_voices), hidden=256)
+        results["speaker_acc"][k] = fit_probe(x[u < 4], y[u < 4], [(x[u >= 4], y[u >= 4])], len(spk_voices),
+                                              hidden=256)[0]
 
     # 3. held-out ARCTIC voices: K-means tokens, same sentence across voices vs different sentences
-    with tempfile.TemporaryDirectory() as tmp:
-        waves = arctic_waves(Path(tmp))
     if waves:
-        fa = {key: feats(w) for key, w in waves.items()}
         for k in feats.fns:
             allx = torch.cat([f[k] for f in fa.values()])
             mean, std = allx.mean(0), allx.std(0) + 1e-5
@@ -331,22 +363,24 @@ def main(argv=None) -> int:
         if args.teacher:
             results["teacher_token_agreement"] = teacher_token_agreement(args.teacher, waves)
     results["wall_s"] = round(time.time() - start, 1)
-    print(f"{'features':<18} {'phone acc (unseen voices)':>26} {'speaker acc (8, chance .125)':>29} "
+    print(f"{'features':<18} {'phone acc (unseen voices)':>26} {'(ARCTIC)':>9} {'speaker acc (8, chance .125)':>29} "
           f"{'ARCTIC same-sent/2 voices':>26} {'diff-sent/1 voice':>18}")
     for k in feats.fns:
         ag = results["arctic_agreement"].get(k, {})
-        print(f"{k:<18} {results['phone_acc'][k]:>26.3f} {results['speaker_acc'][k]:>29.3f} "
+        print(f"{k:<18} {results['phone_acc'][k]:>26.3f} {results['phone_acc_arctic'].get(k, float('nan')):>9.3f} "
+              f"{results['speaker_acc'][k]:>29.3f} "
               f"{ag.get('same_sentence_two_voices', float('nan')):>26.3f} "
               f"{ag.get('two_sentences_one_voice', float('nan')):>18.3f}")
     if "teacher_token_agreement" in results:
         ag = results["teacher_token_agreement"]
         for name, suffix in (("teacher tokens", ""), ("  FSQ digits", "_per_digit")):
-            print(f"{name:<18} {'':>26} {'':>29} {ag['same_sentence_two_voices' + suffix]:>26.3f} "
+            print(f"{name:<18} {'':>26} {'':>9} {'':>29} {ag['same_sentence_two_voices' + suffix]:>26.3f} "
                   f"{ag['two_sentences_one_voice' + suffix]:>18.3f}")
         for name, what in CHANGES.items():
             print(f"teacher tokens kept when {what}: {ag[name + '_kept']:.3f} "
                   f"(FSQ digits {ag[name + '_kept_per_digit']:.3f})")
-    print(f"(phone majority class {results['phone_majority']:.3f}; {results['wall_s']} s)")
+    print(f"(phone majority class {results['phone_majority']:.3f}, ARCTIC "
+          f"{results.get('phone_majority_arctic', float('nan')):.3f}; {results['wall_s']} s)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")

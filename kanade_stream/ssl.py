@@ -17,6 +17,17 @@ from torch import nn
 DEFAULT_SSL_MODEL = "microsoft/wavlm-base-plus"
 
 
+# WavLM's (and HuBERT's) conv front end as (kernel, stride): a 400-sample window every 320 at 16 kHz
+WAVLM_CONV = ((10, 5), (3, 2), (3, 2), (3, 2), (3, 2), (2, 2), (2, 2))
+
+
+def conv_frames(num_samples: int, conv=WAVLM_CONV) -> int:
+    """How many frames a conv front end of (kernel, stride) layers gives for `num_samples` samples."""
+    for kernel, stride in conv:
+        num_samples = (num_samples - kernel) // stride + 1
+    return max(num_samples, 0)
+
+
 class SSLFeatureExtractor(nn.Module):
     def __init__(self, model: nn.Module, num_layers: int, sample_rate: int = 16000):
         super().__init__()
@@ -75,9 +86,7 @@ class SSLFeatureExtractor(nn.Module):
         return length
 
     def num_frames(self, num_samples: int) -> int:
-        for kernel, stride in self.conv_config:
-            num_samples = (num_samples - kernel) // stride + 1
-        return max(num_samples, 0)
+        return conv_frames(num_samples, self.conv_config)
 
     def _run_encoder(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
         encoder = self.model.encoder

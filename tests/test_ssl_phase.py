@@ -362,3 +362,23 @@ def test_noise_is_added_at_the_asked_snr(tmp_path):
     settings.ssl.noise_snr_db = (30, 20)
     with pytest.raises(SettingsError, match="noise_snr_db"):
         check_settings(settings)
+
+
+def test_phase1_phone_loss_trains_on_the_voices_corpus_and_stays_out_of_the_release(voice_corpus, tmp_path):
+    """Phase 1 with the phone loss reads the voices corpus's alignments: the tokens' phone head learns (held-out
+    cross-entropy falls), the head is checkpointed for --resume, and the release is the teacher alone."""
+    from tests.test_training import fit, tiny_settings
+    from training.checkpoint import read_checkpoint
+
+    settings = tiny_settings(tmp_path / "run", voice_corpus / "manifest.jsonl", steps=12)
+    settings.phase1.losses.phone_weight = 1.0
+    settings.phase1.optim.lr = 3e-3
+    result = fit(settings)["phase1"]
+    assert result.completed
+    assert result.val["phone_ce"] < 0.92 * result.first_val["phone_ce"], (result.first_val, result.val)
+    assert 0 <= result.val["phone_accuracy"] <= 1
+    state = read_checkpoint(tmp_path / "run" / "phase1" / "checkpoints" / "last.pt")
+    assert set(state["models"]) == {"teacher", "phone_head"}
+    export = tmp_path / "run" / "export"
+    teacher = KanadeTeacher.from_pretrained(export, ssl_model=(export / "ssl_model.txt").read_text().strip())
+    assert not any("phone" in name for name in teacher.state_dict())

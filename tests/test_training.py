@@ -108,6 +108,46 @@ def test_corpus_manifest_split_and_chunks(corpus):
     assert not torch.equal(dataset[(1, 2)][0], a[0])  # another epoch, another chunk
 
 
+def test_phase1_chunks_carry_phone_labels_on_the_sound(tmp_path):
+    """A tone from 1 s to 2 s of a 16 kHz clip labelled 'aa': in 2 s chunks at 24 kHz, taken anywhere in the
+    clip and played 0.85x to 1.15x as fast, the SSL frames labelled 'aa' are the frames where the tone sounds."""
+    from kanade_stream.voices.phones import PHONE_INDEX
+    from training.data import read_labelled_chunk, ssl_frames
+
+    t = np.arange(56000) / 16000
+    sf.write(tmp_path / "clip.wav", np.where((t >= 1) & (t < 2), 0.5 * np.sin(2 * np.pi * 300 * t), 0.0), 16000)
+    (tmp_path / "clip.phones").write_text("0.0\t1.0\tsil\n1.0\t2.0\taa\n2.0\t3.5\tsil\n")
+    (tmp_path / "manifest.jsonl").write_text(json.dumps({"path": "clip.wav", "phones": "clip.phones",
+                                                         "speaker": "a", "duration": 3.5, "sample_rate": 16000}))
+    record = load_data(tmp_path).records[0]
+    frames = ssl_frames(48000, 24000)
+    for offset, speed in ((0.0, 1.0), (0.5, 1.0), (0.3, 0.85), (0.8, 1.15)):
+        wave, labels = read_labelled_chunk(record, 48000, 24000, offset, speed)
+        assert labels.shape == (frames,) == (99,)
+        # SSL frame i hears [320 i, 320 i + 400) of the chunk at 16 kHz: [480 i, 480 i + 600) at 24 kHz
+        sounding = torch.stack([wave[480 * i + 200:480 * i + 400].abs().max() > 0.25 for i in range(frames)])
+        labelled = labels == PHONE_INDEX["aa"]
+        assert labelled.any() and (sounding == labelled).float().mean() > 0.95, (offset, speed)
+    assert torch.equal(read_chunk(record, 48000, 24000, 0.5), read_labelled_chunk(record, 48000, 24000, 0.5)[0])
+    # past the clip's end the chunk is padding: its frames are UNKNOWN, which the loss ignores
+    _, tail = read_labelled_chunk(record, 96000, 24000, 0.0)
+    assert (tail[-20:] == -100).all() and (tail[:150] != -100).all()
+    dataset = ChunkDataset([record] * 4, 48000, seed=1, phone_labels=True)
+    batch, failures = collate([dataset[(0, i)] for i in range(4)])
+    assert batch.wave.shape == (4, 48000) and batch.labels.shape == (4, 99) and failures == 0
+
+
+def test_phone_loss_needs_a_corpus_with_phone_alignments(corpus, capsys):
+    records = load_data(corpus).records  # the embedded eSpeak corpus: audio and text, no alignments
+    with pytest.raises(DataError, match="no phone alignment.*kanade_stream.voices.builder"):
+        ChunkDataset(records, 24000, phone_labels=True)
+    args = run_mod.parse_args(["--config", "embedded", "--phase", "1", "--phone-loss", "3"])
+    assert run_mod.apply_overrides(load_settings("embedded"), args, ["phase1"]).phase1.losses.phone_weight == 3
+    assert load_settings("embedded").phase1.losses.phone_weight == 0.0  # off unless asked for
+    assert run_mod.main(["--config", "embedded", "--phase", "1", "--phone-loss", "-1"]) == 2
+    assert "phase1.losses.phone_weight must be >= 0" in capsys.readouterr().err
+
+
 def test_speed_perturbation_plays_chunks_faster_or_slower(tmp_path):
     """A 440 Hz tone read at speed f comes out at 440 f Hz; the speed is drawn per chunk, repeatably."""
     rate = 16000

@@ -2,14 +2,16 @@
 
 A manifest is a JSON-lines file, one utterance a line, in the same form as the embedded corpus
 (`kanade_stream.corpus`): {"path" (relative to the manifest's folder), "speaker", "split" ("train" or
-"heldout"), "text", "duration" (seconds), "sample_rate"}.
+"heldout"), "text", "duration" (seconds), "sample_rate"}; a voices corpus (`kanade_stream.voices.builder`)
+adds "phones" (the clip's phone segments) and "phone_set", which phase 1's phone loss reads.
 
 - `build_manifest(folder)` scans a folder recursively (LibriTTS `speaker/chapter/file.wav`, the embedded
   corpus `split/speaker/file.wav`, or any `speaker/file.wav` tree); unreadable files are skipped and
   counted, never fatal.
 - `ChunkDataset` serves one random chunk (5.76 s by default) per clip, resampled to 24 kHz and mixed to
-  mono. The chunk offset is a pure function of (seed, epoch, clip index), so a run is reproducible and
-  resumable no matter how many loader workers there are.
+  mono, and with `phone_labels` the phone of each of its 50 Hz SSL frames (`LabelledBatch`). The chunk
+  offset is a pure function of (seed, epoch, clip index), so a run is reproducible and resumable no matter
+  how many loader workers there are.
 - Clips shorter than a chunk: policy "pad" (default) zero-pads them at the end; policy "skip" leaves them
   out. Clips shorter than `min_seconds` are always left out. Both are counted and reported.
 - `ShardedSampler` is a `DistributedSampler` that yields (epoch, index) pairs and can start in the middle
@@ -34,6 +36,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from kanade_stream.audio import AUDIO_SUFFIXES, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
+from kanade_stream.ssl import conv_frames
+from kanade_stream.voices.builder import read_phones
+from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, UNKNOWN, frame_labels
 
 from .runtime import Runtime
 from .settings import SettingsError
@@ -167,7 +172,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         try:
             entry = json.loads(line)
             audio = Path(entry["path"])
-            entry = {
+            record = {
                 "path": str(audio if audio.is_absolute() else (path.parent / audio).resolve()),
                 "speaker": str(entry.get("speaker", "unknown")),
                 "split": str(entry.get("split", "train")),
@@ -175,6 +180,11 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                 "duration": float(entry["duration"]),
                 "sample_rate": int(entry["sample_rate"]),
             }
+            if entry.get("phones"):  # a voices corpus: the clip's phone segments (for phase 1's phone loss)
+                phones = Path(entry["phones"])
+                record["phones"] = str(phones if phones.is_absolute() else (path.parent / phones).resolve())
+                record["phone_set"] = entry.get("phone_set")
+            entry = record
         except (ValueError, KeyError, TypeError) as err:
             raise DataError(f"{path}:{number}: not a manifest line ({err!r}); expected JSON with path, speaker, "
                             "split, duration, sample_rate") from err
@@ -264,6 +274,7 @@ def filter_clips(records: list[dict], chunk_seconds: float, short_clips: str = "
 # --------------------------------------------------------------------------------------------------------
 
 
+SSL_SAMPLE_RATE = 16000  # the SSL model's input rate (its 50 Hz frames are what phone labels mark)
 SPEED_RATE_STEP = 80  # perturbed source rates are multiples of this (keeps the resampling kernel small)
 
 
@@ -282,6 +293,13 @@ def read_chunk(record: dict, num_samples: int, sample_rate: int, offset: float |
     `offset` in [0, 1] places the chunk within the clip (None or 0 = the start). `speed` plays the clip that
     much faster (the file is read as if recorded at `speed` x its rate, to the nearest 80 Hz). Only the
     needed part of the file is read."""
+    return read_labelled_chunk(record, num_samples, sample_rate, offset, speed, with_labels=False)[0]
+
+
+def read_labelled_chunk(record: dict, num_samples: int, sample_rate: int, offset: float | None,
+                        speed: float = 1.0, with_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """As `read_chunk`, with the chunk's phone label at each SSL frame (50 Hz, `chunk_phone_labels`) when
+    `with_labels`; the record must then come from a voices corpus (a "phones" file)."""
     source_rate = perturbed_rate(int(record["sample_rate"]), speed)
     margin = 0 if source_rate == sample_rate else 64  # resampling filter edge, trimmed below
     need = math.ceil(num_samples * source_rate / sample_rate) + margin
@@ -296,9 +314,64 @@ def read_chunk(record: dict, num_samples: int, sample_rate: int, offset: float |
     wave = resample(wave, source_rate, sample_rate)[:num_samples]
     if not torch.isfinite(wave).all():
         raise RuntimeError("NaN or infinite samples")
+    played = wave.numel()
     if wave.numel() < num_samples:
         wave = torch.nn.functional.pad(wave, (0, num_samples - wave.numel()))
-    return wave.contiguous()
+    labels = None
+    if with_labels:
+        played_speed = source_rate / int(record["sample_rate"])
+        labels = chunk_phone_labels(record, start / int(record["sample_rate"]), played_speed,
+                                    ssl_frames(num_samples, sample_rate), ssl_frames(played, sample_rate))
+    return wave.contiguous(), labels
+
+
+def ssl_frames(num_samples: int, sample_rate: int) -> int:
+    """How many 50 Hz frames a WavLM-shaped SSL model gives for `num_samples` at `sample_rate` (it hears them
+    resampled to 16 kHz)."""
+    return conv_frames(num_samples * SSL_SAMPLE_RATE // sample_rate)
+
+
+def chunk_phone_labels(record: dict, start_seconds: float, speed: float, num_frames: int,
+                       valid_frames: int) -> torch.Tensor:
+    """Phone labels (inventory indices) of the SSL frames of a chunk that starts `start_seconds` into the clip
+    and plays it `speed` times as fast; frames from `valid_frames` on (padding) are UNKNOWN (ignored)."""
+    require_phones([record])
+    segments = read_phones(record["phones"], record.get("phone_set"))
+    return torch.from_numpy(phone_labels_at(segments, start_seconds, speed, num_frames, valid_frames))
+
+
+def phone_labels_at(segments: list, start_seconds: float, speed: float, num_frames: int,
+                    valid_frames: int) -> np.ndarray:
+    """The labels of `num_frames` SSL frames of a chunk starting `start_seconds` into a clip with phone
+    `segments`, played `speed` times as fast; frames from `valid_frames` on are UNKNOWN."""
+    # frame i is centred at LABEL_OFFSET + i / 50 s of the played chunk: speed x that into the file
+    labels = frame_labels(segments, num_frames, frame_rate=FRAME_RATE / speed, offset=LABEL_OFFSET * speed,
+                          start=start_seconds)
+    labels[valid_frames:] = UNKNOWN
+    return labels
+
+
+@dataclass
+class LabelledBatch:
+    """Waves (B, samples) with frame phone labels (B, frames), and for the SSL phase speaker indices (B,; -1
+    for voices outside the training set); what the Trainer moves and counts. With a second view (the SSL
+    phase's consistency loss): `view` (B, samples), the same stretches of the files heard as other voices, and
+    `view_ratio` (B,), the first view's speed over the second's (frame i of `wave` is centred where frame
+    `aligned_positions(...)[i]` of `view` is)."""
+
+    wave: torch.Tensor
+    labels: torch.Tensor
+    speakers: torch.Tensor | None = None
+    view: torch.Tensor | None = None
+    view_ratio: torch.Tensor | None = None
+
+    def to(self, device, non_blocking: bool = False) -> LabelledBatch:
+        return LabelledBatch(*(None if t is None else t.to(device, non_blocking=non_blocking)
+                               for t in (self.wave, self.labels, self.speakers, self.view, self.view_ratio)))
+
+    @property
+    def shape(self):
+        return self.wave.shape
 
 
 class ChunkDataset(Dataset):
@@ -311,18 +384,21 @@ class ChunkDataset(Dataset):
     MAX_TRIES = 8
 
     def __init__(self, records: list[dict], chunk_samples: int, sample_rate: int = 24000, seed: int = 0,
-                 random_offset: bool = True, speed_perturbation: float = 0.0):
+                 random_offset: bool = True, speed_perturbation: float = 0.0, phone_labels: bool = False):
         if not records:
             raise DataError("no clips to train on")
+        if phone_labels:
+            require_phones(records)
         if not 0.0 <= speed_perturbation < 0.5:
             raise DataError(f"speed_perturbation must be in [0, 0.5), got {speed_perturbation}")
         self.records, self.chunk_samples, self.sample_rate = records, int(chunk_samples), int(sample_rate)
         self.seed, self.random_offset, self.speed_perturbation = int(seed), random_offset, speed_perturbation
+        self.phone_labels = phone_labels  # items carry their SSL frames' phone labels (LabelledBatch)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], int]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         failures = 0
         for attempt in range(self.MAX_TRIES):
@@ -334,7 +410,9 @@ class ChunkDataset(Dataset):
             if self.speed_perturbation:
                 speed = float(rng.uniform(1 - self.speed_perturbation, 1 + self.speed_perturbation))
             try:
-                return read_chunk(self.records[i], self.chunk_samples, self.sample_rate, offset, speed), failures
+                wave, labels = read_labelled_chunk(self.records[i], self.chunk_samples, self.sample_rate, offset,
+                                                   speed, with_labels=self.phone_labels)
+                return (wave if labels is None else (wave, labels)), failures
             except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
                 failures += 1
                 log.warning("cannot read %s (%s); using another clip", self.records[i]["path"], err)
@@ -342,9 +420,20 @@ class ChunkDataset(Dataset):
                         "check the data folder")
 
 
-def collate(items) -> tuple[torch.Tensor, int]:
-    waves, failures = zip(*items)
-    return torch.stack(waves), int(sum(failures))
+def collate(items) -> tuple[torch.Tensor | LabelledBatch, int]:
+    chunks, failures = zip(*items)
+    if isinstance(chunks[0], tuple):
+        waves, labels = zip(*chunks)
+        return LabelledBatch(torch.stack(waves), torch.stack(labels)), int(sum(failures))
+    return torch.stack(chunks), int(sum(failures))
+
+
+def require_phones(records: list[dict]) -> None:
+    missing = [r["path"] for r in records if not r.get("phones")]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(records)} clip(s) have no phone alignment (first: {missing[0]}): "
+                        "the phone loss needs a voices corpus (python -m kanade_stream.voices.builder; its "
+                        "manifest names a .phones file per clip), or set its weight to 0")
 
 
 class ShardedSampler(DistributedSampler):
@@ -417,8 +506,9 @@ class BatchStream:
 
 
 def validation_batches(records: list[dict], chunk_samples: int, sample_rate: int, max_clips: int,
-                       batch_size: int) -> list[torch.Tensor]:
-    """Fixed validation chunks: the middle of up to `max_clips` clips, taken round-robin over speakers."""
+                       batch_size: int, phone_labels: bool = False) -> list[torch.Tensor | LabelledBatch]:
+    """Fixed validation chunks: the middle of up to `max_clips` clips, taken round-robin over speakers (with
+    their phone labels, as LabelledBatch, when `phone_labels`)."""
     by_speaker: dict[str, list[dict]] = {}
     for r in records:
         by_speaker.setdefault(r["speaker"], []).append(r)
@@ -430,17 +520,20 @@ def validation_batches(records: list[dict], chunk_samples: int, sample_rate: int
                 chosen.append(q.pop(0))
             if not q:
                 queues.remove(q)
-    waves, unreadable = [], 0
+    if phone_labels:
+        require_phones(chosen)
+    items, unreadable = [], 0
     for r in chosen:
         try:
-            waves.append(read_chunk(r, chunk_samples, sample_rate, 0.5))
+            wave, labels = read_labelled_chunk(r, chunk_samples, sample_rate, 0.5, with_labels=phone_labels)
+            items.append(((wave, labels) if phone_labels else wave, 0))
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError):
             unreadable += 1
     if unreadable:
         log.warning("validation: skipped %d unreadable clip(s)", unreadable)
-    if not waves:
+    if not items:
         raise DataError("no readable validation clips")
-    return [torch.stack(waves[i:i + batch_size]) for i in range(0, len(waves), batch_size)]
+    return [collate(items[i:i + batch_size])[0] for i in range(0, len(items), batch_size)]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -481,7 +574,9 @@ class RunData:
             for reason, n in manifest.skipped.items():
                 log.info("data: %d file(s) skipped while reading the data: %s", n, reason)
 
-    def for_phase(self, phase: str, seed: int) -> tuple[BatchStream, list[torch.Tensor]]:
+    def for_phase(self, phase: str, seed: int, phone_labels: bool = False) -> tuple[BatchStream, list]:
+        """The phase's batch stream and validation batches; with `phone_labels`, LabelledBatch (the chunks'
+        phone labels at the SSL frames) instead of plain waves."""
         s, runtime = self.settings, self.runtime
         rate = s.data.sample_rate
         chunk_seconds = s.chunk_seconds(phase)
@@ -500,9 +595,10 @@ class RunData:
         batch = s.batch_size(phase)
         if batch % runtime.world_size:
             raise SettingsError(f"batch size {batch} does not split over {runtime.world_size} processes")
-        dataset = ChunkDataset(train, chunk, rate, seed=seed, speed_perturbation=s.data.speed_perturbation)
+        dataset = ChunkDataset(train, chunk, rate, seed=seed, speed_perturbation=s.data.speed_perturbation,
+                               phone_labels=phone_labels)
         stream = BatchStream(dataset, batch // runtime.world_size, s.data.num_workers, runtime.rank,
                              runtime.world_size, seed, pin_memory=runtime.device.type == "cuda")
-        val_batches = (validation_batches(val, chunk, rate, s.data.val_clips, s.data.val_batch_size)
+        val_batches = (validation_batches(val, chunk, rate, s.data.val_clips, s.data.val_batch_size, phone_labels)
                        if runtime.is_main else [])
         return stream, val_batches

@@ -21,6 +21,14 @@ its SSL features stretched back to the chunk's frames, and the FSQ latent of tha
 (MSE in units of the rounding grid, so an error under 0.5 keeps the digit; the chunk's latent is the target,
 no gradient). Without it a fifth of a semitone or quiet noise replaces most tokens: they followed the voice
 and the recording, not the words. Validation measures it on views drawn from a fixed seed.
+
+With `losses.phone_weight` > 0 (the phone loss; needs a voices corpus, whose clips carry phone alignments) a
+small head reads each quantised token and names the phone of each SSL frame it covers (cross-entropy against
+the corpus's frame labels, through the FSQ's straight-through rounding). The reconstruction losses alone let
+the content encoder keep whatever in the SSL features rebuilds a training voice's mel; on a voice it never
+heard, most of that fails and the words go with it. Naming the phone asks every token for the part that
+carries over. The head is for training only and is not part of a release; validation (held-out voices)
+reports its accuracy.
 """
 
 from __future__ import annotations
@@ -35,8 +43,9 @@ from kanade_stream.audio import resample
 from kanade_stream.config import KanadeConfig
 from kanade_stream.teacher import KanadeTeacher
 from kanade_stream.voices.perturb import pitch_shift, white_noise
+from kanade_stream.voices.phones import PHONES, UNKNOWN
 
-from .data import perturbed_rate
+from .data import LabelledBatch, perturbed_rate
 from .export import export_teacher
 from .losses import codebook_stats, mel_loss
 from .models import build_teacher, freeze_ssl, load_teacher_weights
@@ -62,16 +71,42 @@ def uniform(low: float, high: float, generator: torch.Generator | None, size: tu
     return low + (high - low) * torch.rand(size, generator=generator)
 
 
+class PhoneHead(nn.Module):
+    """Reads each quantised token (B, T, dim) and names the phone of each of the `factor` SSL frames it covers:
+    logits (B, T * factor, phones). Two layers, so it can act as a lookup from a code to the phones it stands
+    for (the token embedding is linear in the code's five digits)."""
+
+    def __init__(self, dim: int, factor: int, num_phones: int = len(PHONES), hidden: int = 256):
+        super().__init__()
+        self.factor, self.num_phones = factor, num_phones
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, factor * num_phones))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        b, t, _ = embedding.shape
+        return self.net(embedding).reshape(b, t * self.factor, self.num_phones)
+
+
+def phone_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and accuracy over the frames both have whose label is known (UNKNOWN is ignored)."""
+    frames = min(logits.shape[1], labels.shape[1])
+    logits, labels = logits[:, :frames].float(), labels[:, :frames]
+    known = labels != UNKNOWN
+    loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=UNKNOWN)
+    accuracy = (logits.argmax(-1) == labels)[known].float().mean() if known.any() else logits.new_zeros(())
+    return loss, accuracy
+
+
 class Phase1Model(nn.Module):
     """The forward pass of phase 1 as one module, so DistributedDataParallel can wrap it."""
 
     def __init__(self, teacher: KanadeTeacher, runtime: Runtime, content_perturbation: float = 0.0,
-                 invariance: InvarianceView | None = None):
+                 invariance: InvarianceView | None = None, phone_head: PhoneHead | None = None):
         super().__init__()
         self.teacher = teacher
         self.runtime = runtime
         self.content_perturbation = content_perturbation
         self.invariance = invariance  # the token-invariance loss's view; None = off
+        self.phone_head = phone_head  # the phone loss's head; None = off
 
     def targets(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frozen SSL features (normalised content, global) and the target log-mel, all fp32."""
@@ -116,9 +151,11 @@ class Phase1Model(nn.Module):
         with self.runtime.no_autocast():
             return self.teacher.local_quantizer(latent.float())
 
-    def forward(self, wave: torch.Tensor, view_seed: int | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, wave: torch.Tensor, view_seed: int | None = None,
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The losses of a batch. With the invariance loss on, training draws its view from the global RNG and
-        evaluation measures it when given `view_seed` (the same views every time)."""
+        evaluation measures it when given `view_seed` (the same views every time). With the phone loss on,
+        `labels` (B, SSL frames) are the chunk's phone labels."""
         teacher = self.teacher
         content_in, global_in, mel_target = self.targets(wave)
         if self.teacher.training and self.content_perturbation:  # validation hears the chunk as it is
@@ -134,6 +171,8 @@ class Phase1Model(nn.Module):
         mel_l1 = mel_loss(mel, mel_target)
         out = {"ssl_l2": ssl_l2, "mel_l1": mel_l1, "perplexity": perplexity, "indices": indices, "mel": mel,
                "mel_target": mel_target}
+        if self.phone_head is not None and labels is not None:
+            out["phone_ce"], out["phone_accuracy"] = phone_loss(self.phone_head(embedding), labels)
         if self.invariance is not None and (teacher.training or view_seed is not None):
             generator = None if view_seed is None else torch.Generator().manual_seed(view_seed)
             view_latent = self.bounded_latent(teacher.content_latent(
@@ -157,36 +196,52 @@ class Phase1Task(Task):
         self.teacher.to(runtime.device)
         freeze_ssl(self.teacher)
         self.models = {"teacher": self.teacher}
+        phone_head = None
+        if self.uses_phone_labels:
+            phone_head = PhoneHead(self.teacher.local_quantizer.proj_out.out_features, config.downsample_factor)
+            phone_head.to(runtime.device)
+            self.models["phone_head"] = phone_head
         self.model = Phase1Model(self.teacher, runtime, settings.content_perturbation,
-                                 settings.invariance if settings.losses.invariance_weight > 0 else None)
+                                 settings.invariance if settings.losses.invariance_weight > 0 else None, phone_head)
         self.ddp = runtime.wrap(self.model)
-        self.add_optimizer("teacher", self.teacher.parameters())
+        self.add_optimizer("teacher", [p for m in self.models.values() for p in m.parameters()])
         self.losses = settings.losses
+
+    @property
+    def uses_phone_labels(self) -> bool:
+        """Whether batches must carry phone labels (LabelledBatch): the phone loss is on."""
+        return self.settings.losses.phone_weight > 0
 
     def train(self) -> None:
         self.teacher.train()
         freeze_ssl(self.teacher)
 
-    def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
+    def train_step(self, batch: torch.Tensor | LabelledBatch, step: int) -> dict[str, float]:
+        wave, labels = (batch.wave, batch.labels) if isinstance(batch, LabelledBatch) else (batch, None)
         with self.runtime.autocast():
-            out = self.ddp(batch)
+            out = self.ddp(wave, labels=labels)
         w = self.losses
         loss = w.ssl_weight * out["ssl_l2"] + w.mel_weight * out["mel_l1"]
         if "invariance" in out:
             loss = loss + w.invariance_weight * out["invariance"]
+        if "phone_ce" in out:
+            loss = loss + w.phone_weight * out["phone_ce"]
         grad_norm = self.optimize("teacher", loss)
         metrics = {"loss": loss.item(), "mel_l1": out["mel_l1"].item(), "ssl_l2": out["ssl_l2"].item(),
                    "perplexity": float(out["perplexity"]), "grad_norm": grad_norm}
-        metrics.update({k: float(out[k].detach()) for k in ("invariance", "tokens_kept") if k in out})
+        metrics.update({k: float(out[k].detach()) for k in self.EXTRA_METRICS if k in out})
         return metrics
 
-    def validate(self, batches: list[torch.Tensor]):
+    EXTRA_METRICS = ("invariance", "tokens_kept", "phone_ce", "phone_accuracy")
+
+    def validate(self, batches: list[torch.Tensor | LabelledBatch]):
         totals, count, indices, pairs = {}, 0, [], []
-        for number, wave in enumerate(batches):
+        for number, batch in enumerate(batches):
+            wave, labels = (batch.wave, batch.labels) if isinstance(batch, LabelledBatch) else (batch, None)
             with self.runtime.autocast():
-                out = self.model(wave, view_seed=number)  # the same views at every validation
+                out = self.model(wave, view_seed=number, labels=labels)  # the same views at every validation
             n = wave.shape[0]
-            for key in ("mel_l1", "ssl_l2", "invariance", "tokens_kept"):
+            for key in ("mel_l1", "ssl_l2") + self.EXTRA_METRICS:
                 if key in out:
                     totals[key] = totals.get(key, 0.0) + float(out[key]) * n
             count += n

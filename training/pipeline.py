@@ -86,7 +86,8 @@ def train_teacher(settings: RunSettings, phases: list[str], runtime: Runtime, re
         phase_init = vocoder_init if phase == "vocoder" and vocoder_init else (init if i == 0 else None)
         seed_everything(settings.seed + runtime.rank)
         task = make_task(phase, settings, runtime, ssl_model, out, phase_init)
-        stream, val_batches = data.for_phase(phase, settings.seed)
+        stream, val_batches = data.for_phase(phase, settings.seed,
+                                             phone_labels=getattr(task, "uses_phone_labels", False))
         result = Trainer(task, stream, val_batches, folder, progress=progress).fit(resume=resume_from,
                                                                                  stop_after=stop_after)
         results[phase] = result

@@ -63,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="phase 1: weight of the token-invariance loss (the content branch hears each batch again "
                         "as another voice with noise; its FSQ latent must match the chunk's; "
                         "phase1.losses.invariance_weight, view in phase1.invariance)")
+    p.add_argument("--phone-loss", type=float, default=None,
+                   help="phase 1: weight of the phone loss (each token names the phones of its SSL frames, against "
+                        "the voices corpus's alignments; phase1.losses.phone_weight)")
     p.add_argument("--consistency", type=float, default=None,
                    help="--phase ssl: weight of the cross-view consistency loss (each chunk heard again as another "
                         "voice; its content layers must match frame by frame; ssl.losses.consistency_weight)")
@@ -110,6 +113,8 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
         settings.phase1.content_perturbation = args.content_perturbation
     if args.invariance is not None:
         settings.phase1.losses.invariance_weight = args.invariance
+    if args.phone_loss is not None:
+        settings.phase1.losses.phone_weight = args.phone_loss
     if args.consistency is not None:
         settings.ssl.losses.consistency_weight = args.consistency
     if args.noise_snr is not None:

@@ -74,6 +74,7 @@ class Phase1Losses:
     ssl_weight: float = 30.0  # L2 of the SSL feature reconstruction
     mel_weight: float = 30.0  # L1 of the log-mel
     invariance_weight: float = 0.0  # MSE between the FSQ latents of a chunk and of its `invariance` view (0 = off)
+    phone_weight: float = 0.0  # cross-entropy of the phone each token names against the corpus's labels (0 = off)
 
 
 @dataclass
@@ -413,6 +414,8 @@ def check_settings(settings: RunSettings) -> None:
         raise SettingsError("phase1.losses.invariance_weight must be >= 0, phase1.invariance.speed_spread in [0, 0.5), "
                             "semitones in [0, 12] and snr_db [] or [low, high] in dB; got "
                             f"{settings.phase1.losses.invariance_weight}, {view}")
+    if settings.phase1.losses.phone_weight < 0:
+        raise SettingsError(f"phase1.losses.phone_weight must be >= 0, got {settings.phase1.losses.phone_weight}")
     if not 0 < ssl.mask_prob < 1 or ssl.mask_length < 1:
         raise SettingsError(f"ssl.mask_prob must be in (0, 1) and ssl.mask_length >= 1, got {ssl.mask_prob}, "
                             f"{ssl.mask_length}")

@@ -36,7 +36,6 @@ import dataclasses
 import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,18 +46,18 @@ from torch import nn
 
 from kanade_stream.voices.builder import build_voice_corpus, read_phones
 from kanade_stream.audio import resample
+from kanade_stream.ssl import WAVLM_CONV, conv_frames
 from kanade_stream.voices.perturb import pitch_shift
-from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, PHONES, UNKNOWN, frame_labels
+from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, PHONES, UNKNOWN
 
-from .data import perturbed_rate
+from .data import LabelledBatch, perturbed_rate, phone_labels_at
 from .runtime import Runtime
 from .settings import SSLModelSettings, SSLSettings
 from .trainer import Task
 
 log = logging.getLogger("training")
 SAMPLE_RATE = 16000
-CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)  # WavLM's front end: 320 samples a frame at 16 kHz
-CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
+CONV_KERNEL, CONV_STRIDE = zip(*WAVLM_CONV)  # WavLM's front end: 320 samples a frame at 16 kHz
 HOP = 320
 CONSISTENCY_GAP = 4  # frames: the consistency loss's negatives are at least this far from the positive
 
@@ -77,37 +76,13 @@ def wavlm_config(m: SSLModelSettings):
 
 
 def num_frames(samples: int) -> int:
-    for k, s in zip(CONV_KERNEL, CONV_STRIDE):
-        samples = (samples - k) // s + 1
-    return max(samples, 0)
+    """SSL frames of `samples` at 16 kHz."""
+    return conv_frames(samples)
 
 
 # --------------------------------------------------------------------------------------------------------
 # data: chunks of audio with their frame labels
 # --------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LabelledBatch:
-    """Waves (B, samples), frame phone labels (B, frames) and speaker indices (B,; -1 for voices outside
-    the training set); what the Trainer moves and counts. With a second view (the consistency loss): `view`
-    (B, samples), the same stretches of the files heard as other voices, and `view_ratio` (B,), the first
-    view's speed over the second's (frame i of `wave` is centred where frame `aligned_positions(...)[i]` of
-    `view` is)."""
-
-    wave: torch.Tensor
-    labels: torch.Tensor
-    speakers: torch.Tensor
-    view: torch.Tensor | None = None
-    view_ratio: torch.Tensor | None = None
-
-    def to(self, device, non_blocking: bool = False) -> LabelledBatch:
-        return LabelledBatch(*(None if t is None else t.to(device, non_blocking=non_blocking)
-                               for t in (self.wave, self.labels, self.speakers, self.view, self.view_ratio)))
-
-    @property
-    def shape(self):
-        return self.wave.shape
 
 
 class LabelledClips:
@@ -146,11 +121,8 @@ class LabelledClips:
         n = num_frames(self.chunk)
         if index not in self._segments:
             self._segments[index] = read_phones(self.root / entry["phones"], entry.get("phone_set"))
-        # output frame i is centred at 12.5 ms + i / 50 s of the played chunk: speed x that into the file
-        labels = frame_labels(self._segments[index], n, frame_rate=FRAME_RATE / speed, offset=LABEL_OFFSET * speed,
-                              start=start / SAMPLE_RATE)
         valid = num_frames(len(audio)) if len(audio) >= 400 else 0
-        labels[valid:] = UNKNOWN
+        labels = phone_labels_at(self._segments[index], start / SAMPLE_RATE, speed, n, valid)
         second, ratio = None, 1.0
         if view is not None:
             view_speed = perturbed_rate(SAMPLE_RATE, view[0]) / SAMPLE_RATE
