@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 from kanade_stream.corpus import load_manifest
 from kanade_stream.ssl import SSLFeatureExtractor, conv_frames
 from kanade_stream.voices.builder import read_phones
-from kanade_stream.voices.phones import PHONES, UNKNOWN, frame_labels, to_common
+from kanade_stream.evaluation.heldout import synthesize_with_phones
+from kanade_stream.voices.phones import PHONES, UNKNOWN, frame_labels
 
 RATE, HOP, WIN = 16000, 320, 400
 ARCTIC_VOICES = ("rms", "awb", "slt")  # held out: evaluation only
@@ -253,8 +253,8 @@ def teacher_token_agreement(teacher_folder: str, waves: dict) -> dict[str, float
 
 
 def arctic_waves(folder: Path) -> tuple[dict[tuple[str, int], np.ndarray], dict[tuple[str, int], list]]:
-    """The probe sentences in the ARCTIC voices (16 kHz, peak 0.9), and each clip's phone segments (start s,
-    end s, inventory phone) from flite's own segment times (`-psdur`)."""
+    """The probe sentences in the ARCTIC voices (16 kHz, peak 0.9), and each clip's phone segments from flite's
+    own segment times (`synthesize_with_phones`)."""
     import torchaudio
 
     if shutil.which("flite") is None:
@@ -262,26 +262,12 @@ def arctic_waves(folder: Path) -> tuple[dict[tuple[str, int], np.ndarray], dict[
     waves, segments = {}, {}
     for voice in ARCTIC_VOICES:
         for i, text in enumerate(PROBE_SENTENCES):
-            path = folder / f"{voice}_{i}.wav"
-            done = subprocess.run(["flite", "-voice", voice, "-psdur", "-t", text, "-o", str(path)], check=True,
-                                  capture_output=True, text=True)
+            path, segments[(voice, i)] = synthesize_with_phones("flite", voice, text, folder / f"{voice}_{i}.wav")
             wave, rate = sf.read(path, dtype="float32")
             if rate != RATE:
                 wave = torchaudio.functional.resample(torch.from_numpy(wave), rate, RATE).numpy()
             waves[(voice, i)] = wave / (np.abs(wave).max() + 1e-9) * 0.9
-            segments[(voice, i)] = flite_segments(done.stdout)
     return waves, segments
-
-
-def flite_segments(printed: str) -> list[tuple[float, float, str | None]]:
-    """flite's `-psdur` output ("pau:0.184 dh:0.228 ...", each phone with its end time) as segments in the
-    shared inventory (flite's US English phones are festival's radio set)."""
-    segments, start = [], 0.0
-    for item in printed.split():
-        phone, _, end = item.rpartition(":")
-        segments.append((start, float(end), to_common(phone, "radio")))
-        start = float(end)
-    return segments
 
 
 def main(argv=None) -> int:

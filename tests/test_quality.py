@@ -116,6 +116,29 @@ def test_builder_synthesises_once_in_order(clips):
     assert set(HELDOUT_VOICES) == {"rms", "awb", "slt"}
 
 
+@needs_flite
+def test_flite_phone_times_lie_on_the_held_out_audio(tmp_path):
+    """The ARCTIC voices' evaluation labels: flite's own segment times cover the clip, every phone has a place
+    in the shared inventory, and the frames labelled silence are the quiet ones."""
+    import numpy as np
+    import soundfile as sf
+
+    from kanade_stream.evaluation.heldout import find_flite, flite_segments, synthesize_with_phones
+    from kanade_stream.voices.phones import PHONE_INDEX, SILENCE, frame_labels
+
+    path, segments = synthesize_with_phones(find_flite(), "slt", harvard_sentences()[6], tmp_path / "slt.wav")
+    audio, rate = sf.read(path, dtype="float32")
+    assert segments[0][0] == 0.0 and abs(segments[-1][1] - len(audio) / rate) < 0.03
+    assert all(a[1] == b[0] for a, b in zip(segments, segments[1:])) and None not in [p for *_, p in segments]
+    assert [p for *_, p in segments][1:4] == ["dh", "ah", "b"]  # "The box"
+    labels = frame_labels(segments, (len(audio) - 400) // 320 + 1)
+    loudness = np.array([np.sqrt(np.mean(audio[320 * i:320 * i + 400] ** 2)) for i in range(len(labels))])
+    silent = labels == PHONE_INDEX[SILENCE]
+    assert silent.sum() >= 10 and np.median(loudness[silent]) < 0.1 * np.median(loudness[~silent])
+    with pytest.raises(FliteError, match="phone and its end time"):
+        flite_segments("pau:0.1 dh:oops")
+
+
 # --- speech recognition -------------------------------------------------------------------------------
 
 @needs_flite

@@ -87,9 +87,16 @@ def clip_name(voice: str, index: int, text: str) -> str:
 
 def synthesize(flite: str, voice: str, text: str, path: Path) -> Path:
     """Speak `text` with flite's `voice` into `path` (written under a temporary name, then renamed)."""
+    return synthesize_with_phones(flite, voice, text, path)[0]
+
+
+def synthesize_with_phones(flite: str, voice: str, text: str, path: Path) -> tuple[Path, list]:
+    """As `synthesize`, and the phones flite spoke, with their times: [(start s, end s, inventory phone or
+    None)] from flite's own segment times (`-psdur`), its US English phones mapped to the shared inventory
+    (`kanade_stream.voices.phones`). Evaluation labels for the held-out voices; never training data."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.wav")
     try:
-        result = subprocess.run([flite, "-voice", voice, "-t", text, "-o", str(temporary)],
+        result = subprocess.run([flite, "-voice", voice, "-psdur", "-t", text, "-o", str(temporary)],
                                 capture_output=True, text=True, timeout=120)
         if result.returncode != 0 or not temporary.is_file() or temporary.stat().st_size <= 44:
             raise FliteError(f"flite failed for voice {voice!r} and text {text!r} (exit {result.returncode}): "
@@ -97,7 +104,24 @@ def synthesize(flite: str, voice: str, text: str, path: Path) -> Path:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    return path
+    return path, flite_segments(result.stdout)
+
+
+def flite_segments(printed: str) -> list[tuple[float, float, str | None]]:
+    """flite's `-psdur` listing ("pau:0.184 dh:0.228 ...": each phone with its end time) as segments in the
+    shared phone inventory (flite's US English phones are festival's radio set)."""
+    from ..voices.phones import to_common
+
+    segments, start = [], 0.0
+    for item in printed.split():
+        phone, _, end = item.rpartition(":")
+        try:
+            end_s = float(end)
+        except ValueError:
+            raise FliteError(f"flite printed {item!r} where a phone and its end time were expected") from None
+        segments.append((start, end_s, to_common(phone, "radio")))
+        start = end_s
+    return segments
 
 
 def build_heldout_set(cache_dir: str | Path, sentences: int = 4, voices=HELDOUT_VOICES, first: int = 0,
