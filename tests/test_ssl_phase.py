@@ -382,3 +382,46 @@ def test_phase1_phone_loss_trains_on_the_voices_corpus_and_stays_out_of_the_rele
     export = tmp_path / "run" / "export"
     teacher = KanadeTeacher.from_pretrained(export, ssl_model=(export / "ssl_model.txt").read_text().strip())
     assert not any("phone" in name for name in teacher.state_dict())
+
+
+def test_another_microphone_moves_the_bass_and_treble_it_draws_and_keeps_the_level(tmp_path):
+    """perturb.equalise: a bass shelf moves a 100 Hz tone against a 3 kHz one by about its gain, a treble shelf
+    the other way, the RMS stays and a boost never clips. With ssl.equaliser_db every chunk and its second view
+    are heard through microphones of their own, the same for the same batch; the labels do not move."""
+    import numpy as np
+    import soundfile as sf
+
+    from kanade_stream.voices.perturb import equalise
+    from training.settings import check_settings
+    from training.ssl_phase import LabelledClips, LabelledStream
+
+    t = torch.arange(16000) / 16000
+    x = 0.45 * torch.sin(2 * math.pi * 100 * t) + 0.45 * torch.sin(2 * math.pi * 3000 * t)
+
+    def tilt(y):  # dB of the 100 Hz tone over the 3 kHz one (each tone's amplitude, Hann-windowed)
+        y = torch.as_tensor(y).double() * torch.hann_window(len(y), dtype=torch.float64)
+        time = torch.arange(len(y), dtype=torch.float64) / 16000
+        at = lambda hz: abs(complex((y * torch.exp(-2j * math.pi * hz * time)).sum()))  # noqa: E731
+        return 20 * math.log10(at(100) / at(3000))
+
+    assert abs(tilt(equalise(x, 16000, bass_db=-12.0, bass_hz=300.0)) + 12) < 3  # shelves are not brick walls
+    assert abs(tilt(equalise(x, 16000, treble_db=9.0, treble_hz=1000.0)) + 9) < 3
+    boosted = equalise(x, 16000, bass_db=12.0, bass_hz=300.0)
+    assert boosted.abs().max() <= 1.0 and equalise(x, 16000) is x
+    assert abs(float(equalise(x, 16000, bass_db=-6.0).pow(2).mean() / x.pow(2).mean()) - 1) < 1e-3
+
+    sf.write(tmp_path / "clip.wav", x.numpy().astype(np.float32), 16000)
+    (tmp_path / "clip.phones").write_text("0.0\t1.0\taa\n")
+    entry = {"path": "clip.wav", "phones": "clip.phones", "speaker": "a", "split": "train"}
+    clips = LabelledClips(tmp_path, [entry] * 4, num_frames_to_samples(40))
+    plain = LabelledStream(clips, 4, seed=0, view=(0.0, 0.0)).make_batch((0, 0))
+    stream = LabelledStream(clips, 4, seed=0, view=(0.0, 0.0), equaliser_db=12.0)
+    a, b = stream.make_batch((0, 0)), stream.make_batch((0, 0))
+    assert torch.equal(a.wave, b.wave) and torch.equal(a.view, b.view) and torch.equal(a.labels, plain.labels)
+    tilts, views = [tilt(row) for row in a.wave], [tilt(row) for row in a.view]
+    assert max(tilts) - min(tilts) > 3 and max(abs(p - q) for p, q in zip(tilts, views)) > 1  # microphones differ
+    assert all(abs(tilt(row)) < 0.5 for row in plain.wave)  # without it: as synthesised
+    settings = load_settings("ssl_full")
+    settings.ssl.equaliser_db = 30
+    with pytest.raises(SettingsError, match="equaliser_db must be in"):
+        check_settings(settings)

@@ -30,7 +30,7 @@ from training.logs import mel_panel, write_png
 from training.models import resolve_ssl_model
 from training.pipeline import train_teacher
 from training.runtime import Runtime
-from training.settings import Phase1Losses, Phase2Losses, load_settings
+from training.settings import Phase1Losses, Phase2Losses, SettingsError, check_settings, load_settings
 from training.trainer import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -298,6 +298,23 @@ def test_invariance_view_is_the_chunk_itself_when_nothing_moves_and_lines_up_whe
     cosine = torch.nn.functional.cosine_similarity
     aligned, shifted = cosine(view[0, 3:-3], clean[0, 3:-3], dim=-1), cosine(view[0, 6:], clean[0, :-6], dim=-1)
     assert aligned.mean() > shifted.mean() + 0.1, (aligned.mean(), shifted.mean())
+
+
+def test_invariance_view_can_be_heard_through_another_microphone(corpus):
+    from training.settings import InvarianceView
+
+    model, wave = tiny_phase1_model(corpus, invariance=InvarianceView(speed_spread=0.0, semitones=0.0, snr_db=(),
+                                                                      equaliser_db=12.0))
+    model.teacher.eval()
+    with torch.no_grad():
+        first, again = model(wave, view_seed=1), model(wave, view_seed=1)
+        other = model(wave, view_seed=2)
+    assert float(first["invariance"]) > 0 and torch.equal(first["invariance"], again["invariance"])
+    assert not torch.equal(first["invariance"], other["invariance"])  # another draw, another microphone
+    settings = load_settings("embedded")
+    settings.phase1.invariance.equaliser_db = -1
+    with pytest.raises(SettingsError, match="equaliser_db in"):
+        check_settings(settings)
 
 
 def test_invariance_noise_lands_at_the_asked_snr():

@@ -16,7 +16,8 @@ reconstruction aims at those), while the global branch and the mel target hear t
 decoder, so the voice has to come through the global embedding. Validation always hears the chunk as it is.
 
 With `losses.invariance_weight` > 0 (the token-invariance loss) the content branch also hears each batch as
-another voice in another room (the `invariance` view: another speed, its pitch moved on its own, white noise),
+another voice in another room (the `invariance` view: another speed, its pitch moved on its own, another
+microphone's bass and treble when `invariance.equaliser_db` > 0, white noise),
 its SSL features stretched back to the chunk's frames, and the FSQ latent of that view must match the chunk's
 (MSE in units of the rounding grid, so an error under 0.5 keeps the digit; the chunk's latent is the target,
 no gradient). Without it a fifth of a semitone or quiet noise replaces most tokens: they followed the voice
@@ -42,7 +43,7 @@ from torch import nn
 from kanade_stream.audio import resample
 from kanade_stream.config import KanadeConfig
 from kanade_stream.teacher import KanadeTeacher
-from kanade_stream.voices.perturb import pitch_shift, white_noise
+from kanade_stream.voices.perturb import equalise, pitch_shift, white_noise
 from kanade_stream.voices.phones import PHONES, UNKNOWN
 
 from .data import LabelledBatch, perturbed_rate
@@ -55,13 +56,17 @@ from .trainer import Task
 
 
 def heard_as_another_voice(wave: torch.Tensor, sample_rate: int, speed: float = 1.0, semitones: float = 0.0,
-                           snr_db: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                           snr_db: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                           microphone: tuple[float, float, float, float] | None = None) -> torch.Tensor:
     """`wave` (B, N) played `speed` times as fast (formants and tempo; N / speed samples), its pitch then moved
-    by `semitones` (duration kept), with white noise at `snr_db` (B,) dB below each row's RMS."""
+    by `semitones` (duration kept), through another `microphone` (bass dB, treble dB, bass Hz, treble Hz:
+    `perturb.equalise`), with white noise at `snr_db` (B,) dB below each row's RMS."""
     if speed != 1.0:
         wave = resample(wave, perturbed_rate(sample_rate, speed), sample_rate)
     if semitones:
         wave = pitch_shift(wave, sample_rate, semitones)
+    if microphone is not None:
+        wave = equalise(wave, sample_rate, *microphone)
     if snr_db is not None:
         wave = white_noise(wave, snr_db[:, None], generator)
     return wave
@@ -118,13 +123,14 @@ class Phase1Model(nn.Module):
         return content_in.float(), global_in.float(), mel
 
     def view_content(self, wave: torch.Tensor, frames: int, speed: float = 1.0, semitones: float = 0.0,
-                     snr_db: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                     snr_db: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                     microphone: tuple[float, float, float, float] | None = None) -> torch.Tensor:
         """The normalised content features of `wave` heard as another voice (`heard_as_another_voice`; one
         speed and pitch for the batch, so it stays one SSL forward), stretched back to `frames` so they line up
         with the chunk's own."""
         rate = self.teacher.config.sample_rate
         with torch.no_grad():
-            heard = heard_as_another_voice(wave, rate, speed, semitones, snr_db, generator)
+            heard = heard_as_another_voice(wave, rate, speed, semitones, snr_db, generator, microphone)
             content, _ = self.teacher.ssl_features(heard)
         content = F.interpolate(content.float().transpose(1, 2), size=frames, mode="linear", align_corners=False)
         return content.transpose(1, 2)
@@ -140,7 +146,12 @@ class Phase1Model(nn.Module):
         speed = 1.0 + float(uniform(-view.speed_spread, view.speed_spread, generator))
         semitones = float(uniform(-view.semitones, view.semitones, generator))
         snr = uniform(*view.snr_db, generator, (wave.shape[0],)) if view.snr_db else None
-        return self.view_content(wave, frames, speed, semitones, snr, generator)
+        microphone = None
+        if view.equaliser_db:  # bass shelf at 100-400 Hz, treble shelf at 1-4 kHz, each within +- equaliser_db
+            bass, treble = (float(g) for g in uniform(-view.equaliser_db, view.equaliser_db, generator, (2,)))
+            corners = torch.rand(2, generator=generator)
+            microphone = (bass, treble, 100 * 4 ** float(corners[0]), 1000 * 4 ** float(corners[1]))
+        return self.view_content(wave, frames, speed, semitones, snr, generator, microphone)
 
     def bounded_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """The FSQ's latent just before rounding: integers there are the code digits."""

@@ -47,7 +47,7 @@ from torch import nn
 from kanade_stream.voices.builder import build_voice_corpus, read_phones
 from kanade_stream.audio import resample
 from kanade_stream.ssl import WAVLM_CONV, conv_frames
-from kanade_stream.voices.perturb import pitch_shift
+from kanade_stream.voices.perturb import equalise, pitch_shift
 from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, PHONES, UNKNOWN
 
 from .data import LabelledBatch, perturbed_rate, phone_labels_at
@@ -153,14 +153,17 @@ class LabelledStream:
 
     def __init__(self, clips: LabelledClips, batch_size: int, seed: int, gain: tuple[float, float] = (0.3, 1.0),
                  num_workers: int = 0, speed_perturbation: float = 0.0, view: tuple[float, float] | None = None,
-                 noise_snr_db: tuple[float, ...] = ()):
+                 noise_snr_db: tuple[float, ...] = (), equaliser_db: float = 0.0):
         """`view` = (speed spread, semitones): each clip is also heard as another voice, played at a speed in
         1 +- spread with its pitch then moved by up to +- semitones (LabelledClips.load_views).
-        `noise_snr_db` = (low, high): white noise added to every chunk (and view) at an SNR in that range."""
+        `noise_snr_db` = (low, high): white noise added to every chunk (and view) at an SNR in that range.
+        `equaliser_db`: every chunk (and view, on its own) heard through another microphone, its bass and its
+        treble each moved by up to +- that many dB (`perturb.equalise`, corner frequencies drawn too)."""
         if len(clips) < batch_size:
             raise ValueError(f"{len(clips)} training clips, fewer than the batch size {batch_size}")
         self.clips, self.batch_size, self.seed, self.gain = clips, batch_size, seed, gain
         self.speed_perturbation, self.view, self.noise_snr_db = speed_perturbation, view, tuple(noise_snr_db)
+        self.equaliser_db = equaliser_db
         self.batches_per_epoch = len(clips) // batch_size
         self.epoch, self.batch_in_epoch = 0, 0
         self.num_workers = num_workers
@@ -192,10 +195,10 @@ class LabelledStream:
                 spread, semitones = self.view
                 view = (float(rng.uniform(1 - spread, 1 + spread)), float(rng.uniform(-semitones, semitones)))
             audio, lab, second, ratio = self.clips.load_views(int(i), rng, speed, view)
-            waves.append(self.noisy(audio, rng) * rng.uniform(*self.gain))
+            waves.append(self.noisy(self.equalised(audio, rng), rng) * rng.uniform(*self.gain))
             labels.append(lab)
             if second is not None:
-                views.append(self.noisy(second, rng) * rng.uniform(*self.gain))
+                views.append(self.noisy(self.equalised(second, rng), rng) * rng.uniform(*self.gain))
                 ratios.append(ratio)
         speakers = torch.tensor([self.clips.speaker(int(i)) for i in picks], dtype=torch.long)
         batch = LabelledBatch(torch.from_numpy(np.stack(waves)).float(), torch.from_numpy(np.stack(labels)),
@@ -204,6 +207,18 @@ class LabelledStream:
             batch.view = torch.from_numpy(np.stack(views)).float()
             batch.view_ratio = torch.tensor(ratios, dtype=torch.float32)
         return batch
+
+    def equalised(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`audio` through a microphone drawn from `equaliser_db` (as it is when that is 0): bass shelf at
+        100-400 Hz and treble shelf at 1-4 kHz, each gain uniform in +- equaliser_db."""
+        if not self.equaliser_db:
+            return audio
+        limit = self.equaliser_db
+        bass, treble = rng.uniform(-limit, limit, size=2)
+        bass_hz, treble_hz = 100 * 4 ** rng.uniform(), 1000 * 4 ** rng.uniform()  # log-uniform corners
+        with torch.no_grad():
+            out = equalise(torch.from_numpy(audio), SAMPLE_RATE, float(bass), float(treble), bass_hz, treble_hz)
+        return out.numpy().astype(np.float32)
 
     def noisy(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """`audio` with white noise at an SNR drawn from `noise_snr_db` (as it is when that is empty)."""
@@ -550,7 +565,8 @@ def make_ssl_task(run, runtime: Runtime):
     stream = LabelledStream(LabelledClips(info.out_dir, train, chunk, speakers), batch_size, seed,
                             num_workers=settings.num_workers, speed_perturbation=settings.speed_perturbation,
                             view=(settings.losses.view_speed_spread, settings.losses.view_semitones)
-                            if settings.losses.consistency_weight > 0 else None, noise_snr_db=settings.noise_snr_db)
+                            if settings.losses.consistency_weight > 0 else None, noise_snr_db=settings.noise_snr_db,
+                            equaliser_db=settings.equaliser_db)
     val_batches = fixed_batches(LabelledClips(info.out_dir, val, chunk, speakers), len(val), batch_size)
     return SSLTask(runtime, settings, seed, num_speakers=len(speakers)), stream, val_batches
 

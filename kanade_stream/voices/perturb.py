@@ -92,3 +92,23 @@ def white_noise(x, snr_db, generator=None):
     noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
     rms = x.float().pow(2).mean(dim=-1, keepdim=True).sqrt().to(x.dtype)
     return x + noise * rms * 10 ** (-torch.as_tensor(snr_db, dtype=x.dtype, device=x.device) / 20)
+
+
+def equalise(x, sample_rate: int, bass_db: float = 0.0, treble_db: float = 0.0, bass_hz: float = 250.0,
+             treble_hz: float = 2000.0):
+    """`x` (..., samples) heard through another microphone and room: a low shelf of `bass_db` below about
+    `bass_hz` and a high shelf of `treble_db` above about `treble_hz` (second-order shelving filters), the RMS
+    kept. Microphones differ most at the ends of the band (a close microphone's proximity effect lifts the
+    bass by 10 dB or more)."""
+    import torchaudio.functional as AF
+
+    if not bass_db and not treble_db:
+        return x
+    y = x
+    if bass_db:
+        y = AF.bass_biquad(y, sample_rate, bass_db, bass_hz)
+    if treble_db:
+        y = AF.treble_biquad(y, sample_rate, treble_db, treble_hz)
+    rms = lambda z: z.float().pow(2).mean(dim=-1, keepdim=True).sqrt()  # noqa: E731
+    y = y * (rms(x) / rms(y).clamp_min(1e-9)).to(y.dtype)
+    return y / y.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)  # a boost must not clip
