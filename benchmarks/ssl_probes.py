@@ -270,6 +270,41 @@ def arctic_waves(folder: Path) -> tuple[dict[tuple[str, int], np.ndarray], dict[
     return waves, segments
 
 
+MICROPHONES = {  # name: (bass dB, treble dB, bass Hz, treble Hz) for perturb.equalise
+    "as synthesised": (0.0, 0.0, 250.0, 2000.0),
+    "bass -9 dB (below ~300 Hz)": (-9.0, 0.0, 300.0, 2000.0),
+    "bass +9 dB": (9.0, 0.0, 300.0, 2000.0),
+    "treble +9 dB (above ~1 kHz)": (0.0, 9.0, 250.0, 1000.0),
+    "treble -9 dB": (0.0, -9.0, 250.0, 1000.0),
+}
+
+
+def phone_head_under_microphones(ssl_model: str, waves: dict, segments: dict) -> dict[str, float]:
+    """Frame accuracy of the SSL model's own phone head (phone_head.safetensors, from --phase ssl) on the
+    ARCTIC clips, each heard through the microphones of MICROPHONES (`perturb.equalise`)."""
+    from safetensors.torch import load_file
+    from transformers import WavLMModel
+
+    from kanade_stream.voices.perturb import equalise
+
+    model = WavLMModel.from_pretrained(ssl_model).eval()
+    head = torch.nn.Linear(model.config.hidden_size, len(PHONES))
+    head.load_state_dict(load_file(str(Path(ssl_model) / "phone_head.safetensors")))
+    out = {}
+    for name, microphone in MICROPHONES.items():
+        right = total = 0
+        with torch.no_grad():
+            for key, wave in waves.items():
+                heard = equalise(torch.from_numpy(np.ascontiguousarray(wave))[None], RATE, *microphone)
+                guess = head(model(heard * (0.9 / heard.abs().max())).last_hidden_state[0]).argmax(-1)
+                labels = torch.from_numpy(frame_labels(segments[key], guess.shape[0]))
+                known = labels != UNKNOWN
+                right += int((guess == labels)[known].sum())
+                total += int(known.sum())
+        out[name] = right / total
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ssl-model", default=None, help="transformers WavLM folder from --phase ssl")
@@ -348,6 +383,8 @@ def main(argv=None) -> int:
             results["arctic_agreement"][k] = cross_voice_agreement(z, tok)
         if args.teacher:
             results["teacher_token_agreement"] = teacher_token_agreement(args.teacher, waves)
+        if args.ssl_model and (Path(args.ssl_model) / "phone_head.safetensors").is_file():
+            results["phone_head_arctic"] = phone_head_under_microphones(args.ssl_model, waves, arctic_phones)
     results["wall_s"] = round(time.time() - start, 1)
     print(f"{'features':<18} {'phone acc (unseen voices)':>26} {'(ARCTIC)':>9} {'speaker acc (8, chance .125)':>29} "
           f"{'ARCTIC same-sent/2 voices':>26} {'diff-sent/1 voice':>18}")
@@ -365,6 +402,8 @@ def main(argv=None) -> int:
         for name, what in CHANGES.items():
             print(f"teacher tokens kept when {what}: {ag[name + '_kept']:.3f} "
                   f"(FSQ digits {ag[name + '_kept_per_digit']:.3f})")
+    for name, accuracy in results.get("phone_head_arctic", {}).items():
+        print(f"the SSL model's phone head on ARCTIC, {name}: {accuracy:.3f}")
     print(f"(phone majority class {results['phone_majority']:.3f}, ARCTIC "
           f"{results.get('phone_majority_arctic', float('nan')):.3f}; {results['wall_s']} s)")
     if args.out:
