@@ -22,6 +22,7 @@ adds "phones" (the clip's phone segments) and "phone_set", which phase 1's phone
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -336,8 +337,14 @@ def chunk_phone_labels(record: dict, start_seconds: float, speed: float, num_fra
     """Phone labels (inventory indices) of the SSL frames of a chunk that starts `start_seconds` into the clip
     and plays it `speed` times as fast; frames from `valid_frames` on (padding) are UNKNOWN (ignored)."""
     require_phones([record])
-    segments = read_phones(record["phones"], record.get("phone_set"))
+    segments = clip_phones(record["phones"], record.get("phone_set"))
     return torch.from_numpy(phone_labels_at(segments, start_seconds, speed, num_frames, valid_frames))
+
+
+@functools.lru_cache(maxsize=None)
+def clip_phones(path: str, phone_set: str | None) -> tuple:
+    """A clip's phone segments, read once per process (every epoch draws a chunk of every clip)."""
+    return tuple(read_phones(path, phone_set))
 
 
 def phone_labels_at(segments: list, start_seconds: float, speed: float, num_frames: int,
