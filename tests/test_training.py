@@ -311,6 +311,8 @@ def test_invariance_view_can_be_heard_through_another_microphone(corpus):
         other = model(wave, view_seed=2)
     assert float(first["invariance"]) > 0 and torch.equal(first["invariance"], again["invariance"])
     assert not torch.equal(first["invariance"], other["invariance"])  # another draw, another microphone
+    args = run_mod.parse_args(["--config", "embedded", "--phase", "1", "--invariance", "20", "--equaliser", "12"])
+    assert run_mod.apply_overrides(load_settings("embedded"), args, ["phase1"]).phase1.invariance.equaliser_db == 12
     settings = load_settings("embedded")
     settings.phase1.invariance.equaliser_db = -1
     with pytest.raises(SettingsError, match="equaliser_db in"):

@@ -73,8 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="--phase ssl: add white noise to each training chunk at an SNR (dB) drawn from LOW..HIGH "
                         "(ssl.noise_snr_db)")
     p.add_argument("--equaliser", type=float, default=None, metavar="DB",
-                   help="--phase ssl: hear each training chunk through another microphone, its bass and treble "
-                        "each moved by up to +-DB dB (ssl.equaliser_db)")
+                   help="hear audio through another microphone, its bass and treble each moved by up to +-DB dB: "
+                        "--phase ssl every training chunk (ssl.equaliser_db), phase 1 the token-invariance "
+                        "view (phase1.invariance.equaliser_db)")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers per process")
     p.add_argument("--ssl-model", default=None,
                    help="WavLM: hub id (microsoft/wavlm-base-plus), local transformers folder, or 'embedded' (tiny)")
@@ -124,6 +125,7 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
         settings.ssl.noise_snr_db = tuple(args.noise_snr)
     if args.equaliser is not None:
         settings.ssl.equaliser_db = args.equaliser
+        settings.phase1.invariance.equaliser_db = args.equaliser
     for attr, value in (("out", args.out), ("ssl_model", args.ssl_model), ("precision", args.precision),
                         ("seed", args.seed)):
         if value is not None:
