@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "of the shipped student's front end, then end to end")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every selected stage")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--equaliser", type=float, default=None, metavar="DB",
+                   help="hear every training chunk through another microphone, its bass and treble each moved by "
+                        "up to +-DB dB, before teacher and student see it (equaliser_db)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out: finished stages are skipped, an unfinished one goes on from its "
                         "last.pt, else its newest readable step_*.pt; never deletes anything")
@@ -81,6 +84,8 @@ def apply_overrides(settings: DistillSettings, args, stages) -> DistillSettings:
         settings.data.batch_size = args.batch_size
         for stage in ALL_STAGES:
             settings.phase(stage).batch_size = None
+    if args.equaliser is not None:
+        settings.equaliser_db = args.equaliser
     if args.steps is not None:
         for stage in stages:
             s = settings.phase(stage)

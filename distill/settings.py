@@ -134,6 +134,9 @@ class DistillSettings:
     student: dict = field(default_factory=lambda: {"preset": "default"})  # preset + StudentConfig overrides
     data: DataSettings = field(default_factory=lambda: DataSettings(chunk_seconds=2.0, batch_size=8))
     eval_clips: int = 8  # held-out clips in the evaluation report
+    # every training chunk heard through another microphone before teacher and student see it: bass and treble
+    # shelves each moved by up to +- this many dB (voices.perturb.random_microphone; 0 = as recorded)
+    equaliser_db: float = 0.0
     ssl: SslStage = field(default_factory=_stage(SslStage))
     content: ContentStage = field(default_factory=_stage(ContentStage))
     decoder: DecoderStage = field(default_factory=_stage(DecoderStage))
@@ -165,6 +168,9 @@ def load_settings(path: str | Path | None = None) -> DistillSettings:
 
 def check_settings(settings: DistillSettings) -> None:
     check_phases(settings, ALL_STAGES)
+    if not 0 <= settings.equaliser_db <= 24:
+        raise SettingsError(f"equaliser_db must be in [0, 24] dB (12: bass and treble each moved by up to +-12 dB), "
+                            f"got {settings.equaliser_db}")
     for stage in ALL_STAGES:
         seconds = settings.chunk_seconds(stage)
         # chunks of whole teacher tokens (40 ms), so teacher and student frames line up one to one

@@ -15,6 +15,7 @@ losses are training.losses'):
     joint    everything but the vocoder, end to end on the student's own features
     int8     (optional) joint's terms plus the vocoder's, with the int8 layers computing through int8
              rounding (kanade_stream/streaming/int8.py), so the student keeps its quality in int8
+With `equaliser_db` every training chunk is first heard through another microphone (heard_through_microphones).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kanade_stream.streaming import KanadeStudent
 from kanade_stream.streaming.int8 import fake_quantize
 from kanade_stream.teacher import KanadeTeacher
 from kanade_stream.vocoder import vocode
+from kanade_stream.voices.perturb import equalise, random_microphone
 from training.losses import STUDENT_STFT_RESOLUTIONS, fsq_matching_losses, mel_loss, stft_loss
 from training.runtime import Runtime
 from training.trainer import Task
@@ -88,6 +90,18 @@ def fsq_losses(student: KanadeStudent, latent: torch.Tensor, target: Targets):
     agreement); see training.losses.fsq_matching_losses."""
     fsq = student.quantizer
     return fsq_matching_losses(fsq.bound(fsq.proj_in(latent)), target.bounded, fsq.levels)
+
+
+def heard_through_microphones(batch: torch.Tensor, sample_rate: int, max_db: float,
+                              generator: torch.Generator | None) -> torch.Tensor:
+    """Each chunk of `batch` (B, samples) through a microphone of its own (bass and treble within +- max_db;
+    as it is when max_db is 0): the student learns the teacher on recordings whose bass and treble differ
+    from the corpus's, as the held-out voices' do."""
+    if not max_db:
+        return batch
+    with torch.no_grad():
+        return torch.stack([equalise(wave, sample_rate, *random_microphone(max_db, torch.rand(4, generator=generator)))
+                            for wave in batch])
 
 
 class DistillModel(nn.Module):
@@ -163,8 +177,9 @@ class DistillTask(Task):
     """One stage: trains the stage's parts of the student, everything else frozen."""
 
     def __init__(self, stage: str, runtime: Runtime, settings, student: KanadeStudent, targets: TeacherTargets,
-                 export_fn):
+                 export_fn, equaliser_db: float = 0.0):
         super().__init__(runtime, settings)
+        self.equaliser_db = equaliser_db
         self.phase = stage
         self.student = student.to(runtime.device)
         if stage == "int8":  # the int8 layers compute through int8 rounding from here on
@@ -187,6 +202,7 @@ class DistillTask(Task):
             part.train()
 
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
+        batch = heard_through_microphones(batch, self.student.config.sample_rate, self.equaliser_db, self.generator)
         with self.runtime.autocast():
             out = self.ddp(batch, self.generator)
         grad_norm = self.optimize("student", out["loss"])

@@ -177,3 +177,28 @@ def test_real_scale_recipes_run_every_stage(recipe, corpus, tmp_path):
     assert student.config.token_rate == rate
     features = student.encode(torch.randn(48000) * 0.1, sample_rate=24000)
     assert abs(len(features.content_token_indices) - 2 * rate) <= 1  # 2 s of audio
+
+
+def test_training_chunks_can_be_heard_through_other_microphones(corpus, tmp_path):
+    from distill import run as run_mod
+    from distill.settings import check_settings
+    from distill.tasks import heard_through_microphones
+    from training.settings import SettingsError
+
+    t = torch.arange(24000) / 24000
+    batch = torch.stack([0.3 * torch.sin(2 * torch.pi * 150 * t) + 0.1 * torch.sin(2 * torch.pi * 5000 * t)] * 3)
+    heard = heard_through_microphones(batch, 24000, 12.0, torch.Generator().manual_seed(0))
+    again = heard_through_microphones(batch, 24000, 12.0, torch.Generator().manual_seed(0))
+    assert torch.equal(heard, again) and not torch.allclose(heard[0], heard[1], atol=1e-3)  # seeded, one per chunk
+    rms = lambda x: x.pow(2).mean(-1).sqrt()  # noqa: E731
+    assert torch.allclose(rms(heard), rms(batch), rtol=0.02) and heard.abs().max() <= 1.0
+    assert heard_through_microphones(batch, 24000, 0.0, None) is batch
+    settings = settings_for(corpus, tmp_path, steps=6)
+    args = run_mod.parse_args(["--equaliser", "12"])
+    settings = run_mod.apply_overrides(settings, args, ["ssl"])
+    assert settings.equaliser_db == 12
+    result = run(settings, ["ssl"], Runtime(), progress=False)["results"]["ssl"]
+    assert result.completed and result.val["loss"] < result.first_val["loss"]
+    settings.equaliser_db = 30
+    with pytest.raises(SettingsError, match="equaliser_db must be in"):
+        check_settings(settings)

@@ -43,7 +43,7 @@ from torch import nn
 from kanade_stream.audio import resample
 from kanade_stream.config import KanadeConfig
 from kanade_stream.teacher import KanadeTeacher
-from kanade_stream.voices.perturb import equalise, pitch_shift, white_noise
+from kanade_stream.voices.perturb import equalise, pitch_shift, random_microphone, white_noise
 from kanade_stream.voices.phones import PHONES, UNKNOWN
 
 from .data import LabelledBatch, perturbed_rate
@@ -148,9 +148,7 @@ class Phase1Model(nn.Module):
         snr = uniform(*view.snr_db, generator, (wave.shape[0],)) if view.snr_db else None
         microphone = None
         if view.equaliser_db:  # bass shelf at 100-400 Hz, treble shelf at 1-4 kHz, each within +- equaliser_db
-            bass, treble = (float(g) for g in uniform(-view.equaliser_db, view.equaliser_db, generator, (2,)))
-            corners = torch.rand(2, generator=generator)
-            microphone = (bass, treble, 100 * 4 ** float(corners[0]), 1000 * 4 ** float(corners[1]))
+            microphone = random_microphone(view.equaliser_db, torch.rand(4, generator=generator))
         return self.view_content(wave, frames, speed, semitones, snr, generator, microphone)
 
     def bounded_latent(self, latent: torch.Tensor) -> torch.Tensor:

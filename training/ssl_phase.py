@@ -47,7 +47,7 @@ from torch import nn
 from kanade_stream.voices.builder import build_voice_corpus, read_phones
 from kanade_stream.audio import resample
 from kanade_stream.ssl import WAVLM_CONV, conv_frames
-from kanade_stream.voices.perturb import equalise, pitch_shift
+from kanade_stream.voices.perturb import equalise, pitch_shift, random_microphone
 from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, PHONES, UNKNOWN
 
 from .data import LabelledBatch, perturbed_rate, phone_labels_at
@@ -213,11 +213,8 @@ class LabelledStream:
         100-400 Hz and treble shelf at 1-4 kHz, each gain uniform in +- equaliser_db."""
         if not self.equaliser_db:
             return audio
-        limit = self.equaliser_db
-        bass, treble = rng.uniform(-limit, limit, size=2)
-        bass_hz, treble_hz = 100 * 4 ** rng.uniform(), 1000 * 4 ** rng.uniform()  # log-uniform corners
         with torch.no_grad():
-            out = equalise(torch.from_numpy(audio), SAMPLE_RATE, float(bass), float(treble), bass_hz, treble_hz)
+            out = equalise(torch.from_numpy(audio), SAMPLE_RATE, *random_microphone(self.equaliser_db, rng.random(4)))
         return out.numpy().astype(np.float32)
 
     def noisy(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:

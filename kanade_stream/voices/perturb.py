@@ -94,6 +94,14 @@ def white_noise(x, snr_db, generator=None):
     return x + noise * rms * 10 ** (-torch.as_tensor(snr_db, dtype=x.dtype, device=x.device) / 20)
 
 
+def random_microphone(max_db: float, draws) -> tuple[float, float, float, float]:
+    """A microphone for `equalise` from four uniform [0, 1) draws: (bass dB, treble dB, bass Hz, treble Hz), each
+    gain within +- max_db, the bass corner log-uniform in 100-400 Hz, the treble corner in 1-4 kHz."""
+    bass, treble, bass_corner, treble_corner = (float(d) for d in draws)
+    return (-max_db + 2 * max_db * bass, -max_db + 2 * max_db * treble, 100 * 4 ** bass_corner,
+            1000 * 4 ** treble_corner)
+
+
 def equalise(x, sample_rate: int, bass_db: float = 0.0, treble_db: float = 0.0, bass_hz: float = 250.0,
              treble_hz: float = 2000.0):
     """`x` (..., samples) heard through another microphone and room: a low shelf of `bass_db` below about
