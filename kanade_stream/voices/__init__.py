@@ -3,7 +3,8 @@
     phones.py    the shared phone inventory (ARPAbet 39 + sil), each synthesizer's map onto it, 50 Hz labels
     espeak.py    eSpeak NG + its phoneme events (through kanade_stream.corpus's ctypes binding)
     festival.py  festival voices (kal, ked, Italian, Catalan, Czech, Finnish, Russian) + utt.save.segs times
-    ipa.py       eSpeak's US English IPA as the neural voices read it, and segments from their durations
+    neural.py    what Kokoro and Piper share: eSpeak's IPA as they read it, segments from their predicted
+                 durations, their ONNX graphs edited once (durations as outputs) and cached
     kokoro.py    Kokoro-82M (neural, int8 ONNX from PyPI) speaking eSpeak's English IPA + its own durations
     piper.py     Piper's joe (VITS, ONNX from PyPI; a natural US English speaker) + its own durations
     perturb.py   speed (vocal-tract length) and pitch perturbations that keep the alignments valid

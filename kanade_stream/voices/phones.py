@@ -15,7 +15,7 @@ becomes `UNKNOWN`, which training ignores; the corpus builder counts them.
 | festival lj/mv (Finnish) | finnish (SAMPA + gemination `:`) | y->uw, @->ae, T->th |
 | festival nsh (Russian) | msu_ru (palatalised doubled letters) | pp->p ..., ii->iy, yy->ih, c->t, sch->sh |
 | Kokoro (jm_kumo, jf_*) | kokoro (eSpeak's US English IPA; A I O W Y = eI aI oU aU OI) | flap ɾ->d, ʔ->t |
-| Piper (joe) | piper (the same tokens as kokoro: both read eSpeak's IPA, voices/ipa.py) | as kokoro |
+| Piper (joe) | piper (the same tokens as kokoro: both read eSpeak's IPA, voices/neural.py) | as kokoro |
 """
 
 from __future__ import annotations

