@@ -193,7 +193,7 @@ class DistillTask(Task):
         for part in self.trainable:
             part.requires_grad_(True)
         self.add_optimizer("student", [p for part in self.trainable for p in part.parameters()])
-        self.generator = torch.Generator().manual_seed(1234 + runtime.rank)
+        self.seed = 1234 + 1_000_003 * runtime.rank
         self.export_fn = export_fn
 
     def train(self) -> None:
@@ -202,9 +202,11 @@ class DistillTask(Task):
             part.train()
 
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
-        batch = heard_through_microphones(batch, self.student.config.sample_rate, self.equaliser_db, self.generator)
+        # the step's draws (microphones, the decoder's token source) come from the step: a resumed run makes the same
+        generator = torch.Generator().manual_seed(self.seed + step)
+        batch = heard_through_microphones(batch, self.student.config.sample_rate, self.equaliser_db, generator)
         with self.runtime.autocast():
-            out = self.ddp(batch, self.generator)
+            out = self.ddp(batch, generator)
         grad_norm = self.optimize("student", out["loss"])
         return {k: float(v.detach()) for k, v in out.items() if v.dim() == 0} | {"grad_norm": grad_norm}
 
