@@ -44,13 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kanade_stream.voices.builder import build_voice_corpus, read_phones
+from kanade_stream.voices.builder import build_voice_corpus
 from kanade_stream.audio import resample
 from kanade_stream.ssl import WAVLM_CONV, conv_frames
 from kanade_stream.voices.perturb import equalise, pitch_shift, random_microphone
 from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, PHONES, UNKNOWN
 
-from .data import LabelledBatch, perturbed_rate, phone_labels_at
+from .data import LabelledBatch, clip_phones, perturbed_rate, phone_labels_at
 from .runtime import Runtime
 from .settings import SSLModelSettings, SSLSettings
 from .trainer import Task
@@ -89,7 +89,6 @@ class LabelledClips:
     def __init__(self, root: Path, entries: list[dict], chunk_samples: int, speakers: dict[str, int] | None = None):
         self.root, self.entries, self.chunk = root, entries, chunk_samples
         self.speakers = speakers or {}  # training voice -> index (the adversary's classes)
-        self._segments: dict[int, list] = {}
 
     def speaker(self, index: int) -> int:
         return self.speakers.get(self.entries[index]["speaker"], -1)
@@ -119,10 +118,9 @@ class LabelledClips:
             start = int(rng.integers(0, (total - need) // HOP + 1)) * HOP
         audio = self._read(path, start, speed)
         n = num_frames(self.chunk)
-        if index not in self._segments:
-            self._segments[index] = read_phones(self.root / entry["phones"], entry.get("phone_set"))
+        segments = clip_phones(str(self.root / entry["phones"]), entry.get("phone_set"))
         valid = num_frames(len(audio)) if len(audio) >= 400 else 0
-        labels = phone_labels_at(self._segments[index], start / SAMPLE_RATE, speed, n, valid)
+        labels = phone_labels_at(segments, start / SAMPLE_RATE, speed, n, valid)
         second, ratio = None, 1.0
         if view is not None:
             view_speed = perturbed_rate(SAMPLE_RATE, view[0]) / SAMPLE_RATE
