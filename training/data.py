@@ -469,7 +469,36 @@ def ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class BatchStream:
+class EpochCursor:
+    """Where an endless stream of batches is: (epoch, batches done in it), the state checkpoints keep so that a
+    resumed run reads on from the same batch. A subclass sets `batches_per_epoch` and makes the batches."""
+
+    batches_per_epoch: int
+
+    def __init__(self):
+        self.epoch, self.batch_in_epoch = 0, 0
+        self._iterator = None  # a subclass's loader iterator, made anew from the position when it is None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        self._iterator = None
+
+    def __iter__(self):
+        return self
+
+    def advance(self) -> bool:
+        """One batch done; True when that ended the epoch (the next batch is the next epoch's first)."""
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch < self.batches_per_epoch:
+            return False
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return True
+
+
+class BatchStream(EpochCursor):
     """Endless batches over epochs, remembering (epoch, batches done in the epoch) for checkpoints."""
 
     def __init__(self, dataset: ChunkDataset, batch_size: int, num_workers: int = 0, rank: int = 0,
@@ -484,18 +513,7 @@ class BatchStream:
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
                                  collate_fn=collate, drop_last=True, pin_memory=pin_memory,
                                  worker_init_fn=ignore_sigint if num_workers else None)
-        self.epoch, self.batch_in_epoch = 0, 0
-        self._iterator = None
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
-        self._iterator = None
-
-    def __iter__(self):
-        return self
+        super().__init__()
 
     def __next__(self) -> tuple[torch.Tensor, int]:
         if self._iterator is None:
@@ -506,9 +524,8 @@ class BatchStream:
         except StopIteration:
             self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
             return next(self)
-        self.batch_in_epoch += 1
-        if self.batch_in_epoch >= self.batches_per_epoch:  # the epoch is done: next call starts the next one
-            self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+        if self.advance():  # the epoch is done: the next call starts the next one's loader
+            self._iterator = None
         return batch
 
 

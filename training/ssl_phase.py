@@ -50,7 +50,7 @@ from kanade_stream.ssl import WAVLM_CONV, conv_frames
 from kanade_stream.voices.perturb import equalise, pitch_shift, random_microphone
 from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, PHONES, UNKNOWN
 
-from .data import LabelledBatch, clip_phones, perturbed_rate, phone_labels_at
+from .data import EpochCursor, LabelledBatch, clip_phones, perturbed_rate, phone_labels_at
 from .runtime import Runtime
 from .settings import SSLModelSettings, SSLSettings
 from .trainer import Task
@@ -144,7 +144,7 @@ class LabelledClips:
         return np.pad(audio, (0, self.chunk - len(audio))) if len(audio) < self.chunk else audio
 
 
-class LabelledStream:
+class LabelledStream(EpochCursor):
     """Endless seeded batches over epochs; state (epoch, batch in epoch) for exact resumption. Batch k of an
     epoch depends only on (seed, epoch, k), so `num_workers` loader processes can make batches ahead (a GPU
     step is faster than reading 64 clips in one process) and the batches are the same with or without them."""
@@ -163,19 +163,8 @@ class LabelledStream:
         self.speed_perturbation, self.view, self.noise_snr_db = speed_perturbation, view, tuple(noise_snr_db)
         self.equaliser_db = equaliser_db
         self.batches_per_epoch = len(clips) // batch_size
-        self.epoch, self.batch_in_epoch = 0, 0
         self.num_workers = num_workers
-        self._iterator = None
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
-        self._iterator = None
-
-    def __iter__(self):
-        return self
+        super().__init__()
 
     def make_batch(self, position: tuple[int, int]) -> LabelledBatch:
         """Batch `index` of epoch `epoch` (position = (epoch, index))."""
@@ -244,9 +233,7 @@ class LabelledStream:
                                     num_workers=self.num_workers, prefetch_factor=4, worker_init_fn=ignore_sigint)
                 self._iterator = iter(loader)
             batch = next(self._iterator)
-        self.batch_in_epoch += 1
-        if self.batch_in_epoch >= self.batches_per_epoch:
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.advance()  # the loader's positions run on over epochs (_positions): it carries on
         return batch, 0
 
 
