@@ -245,7 +245,7 @@ def test_lr_schedule_matches_the_recipe():
     assert load_settings("kanade_12hz").model["init_args"]["config"]["downsample_factor"] == 4
 
 
-def tiny_phase1_model(corpus, **options):
+def tiny_phase1_model(corpus, runtime: Runtime | None = None, **options):
     """A tiny phase-1 model on the embedded SSL model (`options` go to Phase1Model) and a 2 s chunk of the corpus."""
     from kanade_stream.config import tiny_config
     from training.models import build_teacher
@@ -253,7 +253,7 @@ def tiny_phase1_model(corpus, **options):
 
     teacher = build_teacher(tiny_config(ssl_dim=256), resolve_ssl_model("embedded"), with_feature_decoder=True)
     record = next(r for r in load_data(corpus).records if r["duration"] > 2.0)
-    return Phase1Model(teacher, Runtime(), **options), read_chunk(record, 48000, 24000, None)[None]
+    return Phase1Model(teacher, runtime or Runtime(), **options), read_chunk(record, 48000, 24000, None)[None]
 
 
 def test_content_perturbation_changes_the_content_branch_alone_and_keeps_frames_aligned(corpus):
@@ -317,6 +317,22 @@ def test_invariance_view_can_be_heard_through_another_microphone(corpus):
     settings.phase1.invariance.equaliser_db = -1
     with pytest.raises(SettingsError, match="equaliser_db in"):
         check_settings(settings)
+
+
+def test_invariance_view_is_made_in_fp32_under_bf16_autocast(corpus):
+    # bf16 autocast (--precision bf16: GPUs, and CPUs with AVX512-BF16) must not reach the view's filters:
+    # torchaudio's IIR filter refused the bf16 signal its own conv gave it there
+    from training.settings import InvarianceView
+
+    runtime = Runtime(precision="bf16")
+    model, wave = tiny_phase1_model(corpus, runtime, invariance=InvarianceView(equaliser_db=12.0))
+    model.teacher.eval()
+    with torch.no_grad():
+        reference = model(wave, view_seed=3)
+        with runtime.autocast():
+            out = model(wave, view_seed=3)
+    assert torch.isfinite(out["invariance"]) and float(out["invariance"]) > 0
+    assert float(out["invariance"]) == pytest.approx(float(reference["invariance"]), rel=0.3)
 
 
 def test_invariance_noise_lands_at_the_asked_snr():

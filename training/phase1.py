@@ -130,7 +130,8 @@ class Phase1Model(nn.Module):
         with the chunk's own."""
         rate = self.teacher.config.sample_rate
         with torch.no_grad():
-            heard = heard_as_another_voice(wave, rate, speed, semitones, snr_db, generator, microphone)
+            with self.runtime.no_autocast():  # the filters (resampling, pitch, equaliser) run in fp32
+                heard = heard_as_another_voice(wave.float(), rate, speed, semitones, snr_db, generator, microphone)
             content, _ = self.teacher.ssl_features(heard)
         content = F.interpolate(content.float().transpose(1, 2), size=frames, mode="linear", align_corners=False)
         return content.transpose(1, 2)
