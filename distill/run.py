@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="start over, deleting the folder of each stage run (needed when it already holds a run)")
     p.add_argument("--eval-only", action="store_true", help="only write the evaluation report of <out>/export")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on a CPU with AVX512-BF16 or AMX is faster "
+                        "(training/README.md)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (on a shared or busy CPU, 1 is often much faster than several)")
     p.add_argument("--no-progress", action="store_true")
@@ -86,6 +89,8 @@ def apply_overrides(settings: DistillSettings, args, stages) -> DistillSettings:
             settings.phase(stage).batch_size = None
     if args.equaliser is not None:
         settings.equaliser_db = args.equaliser
+    if args.precision is not None:
+        settings.precision = args.precision
     if args.steps is not None:
         for stage in stages:
             s = settings.phase(stage)

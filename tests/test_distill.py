@@ -207,3 +207,13 @@ def test_training_chunks_can_be_heard_through_other_microphones(corpus, tmp_path
     settings.equaliser_db = 30
     with pytest.raises(SettingsError, match="equaliser_db must be in"):
         check_settings(settings)
+
+
+def test_precision_flag_reaches_the_settings_and_a_bf16_stage_learns(corpus, tmp_path):
+    from distill import run as run_mod
+
+    settings = settings_for(corpus, tmp_path, steps=6)
+    settings = run_mod.apply_overrides(settings, run_mod.parse_args(["--precision", "bf16"]), ["ssl"])
+    assert settings.precision == "bf16"
+    result = run(settings, ["ssl"], Runtime(precision="bf16"), progress=False)["results"]["ssl"]
+    assert result.completed and result.val["loss"] < result.first_val["loss"]
