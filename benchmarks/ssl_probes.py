@@ -18,6 +18,8 @@ WavLM was pretrained).
    same for a Kanade teacher's own content tokens (aligned on its latent before quantisation), and the
    share of its tokens that stay when only the pitch of a clip moves, quiet white noise is added, it is
    heard in a small room or through a telephone band.
+4. With --teacher, where its content branch loses phones: an MLP phone probe (fitted on training voices) on
+   each stage of the path, from the SSL features it reads to its tokens, on unseen voices and ARCTIC.
 
 Writes a JSON (--out) and prints a table.
 """
@@ -252,6 +254,55 @@ def teacher_token_agreement(teacher_folder: str, waves: dict) -> dict[str, float
             **{f"{name}_kept_per_digit": float(np.mean(b)) for name, (_, b) in kept.items()}}
 
 
+def teacher_content_path_phones(teacher_folder: str, root: Path, train_entries: list, unseen_entries: list,
+                                waves: dict, segments: dict) -> dict[str, dict[str, float]]:
+    """Where the teacher's content branch loses phones: an MLP probe (fitted on training voices) on each stage
+    of the path, read on unseen corpus voices and on the ARCTIC clips. Stages: the normalised SSL features it
+    reads, its encoder's latent, the FSQ latent unrounded (as the codes are scaled) and the token embedding
+    (rounded). The 25 Hz stages are repeated to the 50 Hz labels."""
+    from kanade_stream import KanadeTeacher
+    from kanade_stream.audio import resample
+
+    teacher = KanadeTeacher.from_pretrained(teacher_folder).eval()
+    quantizer = teacher.local_quantizer
+    factor = teacher.config.downsample_factor
+
+    @torch.inference_mode()
+    def stages(wave: np.ndarray) -> dict[str, torch.Tensor]:
+        wave_model = resample(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), RATE, teacher.sample_rate)
+        content = teacher.ssl_features(wave_model[None].to(teacher.device))[0]
+        latent = teacher.content_latent(content)
+        unrounded = quantizer.proj_out(quantizer.unrounded(latent) / quantizer.half_width)
+        up = lambda x: x[0].float().repeat_interleave(factor, 0)  # noqa: E731
+        return {"SSL features read": content[0].float(), "encoder latent": up(latent),
+                "FSQ unrounded": up(unrounded), "tokens": up(quantizer.encode(latent)[0])}
+
+    def frames(items) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        x, y = {}, []
+        for wave, clip_segments in items:
+            f = stages(wave)
+            n = min(v.shape[0] for v in f.values())
+            for k, v in f.items():
+                x.setdefault(k, []).append(v[:n])
+            y.append(torch.from_numpy(frame_labels(clip_segments, n)))
+        return {k: torch.cat(v) for k, v in x.items()}, torch.cat(y)
+
+    def corpus_items(entries):
+        return [(sf.read(root / e["path"], dtype="float32")[0], read_phones(root / e["phones"], e.get("phone_set")))
+                for e in entries]
+
+    x_train, y_train = frames(corpus_items(train_entries))
+    tests = [frames(corpus_items(unseen_entries))]
+    if waves:
+        tests.append(frames([(waves[key], segments[key]) for key in waves]))
+    out = {}
+    for stage in x_train:
+        accuracies = fit_probe(x_train[stage], y_train, [(x[stage], y) for x, y in tests], len(PHONES), hidden=256,
+                               steps=400)
+        out[stage] = {"unseen_voices": accuracies[0], "arctic": accuracies[1] if waves else float("nan")}
+    return out
+
+
 def arctic_waves(folder: Path) -> tuple[dict[tuple[str, int], np.ndarray], dict[tuple[str, int], list]]:
     """The probe sentences in the ARCTIC voices (16 kHz, peak 0.9), and each clip's phone segments from flite's
     own segment times (`synthesize_with_phones`)."""
@@ -383,6 +434,10 @@ def main(argv=None) -> int:
             results["arctic_agreement"][k] = cross_voice_agreement(z, tok)
         if args.teacher:
             results["teacher_token_agreement"] = teacher_token_agreement(args.teacher, waves)
+    if args.teacher:
+        results["teacher_content_phones"] = teacher_content_path_phones(
+            args.teacher, args.corpus, spread(entries, probe_voices, args.per_voice),
+            spread(entries, held_voices, args.per_voice), waves, arctic_phones)
         if args.ssl_model and (Path(args.ssl_model) / "phone_head.safetensors").is_file():
             results["phone_head_arctic"] = phone_head_under_microphones(args.ssl_model, waves, arctic_phones)
     results["wall_s"] = round(time.time() - start, 1)
@@ -402,6 +457,9 @@ def main(argv=None) -> int:
         for name, what in CHANGES.items():
             print(f"teacher tokens kept when {what}: {ag[name + '_kept']:.3f} "
                   f"(FSQ digits {ag[name + '_kept_per_digit']:.3f})")
+    for stage, accuracy in results.get("teacher_content_phones", {}).items():
+        print(f"phones (MLP probe) from the teacher's {stage}: unseen voices {accuracy['unseen_voices']:.3f}, "
+              f"ARCTIC {accuracy['arctic']:.3f}")
     for name, accuracy in results.get("phone_head_arctic", {}).items():
         print(f"the SSL model's phone head on ARCTIC, {name}: {accuracy:.3f}")
     print(f"(phone majority class {results['phone_majority']:.3f}, ARCTIC "
