@@ -425,3 +425,56 @@ def test_another_microphone_moves_the_bass_and_treble_it_draws_and_keeps_the_lev
     settings.ssl.equaliser_db = 30
     with pytest.raises(SettingsError, match="equaliser_db must be in"):
         check_settings(settings)
+
+
+def test_a_tilted_microphone_moves_bass_and_treble_apart_together(tmp_path):
+    """perturb.random_microphone with tilt_db: one more draw moves the bass up and the treble down by the same
+    amount (or the reverse); without it the microphone and the draws it takes are as before. The SSL phase's
+    --tilt reaches its chunks (darker and brighter ones than the shelves alone give) and is range-checked."""
+    import numpy as np
+    import soundfile as sf
+
+    from kanade_stream.voices.perturb import random_microphone
+    from training import run as run_mod
+    from training.settings import check_settings
+    from training.ssl_phase import LabelledClips, LabelledStream
+
+    draws = [0.5, 0.5, 0.0, 1.0]
+    assert random_microphone(12.0, draws) == (0.0, 0.0, 100.0, 4000.0)
+    assert random_microphone(12.0, draws + [0.9], tilt_db=0.0) == random_microphone(12.0, draws)
+    bass, treble, _, _ = random_microphone(12.0, draws + [1.0], tilt_db=9.0)
+    assert bass == pytest.approx(9.0) and treble == pytest.approx(-9.0)  # darker at both ends at once
+    bass, treble, _, _ = random_microphone(12.0, [1.0, 0.0, 0.5, 0.5, 0.0], tilt_db=9.0)
+    assert bass == pytest.approx(12.0 - 9.0) and treble == pytest.approx(-12.0 + 9.0)
+
+    t = torch.arange(16000) / 16000
+    x = 0.45 * torch.sin(2 * math.pi * 100 * t) + 0.45 * torch.sin(2 * math.pi * 3000 * t)
+    sf.write(tmp_path / "clip.wav", x.numpy().astype(np.float32), 16000)
+    (tmp_path / "clip.phones").write_text("0.0\t1.0\taa\n")
+    entry = {"path": "clip.wav", "phones": "clip.phones", "speaker": "a", "split": "train"}
+    clips = LabelledClips(tmp_path, [entry] * 16, num_frames_to_samples(40))
+
+    def spread_of_tilts(stream):  # dB of the 100 Hz tone over the 3 kHz one, over the first batches' chunks
+        values = []
+        for index in range(4):
+            for row in stream.make_batch((0, index)).wave:
+                y = row.double() * torch.hann_window(len(row), dtype=torch.float64)
+                time = torch.arange(len(y), dtype=torch.float64) / 16000
+                at = lambda hz: abs(complex((y * torch.exp(-2j * math.pi * hz * time)).sum()))  # noqa: E731
+                values.append(20 * math.log10(at(100) / at(3000)))
+        return float(np.std(values))
+
+    untilted = LabelledStream(clips, 4, seed=0, equaliser_db=3.0)
+    tilted = LabelledStream(clips, 4, seed=0, equaliser_db=3.0, tilt_db=9.0)
+    assert spread_of_tilts(tilted) > 2 * spread_of_tilts(untilted)
+
+    args = run_mod.parse_args(["--phase", "ssl", "--equaliser", "12", "--tilt", "9"])
+    settings = run_mod.apply_overrides(load_settings("ssl_full"), args, ["ssl"])
+    assert settings.ssl.tilt_db == 9 and settings.ssl.equaliser_db == 12
+    check_settings(settings)
+    settings.ssl.tilt_db = 20
+    with pytest.raises(SettingsError, match="tilt_db must be in"):
+        check_settings(settings)
+    settings.ssl.tilt_db, settings.ssl.equaliser_db = 9, 0
+    with pytest.raises(SettingsError, match="needs ssl.equaliser_db"):
+        check_settings(settings)

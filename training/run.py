@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="hear audio through another microphone, its bass and treble each moved by up to +-DB dB: "
                         "--phase ssl every training chunk (ssl.equaliser_db), phase 1 the token-invariance "
                         "view (phase1.invariance.equaliser_db)")
+    p.add_argument("--tilt", type=float, default=None, metavar="DB",
+                   help="--phase ssl with --equaliser: each microphone also tilts the spectrum, bass up and treble "
+                        "down (or the reverse) by one draw within +-DB dB (ssl.tilt_db)")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers per process")
     p.add_argument("--ssl-model", default=None,
                    help="WavLM: hub id (microsoft/wavlm-base-plus), local transformers folder, or 'embedded' (tiny)")
@@ -126,6 +129,8 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
     if args.equaliser is not None:
         settings.ssl.equaliser_db = args.equaliser
         settings.phase1.invariance.equaliser_db = args.equaliser
+    if args.tilt is not None:
+        settings.ssl.tilt_db = args.tilt
     for attr, value in (("out", args.out), ("ssl_model", args.ssl_model), ("precision", args.precision),
                         ("seed", args.seed)):
         if value is not None:

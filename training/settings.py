@@ -219,6 +219,10 @@ class SSLSettings(PhaseSettings):
     # thin low end; the held-out ARCTIC voices have more, and cutting it (9 dB below 300 Hz) raised the SSL
     # model's phone accuracy on them from 0.45 to 0.53.
     equaliser_db: float = 0.0
+    # with equaliser_db: the microphone also tilts, bass up and treble down together (or the reverse) by one
+    # draw within +- this many dB (perturb.random_microphone). The ARCTIC voices put 7-15 dB more below 300 Hz,
+    # relative to 600-2400 Hz, than any training voice, and independent bass and treble draws rarely reach that.
+    tilt_db: float = 0.0
     losses: SSLLosses = field(default_factory=SSLLosses)
     model: SSLModelSettings = field(default_factory=SSLModelSettings)
 
@@ -413,6 +417,9 @@ def check_settings(settings: RunSettings) -> None:
     if not 0 <= ssl.equaliser_db <= 24:
         raise SettingsError(f"ssl.equaliser_db must be in [0, 24] dB (12: bass and treble each moved by up to "
                             f"+-12 dB), got {ssl.equaliser_db}")
+    if not 0 <= ssl.tilt_db <= 12 or ssl.tilt_db and not ssl.equaliser_db:
+        raise SettingsError(f"ssl.tilt_db must be in [0, 12] dB and needs ssl.equaliser_db > 0 (--equaliser 12 "
+                            f"--tilt 9), got tilt_db {ssl.tilt_db} with equaliser_db {ssl.equaliser_db}")
     if not 0 <= ssl.speed_perturbation < 0.5 or not 0 <= settings.data.speed_perturbation < 0.5:
         raise SettingsError("speed_perturbation must be in [0, 0.5) (0.1: chunks played 0.9x to 1.1x as fast)")
     if not 0 <= settings.phase1.content_perturbation < 0.5:

@@ -151,17 +151,18 @@ class LabelledStream(EpochCursor):
 
     def __init__(self, clips: LabelledClips, batch_size: int, seed: int, gain: tuple[float, float] = (0.3, 1.0),
                  num_workers: int = 0, speed_perturbation: float = 0.0, view: tuple[float, float] | None = None,
-                 noise_snr_db: tuple[float, ...] = (), equaliser_db: float = 0.0):
+                 noise_snr_db: tuple[float, ...] = (), equaliser_db: float = 0.0, tilt_db: float = 0.0):
         """`view` = (speed spread, semitones): each clip is also heard as another voice, played at a speed in
         1 +- spread with its pitch then moved by up to +- semitones (LabelledClips.load_views).
         `noise_snr_db` = (low, high): white noise added to every chunk (and view) at an SNR in that range.
         `equaliser_db`: every chunk (and view, on its own) heard through another microphone, its bass and its
-        treble each moved by up to +- that many dB (`perturb.equalise`, corner frequencies drawn too)."""
+        treble each moved by up to +- that many dB (`perturb.equalise`, corner frequencies drawn too), and the
+        whole spectrum tilted within +- `tilt_db` (`perturb.random_microphone`)."""
         if len(clips) < batch_size:
             raise ValueError(f"{len(clips)} training clips, fewer than the batch size {batch_size}")
         self.clips, self.batch_size, self.seed, self.gain = clips, batch_size, seed, gain
         self.speed_perturbation, self.view, self.noise_snr_db = speed_perturbation, view, tuple(noise_snr_db)
-        self.equaliser_db = equaliser_db
+        self.equaliser_db, self.tilt_db = equaliser_db, tilt_db
         self.batches_per_epoch = len(clips) // batch_size
         self.num_workers = num_workers
         super().__init__()
@@ -197,11 +198,13 @@ class LabelledStream(EpochCursor):
 
     def equalised(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """`audio` through a microphone drawn from `equaliser_db` (as it is when that is 0): bass shelf at
-        100-400 Hz and treble shelf at 1-4 kHz, each gain uniform in +- equaliser_db."""
+        100-400 Hz and treble shelf at 1-4 kHz, each gain uniform in +- equaliser_db, then tilted (tilt_db)."""
         if not self.equaliser_db:
             return audio
+        draws = rng.random(5 if self.tilt_db else 4)  # the fifth only with the tilt: old runs draw as they did
         with torch.no_grad():
-            out = equalise(torch.from_numpy(audio), SAMPLE_RATE, *random_microphone(self.equaliser_db, rng.random(4)))
+            out = equalise(torch.from_numpy(audio), SAMPLE_RATE,
+                           *random_microphone(self.equaliser_db, draws, self.tilt_db))
         return out.numpy().astype(np.float32)
 
     def noisy(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -548,7 +551,7 @@ def make_ssl_task(run, runtime: Runtime):
                             num_workers=settings.num_workers, speed_perturbation=settings.speed_perturbation,
                             view=(settings.losses.view_speed_spread, settings.losses.view_semitones)
                             if settings.losses.consistency_weight > 0 else None, noise_snr_db=settings.noise_snr_db,
-                            equaliser_db=settings.equaliser_db)
+                            equaliser_db=settings.equaliser_db, tilt_db=settings.tilt_db)
     val_batches = fixed_batches(LabelledClips(info.out_dir, val, chunk, speakers), len(val), batch_size)
     return SSLTask(runtime, settings, seed, num_speakers=len(speakers)), stream, val_batches
 

@@ -94,12 +94,18 @@ def white_noise(x, snr_db, generator=None):
     return x + noise * rms * 10 ** (-torch.as_tensor(snr_db, dtype=x.dtype, device=x.device) / 20)
 
 
-def random_microphone(max_db: float, draws) -> tuple[float, float, float, float]:
-    """A microphone for `equalise` from four uniform [0, 1) draws: (bass dB, treble dB, bass Hz, treble Hz), each
-    gain within +- max_db, the bass corner log-uniform in 100-400 Hz, the treble corner in 1-4 kHz."""
-    bass, treble, bass_corner, treble_corner = (float(d) for d in draws)
-    return (-max_db + 2 * max_db * bass, -max_db + 2 * max_db * treble, 100 * 4 ** bass_corner,
-            1000 * 4 ** treble_corner)
+def random_microphone(max_db: float, draws, tilt_db: float = 0.0) -> tuple[float, float, float, float]:
+    """A microphone for `equalise` from uniform [0, 1) draws: (bass dB, treble dB, bass Hz, treble Hz), each
+    gain within +- max_db, the bass corner log-uniform in 100-400 Hz, the treble corner in 1-4 kHz (four draws).
+    With `tilt_db` a fifth draw tilts the whole spectrum: the bass up and the treble down by one amount within
+    +- tilt_db (or the other way). Independent draws rarely reach a darker or brighter voice at both ends at
+    once, which voices and rooms often are (a pressed or breathy voice, a close or distant microphone)."""
+    bass, treble, bass_corner, treble_corner = (float(d) for d in draws[:4])
+    bass_db, treble_db = -max_db + 2 * max_db * bass, -max_db + 2 * max_db * treble
+    if tilt_db:
+        tilt = -tilt_db + 2 * tilt_db * float(draws[4])
+        bass_db, treble_db = bass_db + tilt, treble_db - tilt
+    return bass_db, treble_db, 100 * 4 ** bass_corner, 1000 * 4 ** treble_corner
 
 
 def equalise(x, sample_rate: int, bass_db: float = 0.0, treble_db: float = 0.0, bass_hz: float = 250.0,
