@@ -319,6 +319,26 @@ def test_invariance_view_can_be_heard_through_another_microphone(corpus):
         check_settings(settings)
 
 
+def test_invariance_view_microphone_can_tilt(corpus):
+    from training.settings import InvarianceView
+
+    view = dict(speed_spread=0.0, semitones=0.0, snr_db=(), equaliser_db=6.0)
+    plain, wave = tiny_phase1_model(corpus, invariance=InvarianceView(**view))
+    tilted, _ = tiny_phase1_model(corpus, invariance=InvarianceView(**view, tilt_db=9.0))
+    frames = plain.targets(wave)[0].shape[1]
+    generator = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    with torch.no_grad():
+        a, b = plain.invariance_view(wave, frames, generator()), tilted.invariance_view(wave, frames, generator())
+        again = tilted.invariance_view(wave, frames, generator())
+    assert torch.equal(b, again) and not torch.allclose(a, b, atol=1e-3)  # seeded; the tilt moves the view
+    args = run_mod.parse_args(["--config", "embedded", "--phase", "1", "--equaliser", "12", "--tilt", "9"])
+    settings = run_mod.apply_overrides(load_settings("embedded"), args, ["phase1"])
+    assert settings.phase1.invariance.tilt_db == 9 and settings.ssl.tilt_db == 9
+    settings.phase1.invariance.equaliser_db = 0
+    with pytest.raises(SettingsError, match="tilt_db in"):
+        check_settings(settings)
+
+
 def test_invariance_view_is_made_in_fp32_under_bf16_autocast(corpus):
     # bf16 autocast (--precision bf16: GPUs, and CPUs with AVX512-BF16) must not reach the view's filters:
     # torchaudio's IIR filter refused the bf16 signal its own conv gave it there

@@ -149,7 +149,8 @@ class Phase1Model(nn.Module):
         snr = uniform(*view.snr_db, generator, (wave.shape[0],)) if view.snr_db else None
         microphone = None
         if view.equaliser_db:  # bass shelf at 100-400 Hz, treble shelf at 1-4 kHz, each within +- equaliser_db
-            microphone = random_microphone(view.equaliser_db, torch.rand(4, generator=generator))
+            draws = torch.rand(5 if view.tilt_db else 4, generator=generator)  # the fifth tilts (tilt_db)
+            microphone = random_microphone(view.equaliser_db, draws, view.tilt_db)
         return self.view_content(wave, frames, speed, semitones, snr, generator, microphone)
 
     def bounded_latent(self, latent: torch.Tensor) -> torch.Tensor:

@@ -77,8 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--phase ssl every training chunk (ssl.equaliser_db), phase 1 the token-invariance "
                         "view (phase1.invariance.equaliser_db)")
     p.add_argument("--tilt", type=float, default=None, metavar="DB",
-                   help="--phase ssl with --equaliser: each microphone also tilts the spectrum, bass up and treble "
-                        "down (or the reverse) by one draw within +-DB dB (ssl.tilt_db)")
+                   help="with --equaliser: each microphone also tilts the spectrum, bass up and treble down (or the "
+                        "reverse) by one draw within +-DB dB (ssl.tilt_db, phase1.invariance.tilt_db)")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers per process")
     p.add_argument("--ssl-model", default=None,
                    help="WavLM: hub id (microsoft/wavlm-base-plus), local transformers folder, or 'embedded' (tiny)")
@@ -131,6 +131,7 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
         settings.phase1.invariance.equaliser_db = args.equaliser
     if args.tilt is not None:
         settings.ssl.tilt_db = args.tilt
+        settings.phase1.invariance.tilt_db = args.tilt
     for attr, value in (("out", args.out), ("ssl_model", args.ssl_model), ("precision", args.precision),
                         ("seed", args.seed)):
         if value is not None:

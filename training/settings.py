@@ -81,13 +81,15 @@ class Phase1Losses:
 class InvarianceView:
     """How phase 1's token-invariance loss hears each chunk again as another voice in another room: played up
     to `speed_spread` faster or slower (formants and tempo), its pitch then moved by up to `semitones` on its
-    own, through another microphone (bass and treble shelves each within +- `equaliser_db` dB; 0 = none), with
-    white noise at an SNR (dB, against each chunk's RMS) drawn from `snr_db` (() = none)."""
+    own, through another microphone (bass and treble shelves each within +- `equaliser_db` dB; 0 = none; the
+    whole spectrum also tilted within +- `tilt_db`, as ssl.tilt_db), with white noise at an SNR (dB, against
+    each chunk's RMS) drawn from `snr_db` (() = none)."""
 
     speed_spread: float = 0.15
     semitones: float = 3.0
     snr_db: tuple[float, ...] = (15.0, 40.0)
     equaliser_db: float = 0.0
+    tilt_db: float = 0.0
 
 
 @dataclass
@@ -427,10 +429,11 @@ def check_settings(settings: RunSettings) -> None:
                             f"chunks played 0.85x to 1.15x as fast), got {settings.phase1.content_perturbation}")
     view = settings.phase1.invariance
     if settings.phase1.losses.invariance_weight < 0 or not 0 <= view.speed_spread < 0.5 or not 0 <= view.semitones <= 12 \
-            or not 0 <= view.equaliser_db <= 24 or view.snr_db and (len(view.snr_db) != 2 or view.snr_db[0] > view.snr_db[1]):
+            or not 0 <= view.equaliser_db <= 24 or view.snr_db and (len(view.snr_db) != 2 or view.snr_db[0] > view.snr_db[1]) \
+            or not 0 <= view.tilt_db <= 12 or view.tilt_db and not view.equaliser_db:
         raise SettingsError("phase1.losses.invariance_weight must be >= 0, phase1.invariance.speed_spread in [0, 0.5), "
-                            "semitones in [0, 12], equaliser_db in [0, 24] and snr_db [] or [low, high] in dB; got "
-                            f"{settings.phase1.losses.invariance_weight}, {view}")
+                            "semitones in [0, 12], equaliser_db in [0, 24], tilt_db in [0, 12] (with equaliser_db > 0) "
+                            f"and snr_db [] or [low, high] in dB; got {settings.phase1.losses.invariance_weight}, {view}")
     if settings.phase1.losses.phone_weight < 0:
         raise SettingsError(f"phase1.losses.phone_weight must be >= 0, got {settings.phase1.losses.phone_weight}")
     if not 0 < ssl.mask_prob < 1 or ssl.mask_length < 1:
