@@ -434,12 +434,12 @@ def main(argv=None) -> int:
             results["arctic_agreement"][k] = cross_voice_agreement(z, tok)
         if args.teacher:
             results["teacher_token_agreement"] = teacher_token_agreement(args.teacher, waves)
+        if args.ssl_model and (Path(args.ssl_model) / "phone_head.safetensors").is_file():
+            results["phone_head_arctic"] = phone_head_under_microphones(args.ssl_model, waves, arctic_phones)
     if args.teacher:
         results["teacher_content_phones"] = teacher_content_path_phones(
             args.teacher, args.corpus, spread(entries, probe_voices, args.per_voice),
             spread(entries, held_voices, args.per_voice), waves, arctic_phones)
-        if args.ssl_model and (Path(args.ssl_model) / "phone_head.safetensors").is_file():
-            results["phone_head_arctic"] = phone_head_under_microphones(args.ssl_model, waves, arctic_phones)
     results["wall_s"] = round(time.time() - start, 1)
     print(f"{'features':<18} {'phone acc (unseen voices)':>26} {'(ARCTIC)':>9} {'speaker acc (8, chance .125)':>29} "
           f"{'ARCTIC same-sent/2 voices':>26} {'diff-sent/1 voice':>18}")
