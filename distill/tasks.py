@@ -32,7 +32,7 @@ from kanade_stream.streaming import KanadeStudent
 from kanade_stream.streaming.int8 import fake_quantize
 from kanade_stream.teacher import KanadeTeacher
 from kanade_stream.vocoder import vocode
-from kanade_stream.voices.perturb import equalise, random_microphone
+from kanade_stream.voices.perturb import equalise, microphone_draws, random_microphone
 from training.losses import STUDENT_STFT_RESOLUTIONS, fsq_matching_losses, mel_loss, stft_loss
 from training.runtime import Runtime
 from training.trainer import Task
@@ -100,7 +100,8 @@ def heard_through_microphones(batch: torch.Tensor, sample_rate: int, max_db: flo
     if not max_db:
         return batch
     with torch.no_grad():
-        return torch.stack([equalise(wave, sample_rate, *random_microphone(max_db, torch.rand(4, generator=generator)))
+        return torch.stack([equalise(wave, sample_rate,
+                                     *random_microphone(max_db, torch.rand(microphone_draws(), generator=generator)))
                             for wave in batch])
 
 

@@ -43,7 +43,7 @@ from torch import nn
 from kanade_stream.audio import resample
 from kanade_stream.config import KanadeConfig
 from kanade_stream.teacher import KanadeTeacher
-from kanade_stream.voices.perturb import equalise, pitch_shift, random_microphone, white_noise
+from kanade_stream.voices.perturb import equalise, microphone_draws, pitch_shift, random_microphone, white_noise
 from kanade_stream.voices.phones import PHONES, UNKNOWN
 
 from .data import LabelledBatch, perturbed_rate
@@ -149,7 +149,7 @@ class Phase1Model(nn.Module):
         snr = uniform(*view.snr_db, generator, (wave.shape[0],)) if view.snr_db else None
         microphone = None
         if view.equaliser_db:  # bass shelf at 100-400 Hz, treble shelf at 1-4 kHz, each within +- equaliser_db
-            draws = torch.rand(5 if view.tilt_db else 4, generator=generator)  # the fifth tilts (tilt_db)
+            draws = torch.rand(microphone_draws(view.tilt_db), generator=generator)
             microphone = random_microphone(view.equaliser_db, draws, view.tilt_db)
         return self.view_content(wave, frames, speed, semitones, snr, generator, microphone)
 

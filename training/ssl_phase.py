@@ -47,7 +47,7 @@ from torch import nn
 from kanade_stream.voices.builder import build_voice_corpus
 from kanade_stream.audio import resample
 from kanade_stream.ssl import WAVLM_CONV, conv_frames
-from kanade_stream.voices.perturb import equalise, pitch_shift, random_microphone
+from kanade_stream.voices.perturb import equalise, microphone_draws, pitch_shift, random_microphone
 from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, PHONES, UNKNOWN
 
 from .data import EpochCursor, LabelledBatch, clip_phones, perturbed_rate, phone_labels_at
@@ -201,7 +201,7 @@ class LabelledStream(EpochCursor):
         100-400 Hz and treble shelf at 1-4 kHz, each gain uniform in +- equaliser_db, then tilted (tilt_db)."""
         if not self.equaliser_db:
             return audio
-        draws = rng.random(5 if self.tilt_db else 4)  # the fifth only with the tilt: old runs draw as they did
+        draws = rng.random(microphone_draws(self.tilt_db))
         with torch.no_grad():
             out = equalise(torch.from_numpy(audio), SAMPLE_RATE,
                            *random_microphone(self.equaliser_db, draws, self.tilt_db))

@@ -94,9 +94,16 @@ def white_noise(x, snr_db, generator=None):
     return x + noise * rms * 10 ** (-torch.as_tensor(snr_db, dtype=x.dtype, device=x.device) / 20)
 
 
+def microphone_draws(tilt_db: float = 0.0) -> int:
+    """How many uniform draws `random_microphone` reads: four, and a fifth for the tilt only when it is on, so
+    that runs without it draw exactly as they did before it existed."""
+    return 5 if tilt_db else 4
+
+
 def random_microphone(max_db: float, draws, tilt_db: float = 0.0) -> tuple[float, float, float, float]:
     """A microphone for `equalise` from uniform [0, 1) draws: (bass dB, treble dB, bass Hz, treble Hz), each
-    gain within +- max_db, the bass corner log-uniform in 100-400 Hz, the treble corner in 1-4 kHz (four draws).
+    gain within +- max_db, the bass corner log-uniform in 100-400 Hz, the treble corner in 1-4 kHz
+    (`microphone_draws(tilt_db)` draws).
     With `tilt_db` a fifth draw tilts the whole spectrum: the bass up and the treble down by one amount within
     +- tilt_db (or the other way). Independent draws rarely reach a darker or brighter voice at both ends at
     once, which voices and rooms often are (a pressed or breathy voice, a close or distant microphone)."""
