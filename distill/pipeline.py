@@ -81,7 +81,7 @@ def distill_student(settings: DistillSettings, stages: list[str], runtime: Runti
         resume_from = prepare_folder(stage_dir, "auto" if resume else None, overwrite, runtime)
         seed_everything(settings.seed + runtime.rank)
         task = DistillTask(stage, runtime, settings.phase(stage), student, targets, save_student,
-                           equaliser_db=settings.equaliser_db)
+                           equaliser_db=settings.equaliser_db, tilt_db=settings.tilt_db)
         stream, val_batches = data.for_phase(stage, settings.seed)
         result = Trainer(task, stream, val_batches, stage_dir, progress=progress).fit(resume_from, stop_after)
         results[stage] = result

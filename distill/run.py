@@ -57,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--equaliser", type=float, default=None, metavar="DB",
                    help="hear every training chunk through another microphone, its bass and treble each moved by "
                         "up to +-DB dB, before teacher and student see it (equaliser_db)")
+    p.add_argument("--tilt", type=float, default=None, metavar="DB",
+                   help="with --equaliser: each microphone also tilts the spectrum, bass up and treble down (or the "
+                        "reverse) by one draw within +-DB dB (tilt_db)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out: finished stages are skipped, an unfinished one goes on from its "
                         "last.pt, else its newest readable step_*.pt; never deletes anything")
@@ -89,6 +92,8 @@ def apply_overrides(settings: DistillSettings, args, stages) -> DistillSettings:
             settings.phase(stage).batch_size = None
     if args.equaliser is not None:
         settings.equaliser_db = args.equaliser
+    if args.tilt is not None:
+        settings.tilt_db = args.tilt
     if args.precision is not None:
         settings.precision = args.precision
     if args.steps is not None:

@@ -137,6 +137,9 @@ class DistillSettings:
     # every training chunk heard through another microphone before teacher and student see it: bass and treble
     # shelves each moved by up to +- this many dB (voices.perturb.random_microphone; 0 = as recorded)
     equaliser_db: float = 0.0
+    # with equaliser_db: each microphone also tilts, bass up and treble down together (or the reverse) by one draw
+    # within +- this many dB, as the teacher's SSL model may have heard (training's ssl.tilt_db)
+    tilt_db: float = 0.0
     ssl: SslStage = field(default_factory=_stage(SslStage))
     content: ContentStage = field(default_factory=_stage(ContentStage))
     decoder: DecoderStage = field(default_factory=_stage(DecoderStage))
@@ -171,6 +174,9 @@ def check_settings(settings: DistillSettings) -> None:
     if not 0 <= settings.equaliser_db <= 24:
         raise SettingsError(f"equaliser_db must be in [0, 24] dB (12: bass and treble each moved by up to +-12 dB), "
                             f"got {settings.equaliser_db}")
+    if not 0 <= settings.tilt_db <= 12 or settings.tilt_db and not settings.equaliser_db:
+        raise SettingsError(f"tilt_db must be in [0, 12] dB and needs equaliser_db > 0 (--equaliser 12 --tilt 9), "
+                            f"got tilt_db {settings.tilt_db} with equaliser_db {settings.equaliser_db}")
     for stage in ALL_STAGES:
         seconds = settings.chunk_seconds(stage)
         # chunks of whole teacher tokens (40 ms), so teacher and student frames line up one to one

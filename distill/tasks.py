@@ -93,15 +93,16 @@ def fsq_losses(student: KanadeStudent, latent: torch.Tensor, target: Targets):
 
 
 def heard_through_microphones(batch: torch.Tensor, sample_rate: int, max_db: float,
-                              generator: torch.Generator | None) -> torch.Tensor:
-    """Each chunk of `batch` (B, samples) through a microphone of its own (bass and treble within +- max_db;
-    as it is when max_db is 0): the student learns the teacher on recordings whose bass and treble differ
-    from the corpus's, as the held-out voices' do."""
+                              generator: torch.Generator | None, tilt_db: float = 0.0) -> torch.Tensor:
+    """Each chunk of `batch` (B, samples) through a microphone of its own (bass and treble within +- max_db,
+    the whole spectrum also tilted within +- tilt_db; as it is when max_db is 0): the student learns the teacher
+    on recordings whose bass and treble differ from the corpus's, as the held-out voices' do."""
     if not max_db:
         return batch
+    draws = microphone_draws(tilt_db)
     with torch.no_grad():
-        return torch.stack([equalise(wave, sample_rate,
-                                     *random_microphone(max_db, torch.rand(microphone_draws(), generator=generator)))
+        return torch.stack([equalise(wave, sample_rate, *random_microphone(
+                                max_db, torch.rand(draws, generator=generator), tilt_db))
                             for wave in batch])
 
 
@@ -178,9 +179,9 @@ class DistillTask(Task):
     """One stage: trains the stage's parts of the student, everything else frozen."""
 
     def __init__(self, stage: str, runtime: Runtime, settings, student: KanadeStudent, targets: TeacherTargets,
-                 export_fn, equaliser_db: float = 0.0):
+                 export_fn, equaliser_db: float = 0.0, tilt_db: float = 0.0):
         super().__init__(runtime, settings)
-        self.equaliser_db = equaliser_db
+        self.equaliser_db, self.tilt_db = equaliser_db, tilt_db
         self.phase = stage
         self.student = student.to(runtime.device)
         if stage == "int8":  # the int8 layers compute through int8 rounding from here on
@@ -205,7 +206,8 @@ class DistillTask(Task):
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
         # the step's draws (microphones, the decoder's token source) come from the step: a resumed run makes the same
         generator = torch.Generator().manual_seed(self.seed + step)
-        batch = heard_through_microphones(batch, self.student.config.sample_rate, self.equaliser_db, generator)
+        batch = heard_through_microphones(batch, self.student.config.sample_rate, self.equaliser_db, generator,
+                                          self.tilt_db)
         with self.runtime.autocast():
             out = self.ddp(batch, generator)
         grad_norm = self.optimize("student", out["loss"])

@@ -209,6 +209,36 @@ def test_training_chunks_can_be_heard_through_other_microphones(corpus, tmp_path
         check_settings(settings)
 
 
+def test_distillation_microphones_can_tilt():
+    from distill import run as run_mod
+    from distill.settings import DistillSettings, check_settings
+    from distill.tasks import heard_through_microphones
+    from training.settings import SettingsError
+
+    t = torch.arange(6000) / 24000
+    batch = torch.stack([0.3 * torch.sin(2 * torch.pi * 150 * t) + 0.1 * torch.sin(2 * torch.pi * 5000 * t)] * 48)
+
+    def bass_over_treble_db(heard):  # the tone at 150 Hz against the one at 5 kHz, per chunk
+        spectrum = torch.fft.rfft(heard).abs()
+        return 20 * torch.log10(spectrum[:, 150 * 6000 // 24000] / spectrum[:, 5000 * 6000 // 24000])
+
+    plain = heard_through_microphones(batch, 24000, 6.0, torch.Generator().manual_seed(0))
+    tilted = heard_through_microphones(batch, 24000, 6.0, torch.Generator().manual_seed(0), tilt_db=9.0)
+    again = heard_through_microphones(batch, 24000, 6.0, torch.Generator().manual_seed(0), tilt_db=9.0)
+    assert torch.equal(tilted, again)
+    # one draw moves both ends in opposite directions: the bass-treble balance spreads much wider
+    assert bass_over_treble_db(tilted).std() > 1.5 * bass_over_treble_db(plain).std()
+    assert bass_over_treble_db(tilted).abs().max() > 14  # beyond what +-6 dB shelves alone reach often
+    settings = run_mod.apply_overrides(DistillSettings(), run_mod.parse_args(["--equaliser", "12", "--tilt", "9"]),
+                                       ["ssl"])
+    assert (settings.equaliser_db, settings.tilt_db) == (12, 9)
+    with pytest.raises(SettingsError, match="needs equaliser_db"):
+        check_settings(run_mod.apply_overrides(DistillSettings(), run_mod.parse_args(["--tilt", "9"]), ["ssl"]))
+    settings.tilt_db = 13
+    with pytest.raises(SettingsError, match=r"tilt_db must be in \[0, 12\]"):
+        check_settings(settings)
+
+
 def test_precision_flag_reaches_the_settings_and_a_bf16_stage_learns(corpus, tmp_path):
     from distill import run as run_mod
 
