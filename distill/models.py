@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from kanade_stream.streaming import KanadeStudent, StudentConfig, StudentLoadError
 from kanade_stream.teacher import KanadeTeacher
 from kanade_stream.vocoder import GRIFFIN_LIM, load_vocoder
@@ -97,6 +99,27 @@ def student_config(settings: DistillSettings, teacher: KanadeTeacher) -> Student
             raise SettingsError(f"{stage}: chunk_seconds must be a multiple of this teacher's token length "
                                 f"({token_seconds:g} s), got {settings.chunk_seconds(stage)}")
     return config
+
+
+def deepen_ssl(student: KanadeStudent, extra_layers: int) -> KanadeStudent:
+    """`student` with `extra_layers` more causal SSL layers on top of its own (after the global branch's
+    layer, before the content head), each starting as the identity: its attention and feed-forward output
+    projections are zero, so the deeper student computes exactly what `student` did and training adds from
+    there. How a trained student gains capacity without starting over."""
+    if extra_layers < 1:
+        raise ValueError(f"extra_layers must be at least 1, got {extra_layers}")
+    deeper_config = student.config.to_dict() | {"ssl_layers": student.config.ssl_layers + extra_layers}
+    config = StudentConfig.from_dict(deeper_config)
+    deeper = KanadeStudent(config).to(student.device)
+    kept = len(student.ssl_upper.layers)
+    result = deeper.load_state_dict(student.state_dict(), strict=False)
+    new = [k for k in result.missing_keys if not any(k.startswith(f"ssl_upper.layers.{i}.")
+                                                     for i in range(kept, kept + extra_layers))]
+    assert not new and not result.unexpected_keys, (new, result.unexpected_keys)
+    for block in deeper.ssl_upper.layers[kept:]:
+        torch.nn.init.zeros_(block.attention.wo.weight)
+        torch.nn.init.zeros_(block.feed_forward.w2.weight)
+    return deeper.train(student.training)
 
 
 def save_student(student: KanadeStudent, folder: Path) -> Path:

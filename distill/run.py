@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a student folder (config.json + model.safetensors) to start from instead of a fresh "
                         "student, e.g. --init kanade_stream/assets/student-tiny --stage ssl joint: more training "
                         "of the shipped student's front end, then end to end")
+    p.add_argument("--add-ssl-layers", type=int, default=0, metavar="N",
+                   help="with --init: N more causal SSL layers on top of the student's, each starting as the "
+                        "identity, so it starts exactly where --init was; then train them, e.g. --stage ssl")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every selected stage")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--equaliser", type=float, default=None, metavar="DB",
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
             report = evaluate_run(settings, teacher, RunData(settings, runtime, out), out)
         else:
             outcome = distill_student(settings, stages, runtime, args.resume, args.overwrite, not args.no_progress,
-                                      init=args.init)
+                                      init=args.init, add_ssl_layers=args.add_ssl_layers)
             report, int8_report = outcome.get("report"), outcome.get("int8_report")
             if not outcome["completed"]:
                 return 130

@@ -120,6 +120,32 @@ def test_init_continues_a_student_through_selected_stages(corpus, tmp_path):
     assert (tmp_path / "more" / "eval" / "report.json").is_file()
 
 
+def test_add_ssl_layers_deepens_an_init_student_from_where_it_was(corpus, tmp_path):
+    """--add-ssl-layers: the new causal SSL layers start as the identity (the deeper student's first
+    validation is the shallower one's), then learn; the saved student is deeper and streams as it computes
+    offline."""
+    from distill.models import DistillError, deepen_ssl
+
+    assert run(settings_for(corpus, tmp_path / "first", steps=2), list(STAGES), Runtime(), progress=False)["completed"]
+    start = load_student(tmp_path / "first" / "export")
+    deeper = deepen_ssl(start, 2)
+    wave = torch.randn(1, 16000)
+    assert all(torch.equal(a, b) for a, b in zip(start.ssl_features(wave), deeper.ssl_features(wave)))
+    same = run(settings_for(corpus, tmp_path / "same", steps=3), ["ssl"], Runtime(), progress=False,
+               init=tmp_path / "first" / "export")["results"]["ssl"]
+    grown = run(settings_for(corpus, tmp_path / "grown", steps=3), ["ssl", "joint"], Runtime(), progress=False,
+                init=tmp_path / "first" / "export", add_ssl_layers=2)["results"]["ssl"]
+    assert grown.first_val["feature_mse"] == pytest.approx(same.first_val["feature_mse"], rel=1e-6)
+    assert grown.val["feature_mse"] < grown.first_val["feature_mse"]
+    final = load_student(tmp_path / "grown" / "export")
+    assert final.config.ssl_layers == start.config.ssl_layers + 2
+    assert final.ssl_upper.layers[-1].attention.wo.weight.abs().sum() > 0  # the new layers trained
+    report = __import__("json").loads((tmp_path / "grown" / "eval" / "report.json").read_text())
+    assert report["streaming_equals_offline"]
+    with pytest.raises(DistillError, match="--add-ssl-layers deepens the student given by --init"):
+        run(settings_for(corpus, tmp_path / "none", steps=1), ["ssl"], Runtime(), progress=False, add_ssl_layers=2)
+
+
 def test_init_refuses_a_student_of_another_teacher(corpus, tmp_path):
     from distill.models import DistillError
     from kanade_stream.streaming import KanadeStudent, StudentConfig
