@@ -76,6 +76,14 @@ def test_save_and_load(student, tmp_path):
     assert torch.equal(loaded.encode(wave, 16000).content_token_indices, student.encode(wave, 16000).content_token_indices)
     assert_close(loaded.convert(wave, wave, sample_rate=16000), student.convert(wave, wave, sample_rate=16000))
     assert KanadeStudent.from_pretrained(tmp_path / "s").config == student.config
+    # float16 storage (the shipped students'): half the bytes, loaded back as float32 equal to the rounded weights
+    student.save(tmp_path / "half", dtype=torch.float16)
+    half = load_student(tmp_path / "half")
+    size = lambda name: (tmp_path / name / "model.safetensors").stat().st_size  # noqa: E731
+    assert size("half") < 0.55 * size("s")
+    for name, value in half.state_dict().items():
+        assert value.dtype == student.state_dict()[name].dtype
+        assert torch.equal(value, student.state_dict()[name].half().to(value.dtype)), name
 
 
 def test_load_errors(student, tmp_path):

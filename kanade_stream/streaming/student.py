@@ -227,14 +227,18 @@ class KanadeStudent(nn.Module):
 
     # --- saving and loading -----------------------------------------------------------------------
 
-    def save(self, folder: str | Path) -> Path:
-        """Write `config.json` + `model.safetensors` to `folder` (created)."""
+    def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write `config.json` + `model.safetensors` to `folder` (created); with `dtype` (torch.float16 for the
+        shipped students: half the size, loaded back as float32) the floating-point weights are stored in it."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_NAME).write_text(json.dumps({"format": FORMAT, "config": self.config.to_dict()}, indent=2))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_NAME))
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if dtype is not None:
+            weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+        save_file(weights, str(folder / WEIGHTS_NAME))
         return folder
 
     @classmethod
