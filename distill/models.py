@@ -101,24 +101,34 @@ def student_config(settings: DistillSettings, teacher: KanadeTeacher) -> Student
     return config
 
 
-def deepen_ssl(student: KanadeStudent, extra_layers: int) -> KanadeStudent:
-    """`student` with `extra_layers` more causal SSL layers on top of its own (after the global branch's
-    layer, before the content head), each starting as the identity: its attention and feed-forward output
+# the student's transformers that can grow deeper: name -> (module, its StudentConfig depth)
+DEEPENABLE = {"ssl": ("ssl_upper", "ssl_layers"), "content": ("content_encoder", "content_layers")}
+
+
+def deepen(student: KanadeStudent, extra_layers: dict[str, int]) -> KanadeStudent:
+    """`student` with more layers on top of some of its transformers ({"ssl": 3}: the causal SSL encoder after
+    the global branch's layer, before the content head; {"content": 1}: the content encoder, before the
+    downsampling and FSQ), each new layer starting as the identity: its attention and feed-forward output
     projections are zero, so the deeper student computes exactly what `student` did and training adds from
     there. How a trained student gains capacity without starting over."""
-    if extra_layers < 1:
-        raise ValueError(f"extra_layers must be at least 1, got {extra_layers}")
-    deeper_config = student.config.to_dict() | {"ssl_layers": student.config.ssl_layers + extra_layers}
-    config = StudentConfig.from_dict(deeper_config)
-    deeper = KanadeStudent(config).to(student.device)
-    kept = len(student.ssl_upper.layers)
+    unknown = set(extra_layers) - set(DEEPENABLE)
+    if unknown or any(n < 0 for n in extra_layers.values()):
+        raise ValueError(f"extra layers are counts >= 0 for {', '.join(DEEPENABLE)}; got {extra_layers}")
+    config = student.config.to_dict()
+    for part, count in extra_layers.items():
+        config[DEEPENABLE[part][1]] += count
+    deeper = KanadeStudent(StudentConfig.from_dict(config)).to(student.device)
     result = deeper.load_state_dict(student.state_dict(), strict=False)
-    new = [k for k in result.missing_keys if not any(k.startswith(f"ssl_upper.layers.{i}.")
-                                                     for i in range(kept, kept + extra_layers))]
-    assert not new and not result.unexpected_keys, (new, result.unexpected_keys)
-    for block in deeper.ssl_upper.layers[kept:]:
-        torch.nn.init.zeros_(block.attention.wo.weight)
-        torch.nn.init.zeros_(block.feed_forward.w2.weight)
+    new_prefixes = []
+    for part, count in extra_layers.items():
+        module = DEEPENABLE[part][0]
+        kept = len(student.get_submodule(module).layers)
+        new_prefixes += [f"{module}.layers.{i}." for i in range(kept, kept + count)]
+        for block in deeper.get_submodule(module).layers[kept:]:
+            torch.nn.init.zeros_(block.attention.wo.weight)
+            torch.nn.init.zeros_(block.feed_forward.w2.weight)
+    unexplained = [k for k in result.missing_keys if not k.startswith(tuple(new_prefixes))]
+    assert not unexplained and not result.unexpected_keys, (unexplained, result.unexpected_keys)
     return deeper.train(student.training)
 
 

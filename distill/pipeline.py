@@ -28,7 +28,7 @@ from training.runtime import Runtime
 from training.trainer import Trainer
 
 from .evaluate import evaluate
-from .models import (DistillError, deepen_ssl, load_teacher, load_teacher_vocoder, save_student, student_config,
+from .models import (DistillError, deepen, load_teacher, load_teacher_vocoder, save_student, student_config,
                      teacher_shapes)
 from .settings import ALL_STAGES, STAGES, DistillSettings
 from .tasks import DistillTask, TeacherTargets
@@ -38,13 +38,13 @@ log = logging.getLogger("training")
 
 def distill_student(settings: DistillSettings, stages: list[str], runtime: Runtime, resume: bool = False,
                     overwrite: bool = False, progress: bool = True, stop_after: int | None = None,
-                    init: str | Path | None = None, add_ssl_layers: int = 0) -> dict:
+                    init: str | Path | None = None, add_layers: dict[str, int] | None = None) -> dict:
     """Run `stages` into settings.out. With `resume` finished stages are skipped and an unfinished one goes
     on from its checkpoint. `init` (a student folder) is the student the first stage starts from instead of a
     fresh one: to fine-tune a shipped student, or to train more steps of some stages of one (its sizes are
-    kept; the teacher must match it), with `add_ssl_layers` more causal SSL layers on top that start as the
-    identity (models.deepen_ssl). Returns {"results": {stage: FitResult}, "completed": bool,
-    "report": dict | None}."""
+    kept; the teacher must match it), with `add_layers` ({"ssl": 3, "content": 1}) more layers on top of those
+    transformers, each starting as the identity (models.deepen). Returns {"results": {stage: FitResult},
+    "completed": bool, "report": dict | None}."""
     check_resume_flags(resume, overwrite)
     check_data_given(settings)
     out = Path(settings.out)
@@ -55,14 +55,17 @@ def distill_student(settings: DistillSettings, stages: list[str], runtime: Runti
     vocoder = load_teacher_vocoder(settings.teacher_vocoder, folder, runtime.device)
     targets = TeacherTargets(teacher, vocoder)
     config = student_config(settings, teacher)
-    if add_ssl_layers and init is None:
-        raise DistillError("--add-ssl-layers deepens the student given by --init; a new student takes its depth "
-                           "from the recipe (student: {ssl_layers: N})")
+    add_layers = {part: n for part, n in (add_layers or {}).items() if n}
+    if any(n < 0 for n in add_layers.values()):
+        raise DistillError(f"layers can only be added (counts >= 1), got {add_layers}")
+    if add_layers and init is None:
+        raise DistillError("--add-ssl-layers / --add-content-layers deepen the student given by --init; a new "
+                           "student takes its depths from the recipe (student: {ssl_layers: N, content_layers: M})")
     student = KanadeStudent(config) if init is None else init_student(init, teacher, runtime)
-    if add_ssl_layers:
-        student = deepen_ssl(student, add_ssl_layers)
-        log.info("distill: %d causal SSL layers added on top, each starting as the identity (%d now, %.2f M "
-                 "parameters)", add_ssl_layers, student.config.ssl_layers, student.num_parameters() / 1e6)
+    if add_layers:
+        student = deepen(student, add_layers)
+        log.info("distill: layers added on top, each starting as the identity: %s (%.2f M parameters now)",
+                 ", ".join(f"{n} to {part}" for part, n in add_layers.items()), student.num_parameters() / 1e6)
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "settings.json").write_text(json.dumps(settings.to_dict(), indent=1, default=str))

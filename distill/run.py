@@ -55,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--add-ssl-layers", type=int, default=0, metavar="N",
                    help="with --init: N more causal SSL layers on top of the student's, each starting as the "
                         "identity, so it starts exactly where --init was; then train them, e.g. --stage ssl")
+    p.add_argument("--add-content-layers", type=int, default=0, metavar="N",
+                   help="with --init: N more content-encoder layers on top, each starting as the identity "
+                        "(train them with --stage content or joint)")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every selected stage")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--equaliser", type=float, default=None, metavar="DB",
@@ -128,7 +131,8 @@ def main(argv=None) -> int:
             report = evaluate_run(settings, teacher, RunData(settings, runtime, out), out)
         else:
             outcome = distill_student(settings, stages, runtime, args.resume, args.overwrite, not args.no_progress,
-                                      init=args.init, add_ssl_layers=args.add_ssl_layers)
+                                      init=args.init,
+                                      add_layers={"ssl": args.add_ssl_layers, "content": args.add_content_layers})
             report, int8_report = outcome.get("report"), outcome.get("int8_report")
             if not outcome["completed"]:
                 return 130

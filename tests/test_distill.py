@@ -120,21 +120,24 @@ def test_init_continues_a_student_through_selected_stages(corpus, tmp_path):
     assert (tmp_path / "more" / "eval" / "report.json").is_file()
 
 
-def test_add_ssl_layers_deepens_an_init_student_from_where_it_was(corpus, tmp_path):
-    """--add-ssl-layers: the new causal SSL layers start as the identity (the deeper student's first
-    validation is the shallower one's), then learn; the saved student is deeper and streams as it computes
-    offline."""
-    from distill.models import DistillError, deepen_ssl
+def test_added_layers_deepen_an_init_student_from_where_it_was(corpus, tmp_path):
+    """--add-ssl-layers / --add-content-layers: the new layers start as the identity (the deeper student's
+    first validation is the shallower one's), then learn; the saved student is deeper and streams as it
+    computes offline."""
+    from distill.models import DistillError, deepen
 
     assert run(settings_for(corpus, tmp_path / "first", steps=2), list(STAGES), Runtime(), progress=False)["completed"]
     start = load_student(tmp_path / "first" / "export")
-    deeper = deepen_ssl(start, 2)
+    deeper = deepen(start, {"ssl": 2, "content": 1})
     wave = torch.randn(1, 16000)
     assert all(torch.equal(a, b) for a, b in zip(start.ssl_features(wave), deeper.ssl_features(wave)))
+    features = start.ssl_features(wave)[0]
+    assert torch.equal(start.content_latent(features), deeper.content_latent(features))
+    assert deeper.config.content_layers == start.config.content_layers + 1
     same = run(settings_for(corpus, tmp_path / "same", steps=3), ["ssl"], Runtime(), progress=False,
                init=tmp_path / "first" / "export")["results"]["ssl"]
     grown = run(settings_for(corpus, tmp_path / "grown", steps=3), ["ssl", "joint"], Runtime(), progress=False,
-                init=tmp_path / "first" / "export", add_ssl_layers=2)["results"]["ssl"]
+                init=tmp_path / "first" / "export", add_layers={"ssl": 2})["results"]["ssl"]
     assert grown.first_val["feature_mse"] == pytest.approx(same.first_val["feature_mse"], rel=1e-6)
     assert grown.val["feature_mse"] < grown.first_val["feature_mse"]
     final = load_student(tmp_path / "grown" / "export")
@@ -142,8 +145,12 @@ def test_add_ssl_layers_deepens_an_init_student_from_where_it_was(corpus, tmp_pa
     assert final.ssl_upper.layers[-1].attention.wo.weight.abs().sum() > 0  # the new layers trained
     report = __import__("json").loads((tmp_path / "grown" / "eval" / "report.json").read_text())
     assert report["streaming_equals_offline"]
-    with pytest.raises(DistillError, match="--add-ssl-layers deepens the student given by --init"):
-        run(settings_for(corpus, tmp_path / "none", steps=1), ["ssl"], Runtime(), progress=False, add_ssl_layers=2)
+    with pytest.raises(DistillError, match="deepen the student given by --init"):
+        run(settings_for(corpus, tmp_path / "none", steps=1), ["ssl"], Runtime(), progress=False,
+            add_layers={"ssl": 2})
+    with pytest.raises(DistillError, match="layers can only be added"):
+        run(settings_for(corpus, tmp_path / "none", steps=1), ["ssl"], Runtime(), progress=False,
+            init=tmp_path / "first" / "export", add_layers={"content": -1})
 
 
 def test_init_refuses_a_student_of_another_teacher(corpus, tmp_path):
