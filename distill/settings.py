@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 from kanade_stream.streaming import StudentConfig
-from training.settings import DataSettings, OptimSettings, PhaseSettings, SettingsError, check_phases, read_recipe
+from training.settings import (DataSettings, OptimSettings, PhaseSettings, SettingsError, check_microphone,
+                               check_phases, read_recipe)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "tiny.yaml"
@@ -171,12 +172,7 @@ def load_settings(path: str | Path | None = None) -> DistillSettings:
 
 def check_settings(settings: DistillSettings) -> None:
     check_phases(settings, ALL_STAGES)
-    if not 0 <= settings.equaliser_db <= 24:
-        raise SettingsError(f"equaliser_db must be in [0, 24] dB (12: bass and treble each moved by up to +-12 dB), "
-                            f"got {settings.equaliser_db}")
-    if not 0 <= settings.tilt_db <= 12 or settings.tilt_db and not settings.equaliser_db:
-        raise SettingsError(f"tilt_db must be in [0, 12] dB and needs equaliser_db > 0 (--equaliser 12 --tilt 9), "
-                            f"got tilt_db {settings.tilt_db} with equaliser_db {settings.equaliser_db}")
+    check_microphone(settings.equaliser_db, settings.tilt_db)
     for stage in ALL_STAGES:
         seconds = settings.chunk_seconds(stage)
         # chunks of whole teacher tokens (40 ms), so teacher and student frames line up one to one

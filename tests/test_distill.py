@@ -1,5 +1,7 @@
 """Distillation: every stage learns, tokens move towards the teacher's, students save and resume exactly."""
 
+import json
+
 import pytest
 import torch
 
@@ -143,7 +145,7 @@ def test_added_layers_deepen_an_init_student_from_where_it_was(corpus, tmp_path)
     final = load_student(tmp_path / "grown" / "export")
     assert final.config.ssl_layers == start.config.ssl_layers + 2
     assert final.ssl_upper.layers[-1].attention.wo.weight.abs().sum() > 0  # the new layers trained
-    report = __import__("json").loads((tmp_path / "grown" / "eval" / "report.json").read_text())
+    report = json.loads((tmp_path / "grown" / "eval" / "report.json").read_text())
     assert report["streaming_equals_offline"]
     with pytest.raises(DistillError, match="deepen the student given by --init"):
         run(settings_for(corpus, tmp_path / "none", steps=1), ["ssl"], Runtime(), progress=False,

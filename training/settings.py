@@ -409,6 +409,17 @@ def load_settings(path: str | Path | None = None) -> RunSettings:
     return settings
 
 
+def check_microphone(equaliser_db: float, tilt_db: float, prefix: str = "") -> None:
+    """The other microphones' settings (perturb.random_microphone), named `prefix`equaliser_db / tilt_db in errors:
+    used by the SSL phase and by distillation."""
+    if not 0 <= equaliser_db <= 24:
+        raise SettingsError(f"{prefix}equaliser_db must be in [0, 24] dB (12: bass and treble each moved by up to "
+                            f"+-12 dB), got {equaliser_db}")
+    if not 0 <= tilt_db <= 12 or tilt_db and not equaliser_db:
+        raise SettingsError(f"{prefix}tilt_db must be in [0, 12] dB and needs {prefix}equaliser_db > 0 (--equaliser 12 "
+                            f"--tilt 9), got tilt_db {tilt_db} with equaliser_db {equaliser_db}")
+
+
 def check_settings(settings: RunSettings) -> None:
     check_phases(settings, PHASES + ("ssl",))
     ssl = settings.ssl
@@ -416,12 +427,7 @@ def check_settings(settings: RunSettings) -> None:
         raise SettingsError("ssl.corpus: prebuilt needs ssl.corpus_dir (a folder made by kanade_stream.voices.builder)")
     if ssl.noise_snr_db and (len(ssl.noise_snr_db) != 2 or ssl.noise_snr_db[0] > ssl.noise_snr_db[1]):
         raise SettingsError(f"ssl.noise_snr_db must be [] (clean) or [low, high] in dB, got {list(ssl.noise_snr_db)}")
-    if not 0 <= ssl.equaliser_db <= 24:
-        raise SettingsError(f"ssl.equaliser_db must be in [0, 24] dB (12: bass and treble each moved by up to "
-                            f"+-12 dB), got {ssl.equaliser_db}")
-    if not 0 <= ssl.tilt_db <= 12 or ssl.tilt_db and not ssl.equaliser_db:
-        raise SettingsError(f"ssl.tilt_db must be in [0, 12] dB and needs ssl.equaliser_db > 0 (--equaliser 12 "
-                            f"--tilt 9), got tilt_db {ssl.tilt_db} with equaliser_db {ssl.equaliser_db}")
+    check_microphone(ssl.equaliser_db, ssl.tilt_db, "ssl.")
     if not 0 <= ssl.speed_perturbation < 0.5 or not 0 <= settings.data.speed_perturbation < 0.5:
         raise SettingsError("speed_perturbation must be in [0, 0.5) (0.1: chunks played 0.9x to 1.1x as fast)")
     if not 0 <= settings.phase1.content_perturbation < 0.5:
