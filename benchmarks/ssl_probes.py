@@ -330,30 +330,53 @@ MICROPHONES = {  # name: (bass dB, treble dB, bass Hz, treble Hz) for perturb.eq
 }
 
 
-def phone_head_under_microphones(ssl_model: str, waves: dict, segments: dict) -> dict[str, float]:
-    """Frame accuracy of the SSL model's own phone head (phone_head.safetensors, from --phase ssl) on the
-    ARCTIC clips, each heard through the microphones of MICROPHONES (`perturb.equalise`)."""
+def _load_phone_head(ssl_model: str):
     from safetensors.torch import load_file
     from transformers import WavLMModel
-
-    from kanade_stream.voices.perturb import equalise
 
     model = WavLMModel.from_pretrained(ssl_model).eval()
     head = torch.nn.Linear(model.config.hidden_size, len(PHONES))
     head.load_state_dict(load_file(str(Path(ssl_model) / "phone_head.safetensors")))
-    out = {}
-    for name, microphone in MICROPHONES.items():
-        right = total = 0
-        with torch.no_grad():
-            for key, wave in waves.items():
-                heard = equalise(torch.from_numpy(np.ascontiguousarray(wave))[None], RATE, *microphone)
-                guess = head(model(heard * (0.9 / heard.abs().max())).last_hidden_state[0]).argmax(-1)
-                labels = torch.from_numpy(frame_labels(segments[key], guess.shape[0]))
-                known = labels != UNKNOWN
-                right += int((guess == labels)[known].sum())
-                total += int(known.sum())
-        out[name] = right / total
-    return out
+    return model, head
+
+
+def _phone_head_accuracy(model, head, clips) -> float:
+    """Frame accuracy of the phone head on [(wave, segments)] (frames with a known phone)."""
+    right = total = 0
+    with torch.no_grad():
+        for wave, segments in clips:
+            wave = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32))[None]
+            guess = head(model(wave * (0.9 / wave.abs().max())).last_hidden_state[0]).argmax(-1)
+            labels = torch.from_numpy(frame_labels(segments, guess.shape[0]))
+            known = labels != UNKNOWN
+            right += int((guess == labels)[known].sum())
+            total += int(known.sum())
+    return right / total
+
+
+def phone_head_under_microphones(ssl_model: str, waves: dict, segments: dict) -> dict[str, float]:
+    """Frame accuracy of the SSL model's own phone head (phone_head.safetensors, from --phase ssl) on the
+    ARCTIC clips, each heard through the microphones of MICROPHONES (`perturb.equalise`)."""
+    from kanade_stream.voices.perturb import equalise
+
+    model, head = _load_phone_head(ssl_model)
+    return {name: _phone_head_accuracy(model, head, [
+        (equalise(torch.from_numpy(np.ascontiguousarray(wave))[None], RATE, *microphone)[0], segments[key])
+        for key, wave in waves.items()]) for name, microphone in MICROPHONES.items()}
+
+
+def phone_head_vocoded(ssl_model: str, root: Path, entries: list) -> dict[str, float]:
+    """The phone head on the corpus's unseen voices as synthesised and heard through a parametric vocoder
+    (`perturb.vocode`, as the ARCTIC voices are made): how much of the ARCTIC gap the vocoder's sound explains."""
+    from kanade_stream.voices.perturb import vocode, vocoder_available
+
+    if not vocoder_available():
+        return {}
+    model, head = _load_phone_head(ssl_model)
+    clips = [(sf.read(root / e["path"], dtype="float32")[0], read_phones(root / e["phones"], e.get("phone_set")))
+             for e in entries]
+    return {"as synthesised": _phone_head_accuracy(model, head, clips),
+            "vocoded": _phone_head_accuracy(model, head, [(vocode(w, RATE), s) for w, s in clips])}
 
 
 def main(argv=None) -> int:
@@ -436,6 +459,9 @@ def main(argv=None) -> int:
             results["teacher_token_agreement"] = teacher_token_agreement(args.teacher, waves)
         if args.ssl_model and (Path(args.ssl_model) / "phone_head.safetensors").is_file():
             results["phone_head_arctic"] = phone_head_under_microphones(args.ssl_model, waves, arctic_phones)
+    if args.ssl_model and (Path(args.ssl_model) / "phone_head.safetensors").is_file():
+        results["phone_head_unseen_vocoded"] = phone_head_vocoded(args.ssl_model, args.corpus,
+                                                                  spread(entries, held_voices, args.per_voice))
     if args.teacher:
         results["teacher_content_phones"] = teacher_content_path_phones(
             args.teacher, args.corpus, spread(entries, probe_voices, args.per_voice),
@@ -462,6 +488,8 @@ def main(argv=None) -> int:
               f"ARCTIC {accuracy['arctic']:.3f}")
     for name, accuracy in results.get("phone_head_arctic", {}).items():
         print(f"the SSL model's phone head on ARCTIC, {name}: {accuracy:.3f}")
+    for name, accuracy in results.get("phone_head_unseen_vocoded", {}).items():
+        print(f"the SSL model's phone head on the unseen corpus voices, {name}: {accuracy:.3f}")
     print(f"(phone majority class {results['phone_majority']:.3f}, ARCTIC "
           f"{results.get('phone_majority_arctic', float('nan')):.3f}; {results['wall_s']} s)")
     if args.out:
