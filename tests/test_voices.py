@@ -212,8 +212,9 @@ def test_a_voice_added_at_the_end_leaves_the_existing_voices_unchanged():
     assert every[:10] == ("kal_diphone", "ked_diphone", "lp_diphone", "pc_diphone", "upc_ca_ona_hts", "czech_dita",
                           "czech_machac", "suo_fi_lj_diphone", "hy_fi_mv_diphone", "msu_ru_nsh_clunits")
     for n in range(1, len(every)):
-        before = CorpusRecipe(festival_voices=every[:n], kokoro_voices=(), piper_voices=())
-        after = CorpusRecipe(festival_voices=every, kokoro_voices=(), piper_voices=())
+        # (the voices after the festival ones, Kokoro's, Piper's and the vocoded ones, are drawn again)
+        before = CorpusRecipe(festival_voices=every[:n], kokoro_voices=(), piper_voices=(), vocoded_versions=0)
+        after = CorpusRecipe(festival_voices=every, kokoro_voices=(), piper_voices=(), vocoded_versions=0)
         old, new = builder.voice_plan(before), builder.voice_plan(after)
         assert new[:len(old)] == old
         old_plan, new_plan = builder.sentence_plan(old, before, sentences), builder.sentence_plan(new, after, sentences)

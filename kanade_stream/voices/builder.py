@@ -108,7 +108,8 @@ class CorpusRecipe:
     piper_perturbations: int = 24
     # Versions of each festival training voice and each Piper voice heard through a parametric vocoder
     # (perturb.vocode; the held-out ARCTIC voices are statistical parametric voices, which training voices
-    # otherwise never sound like); where pyworld (the `voices` extra) is installed, none elsewhere
+    # otherwise never sound like); where pyworld (the `voices` extra) is installed, none elsewhere. They come
+    # last: a synthesizer voice added later leaves the others' files as they are and draws these again
     vocoded_versions: int = 2
     seed: int = 0
 
