@@ -23,7 +23,7 @@ from kanade_stream.voices.festival import (
     festival_available,
     installed_voices,
 )
-from kanade_stream.voices.perturb import Perturbation, apply, vocode
+from kanade_stream.voices.perturb import Perturbation, apply
 from kanade_stream.voices.phones import (
     PHONE_INDEX,
     PHONE_SETS,
@@ -128,52 +128,6 @@ def test_speed_perturbation_scales_the_alignment():
     check_alignment(faster, scaled)
 
 
-def test_vocoded_speech_keeps_its_timing_and_envelope_but_not_its_fine_structure():
-    pytest.importorskip("pyworld")
-    from kanade_stream.voices.espeak import synthesize_aligned
-
-    audio, segments = synthesize_aligned("A suite is a group of statements.", corpus.Voice(**ESPEAK))
-    vocoded = vocode(audio, 16000)
-    assert vocoded.shape == audio.shape and vocoded.dtype == np.float32
-    assert np.array_equal(vocoded, vocode(audio, 16000))  # deterministic: the corpus is byte-identical
-    check_alignment(vocoded, segments)  # the phone segments still fit
-
-    def log_spectrum(x):
-        return np.log(np.abs(np.fft.rfft(x[: 16000 // 2 * 2])) ** 2 + 1e-6)
-
-    def bands(x):  # the long-term envelope in 20 bands
-        return np.array([b.mean() for b in np.array_split(log_spectrum(x), 20)])
-
-    n = (len(audio) - 400) // 320 + 1
-    assert np.corrcoef(frame_energy_db(audio, n), frame_energy_db(vocoded, n))[0, 1] > 0.9
-    assert np.abs(bands(audio) - bands(vocoded)).mean() < 1.5  # about the same timbre
-    assert np.abs(audio - vocoded).mean() > 0.1 * np.abs(audio).mean()  # a new waveform, not a copy
-    with pytest.raises(ValueError, match="one non-empty channel"):
-        vocode(np.zeros(0, np.float32), 16000)
-
-
-def test_recipe_vocodes_real_speaker_voices_and_leaves_earlier_voices_as_they_were(tmp_path):
-    pytest.importorskip("pyworld")
-    base = dict(espeak_voices=3, festival_perturbations=2, festival_voices=("kal_diphone", "ked_diphone"),
-                heldout_espeak=1, kokoro_voices=(), piper_voices=())
-    plain = builder.voice_plan(CorpusRecipe(**base, vocoded_versions=0))
-    plan = builder.voice_plan(CorpusRecipe(**base, vocoded_versions=2))
-    assert plan[: len(plain)] == plain  # same voices, same perturbations
-    assert all("vocoded" not in s.to_dict() for s in plain)  # and the same hashes: built voices are reused
-    added = plan[len(plain):]
-    # the festival training voice (ked is held out) in two versions, the first as it is
-    assert [s.name for s in added] == ["vo-kal-0", "vo-kal-1"]
-    assert all(s.vocoded and s.split == "train" and s.base == "kal_diphone" for s in added)
-    assert added[0].perturbation.is_identity and not added[1].perturbation.is_identity
-    # a vocoded voice builds like any other, its alignments still on its audio
-    spec = VoiceSpec(name="es-v", synth="espeak", base="en-us+m3", espeak=ESPEAK, vocoded=True)
-    info = build_voice_corpus(tmp_path, CorpusRecipe(utterances_per_voice=2), specs=[spec])
-    assert info.num_utterances == 2
-    for e in corpus.load_manifest(tmp_path):
-        audio, _ = sf.read(tmp_path / e["path"], dtype="float32")
-        check_alignment(audio, [(s, t, p, "") for s, t, p in read_phones(tmp_path / e["phones"])])
-
-
 @pytest.mark.parametrize("name", ["rms", "awb", "awb_time", "slt", "us-slt-hts", "cmu_us_awb_arctic", "SLT",
                                   "flite-rms", "bdl"])
 def test_held_out_voices_are_refused(name):
@@ -212,9 +166,8 @@ def test_a_voice_added_at_the_end_leaves_the_existing_voices_unchanged():
     assert every[:10] == ("kal_diphone", "ked_diphone", "lp_diphone", "pc_diphone", "upc_ca_ona_hts", "czech_dita",
                           "czech_machac", "suo_fi_lj_diphone", "hy_fi_mv_diphone", "msu_ru_nsh_clunits")
     for n in range(1, len(every)):
-        # (the voices after the festival ones, Kokoro's, Piper's and the vocoded ones, are drawn again)
-        before = CorpusRecipe(festival_voices=every[:n], kokoro_voices=(), piper_voices=(), vocoded_versions=0)
-        after = CorpusRecipe(festival_voices=every, kokoro_voices=(), piper_voices=(), vocoded_versions=0)
+        before = CorpusRecipe(festival_voices=every[:n], kokoro_voices=(), piper_voices=())
+        after = CorpusRecipe(festival_voices=every, kokoro_voices=(), piper_voices=())
         old, new = builder.voice_plan(before), builder.voice_plan(after)
         assert new[:len(old)] == old
         old_plan, new_plan = builder.sentence_plan(old, before, sentences), builder.sentence_plan(new, after, sentences)

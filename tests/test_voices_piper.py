@@ -43,11 +43,10 @@ def test_unknown_voices_and_models_are_refused(tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing half-made is kept
 
 
-def test_piper_voices_come_after_every_synthesizer_voice_in_the_plan():
-    without = voice_plan(CorpusRecipe(espeak_voices=3, festival_voices=(), kokoro_voices=(), piper_voices=(),
-                                      vocoded_versions=0))
+def test_piper_voices_come_after_every_other_voice_in_the_plan():
+    without = voice_plan(CorpusRecipe(espeak_voices=3, festival_voices=(), kokoro_voices=(), piper_voices=()))
     plan = voice_plan(CorpusRecipe(espeak_voices=3, festival_voices=(), kokoro_voices=(), piper_voices=("joe",),
-                                   piper_perturbations=3, vocoded_versions=0))
+                                   piper_perturbations=3))
     assert plan[:len(without)] == without and [s.name for s in plan[len(without):]] == ["pi-joe-0", "pi-joe-1",
                                                                                          "pi-joe-2"]
     assert plan[-3].perturbation.speed == 1.0 and plan[-1].perturbation != plan[-2].perturbation

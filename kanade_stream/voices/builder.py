@@ -1,7 +1,6 @@
 """The SSL training corpus: many voices (eSpeak NG variants, festival voices built from real speakers, Kokoro's
 neural voices and blends of them, and pitch / speed / vocal-tract perturbations of all) reading Python-docs
-sentences, with phone alignments; some voices are also heard through a parametric vocoder (`perturb.vocode`), as the
-held-out ARCTIC voices are.
+sentences, with phone alignments.
 
     python -m kanade_stream.voices.builder --recipe tiny --out /tmp/ssl-corpus
     python -m kanade_stream.voices.builder --recipe full --out data/ssl-corpus --jobs 2
@@ -34,7 +33,7 @@ import soundfile as sf
 from .. import corpus
 from . import kokoro, piper
 from .festival import FESTIVAL_VOICES, installed_voices, synthesize_batch
-from .perturb import Perturbation, apply, vocode, vocoder_available
+from .perturb import Perturbation, apply
 from .phones import PHONES, to_common
 from .text import corpus_sentences
 
@@ -66,7 +65,6 @@ class VoiceSpec:
     perturbation: Perturbation = Perturbation()
     espeak: dict | None = None  # corpus.Voice fields for eSpeak
     split: str = "train"
-    vocoded: bool = False  # heard through perturb.vocode after the perturbation
 
     def __post_init__(self):
         check_not_held_out(self.base)
@@ -81,10 +79,7 @@ class VoiceSpec:
             piper.check_voice(self.base)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        if not self.vocoded:  # voices made before vocoding existed keep their hash, so their files are reused
-            del d["vocoded"]
-        return d
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -106,18 +101,12 @@ class CorpusRecipe:
     # elsewhere
     piper_voices: tuple[str, ...] | None = None
     piper_perturbations: int = 24
-    # Versions of each festival training voice and each Piper voice heard through a parametric vocoder
-    # (perturb.vocode; the held-out ARCTIC voices are statistical parametric voices, which training voices
-    # otherwise never sound like); where pyworld (the `voices` extra) is installed, none elsewhere. They come
-    # last: a synthesizer voice added later leaves the others' files as they are and draws these again
-    vocoded_versions: int = 2
     seed: int = 0
 
 
 RECIPES = {
     "tiny": CorpusRecipe(espeak_voices=4, festival_perturbations=2, festival_voices=("kal_diphone", "ked_diphone"),
-                         utterances_per_voice=8, heldout_espeak=1, kokoro_voices=(), piper_voices=(),
-                         vocoded_versions=0),
+                         utterances_per_voice=8, heldout_espeak=1, kokoro_voices=(), piper_voices=()),
     "small": CorpusRecipe(espeak_voices=16, festival_perturbations=3, utterances_per_voice=24),
     "full": CorpusRecipe(),
 }
@@ -149,17 +138,10 @@ def voice_plan(recipe: CorpusRecipe) -> list[VoiceSpec]:
     for name in names:
         for k, p in enumerate(_versions(rng, recipe.kokoro_perturbations)):
             specs.append(VoiceSpec(name=f"ko-{kokoro.short_name(name)}-{k}", synth="kokoro", base=name, perturbation=p))
-    piper_names = recipe.piper_voices if recipe.piper_voices is not None else (
-        piper.VOICES if piper.available() else ())
-    for name in piper_names:
+    names = recipe.piper_voices if recipe.piper_voices is not None else (piper.VOICES if piper.available() else ())
+    for name in names:
         for k, p in enumerate(_versions(rng, recipe.piper_perturbations)):
             specs.append(VoiceSpec(name=f"pi-{name}-{k}", synth="piper", base=name, perturbation=p))
-    if recipe.vocoded_versions and vocoder_available():
-        bases = [(s.synth, s.base) for s in specs if s.synth in ("festival", "piper") and s.split == "train"]
-        for synth, base in dict.fromkeys(bases):
-            short = base.split("_diphone")[0].replace("_", "")
-            for k, p in enumerate(_versions(rng, recipe.vocoded_versions)):
-                specs.append(VoiceSpec(name=f"vo-{short}-{k}", synth=synth, base=base, perturbation=p, vocoded=True))
     return specs
 
 
@@ -230,8 +212,6 @@ def synthesize_voice(spec: VoiceSpec, texts: list[str]):
             out.append(None)
             continue
         audio, segments = apply(r[0], SAMPLE_RATE, spec.perturbation, r[1])
-        if spec.vocoded:
-            audio = vocode(audio, SAMPLE_RATE)
         out.append((text, audio, segments))
     return out
 

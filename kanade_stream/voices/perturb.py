@@ -133,39 +133,3 @@ def equalise(x, sample_rate: int, bass_db: float = 0.0, treble_db: float = 0.0, 
     rms = lambda z: z.float().pow(2).mean(dim=-1, keepdim=True).sqrt()  # noqa: E731
     y = y * (rms(x) / rms(y).clamp_min(1e-9)).to(y.dtype)
     return y / y.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)  # a boost must not clip
-
-
-def vocoder_available() -> bool:
-    """Whether `vocode` can run (pyworld, in the `voices` extra)."""
-    try:
-        import pyworld  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def vocode(audio: np.ndarray, sample_rate: int, envelope_dims: int = 24) -> np.ndarray:
-    """`audio` as a statistical parametric voice would say it: WORLD analysis (DIO + StoneMask pitch, CheapTrick
-    envelope, D4C aperiodicity), the envelope kept to `envelope_dims` cepstral coefficients and the
-    aperiodicity to WORLD's coarse bands, then WORLD synthesis. The held-out ARCTIC voices are such voices
-    (flite's clustergen voices speak through a 24-coefficient mel-cepstrum and a band excitation); training
-    voices heard this way cost the SSL model 3-10 points of phone accuracy, so the corpus has some.
-    Same length, and the timing, hence the phone segments, unchanged (5 ms frames)."""
-    import pyworld
-
-    if audio.ndim != 1 or len(audio) == 0:
-        raise ValueError(f"vocode takes one non-empty channel, got shape {audio.shape}")
-    x = np.ascontiguousarray(audio, dtype=np.float64)
-    f0, times = pyworld.dio(x, sample_rate, frame_period=5.0)
-    f0 = pyworld.stonemask(x, f0, times, sample_rate)
-    envelope = pyworld.cheaptrick(x, f0, times, sample_rate)
-    aperiodicity = pyworld.d4c(x, f0, times, sample_rate)
-    fft_size = (envelope.shape[1] - 1) * 2
-    coded = np.ascontiguousarray(pyworld.code_spectral_envelope(envelope, sample_rate, envelope_dims))
-    envelope = pyworld.decode_spectral_envelope(coded, sample_rate, fft_size)
-    bands = np.ascontiguousarray(pyworld.code_aperiodicity(aperiodicity, sample_rate))
-    aperiodicity = pyworld.decode_aperiodicity(bands, sample_rate, fft_size)
-    y = pyworld.synthesize(f0, envelope, aperiodicity, sample_rate, frame_period=5.0)[: len(audio)]
-    y = np.pad(y, (0, len(audio) - len(y))).astype(np.float32)
-    peak = float(np.abs(y).max())
-    return y * (0.9 / peak) if peak > 0 else y
