@@ -365,20 +365,6 @@ def phone_head_under_microphones(ssl_model: str, waves: dict, segments: dict) ->
         for key, wave in waves.items()]) for name, microphone in MICROPHONES.items()}
 
 
-def phone_head_vocoded(ssl_model: str, root: Path, entries: list) -> dict[str, float]:
-    """The phone head on the corpus's unseen voices as synthesised and heard through a parametric vocoder
-    (`perturb.vocode`, as the ARCTIC voices are made): how much of the ARCTIC gap the vocoder's sound explains."""
-    from kanade_stream.voices.perturb import vocode, vocoder_available
-
-    if not vocoder_available():
-        return {}
-    model, head = _load_phone_head(ssl_model)
-    clips = [(sf.read(root / e["path"], dtype="float32")[0], read_phones(root / e["phones"], e.get("phone_set")))
-             for e in entries]
-    return {"as synthesised": _phone_head_accuracy(model, head, clips),
-            "vocoded": _phone_head_accuracy(model, head, [(vocode(w, RATE), s) for w, s in clips])}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ssl-model", default=None, help="transformers WavLM folder from --phase ssl")
@@ -459,9 +445,6 @@ def main(argv=None) -> int:
             results["teacher_token_agreement"] = teacher_token_agreement(args.teacher, waves)
         if args.ssl_model and (Path(args.ssl_model) / "phone_head.safetensors").is_file():
             results["phone_head_arctic"] = phone_head_under_microphones(args.ssl_model, waves, arctic_phones)
-    if args.ssl_model and (Path(args.ssl_model) / "phone_head.safetensors").is_file():
-        results["phone_head_unseen_vocoded"] = phone_head_vocoded(args.ssl_model, args.corpus,
-                                                                  spread(entries, held_voices, args.per_voice))
     if args.teacher:
         results["teacher_content_phones"] = teacher_content_path_phones(
             args.teacher, args.corpus, spread(entries, probe_voices, args.per_voice),
@@ -488,8 +471,6 @@ def main(argv=None) -> int:
               f"ARCTIC {accuracy['arctic']:.3f}")
     for name, accuracy in results.get("phone_head_arctic", {}).items():
         print(f"the SSL model's phone head on ARCTIC, {name}: {accuracy:.3f}")
-    for name, accuracy in results.get("phone_head_unseen_vocoded", {}).items():
-        print(f"the SSL model's phone head on the unseen corpus voices, {name}: {accuracy:.3f}")
     print(f"(phone majority class {results['phone_majority']:.3f}, ARCTIC "
           f"{results.get('phone_majority_arctic', float('nan')):.3f}; {results['wall_s']} s)")
     if args.out:
