@@ -93,6 +93,29 @@ def test_ssl_phase_exports_a_wavlm_the_teacher_loads(voice_corpus, tmp_path):
     assert train_ssl(settings, Runtime(), resume="auto", progress=False) is None
 
 
+def test_ssl_phase_reads_a_subset_of_a_voice_corpus_and_refuses_unaligned_audio(voice_corpus, tmp_path):
+    from training.run import apply_overrides, parse_args
+
+    lines = (voice_corpus / "manifest.jsonl").read_text().splitlines()
+    subset = voice_corpus / "subset.jsonl"  # beside the manifest: its paths stay relative to the corpus
+    subset.write_text("\n".join(line for line in lines if '"es-b"' not in line) + "\n")
+    settings = tiny_ssl_settings(tmp_path, voice_corpus)
+    settings = apply_overrides(settings, parse_args(["--phase", "ssl", "--data", str(subset)]), ["ssl"])
+    assert settings.ssl.manifest == str(subset)
+    task, stream, val = make_ssl_task(settings, Runtime())
+    assert stream.clips.speakers == {"es-a": 0}  # es-b left out; es-c is held out
+    assert {e["speaker"] for e in stream.clips.entries} == {"es-a"} and len(val) == 1
+    assert next(stream)[0].wave.abs().amax() > 0.01  # the clips load from the corpus folder
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"path": "a.wav", "speaker": "a", "split": "train", "duration": 1.0}) + "\n")
+    settings.ssl.manifest = str(plain)
+    with pytest.raises(ValueError, match="no phone alignment.*voices.builder"):
+        make_ssl_task(settings, Runtime())
+    settings.ssl.manifest = str(tmp_path / "missing.jsonl")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_ssl_task(settings, Runtime())
+
+
 def test_ssl_settings_are_checked():
     s = load_settings("ssl_full")
     assert s.ssl.model.num_layers >= max(tiny_config().local_ssl_layers + tiny_config().global_ssl_layers)

@@ -45,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "turn; ssl pretrains the WavLM SSL model on the synthetic voice corpus (not part of all)")
     p.add_argument("--data", default=None,
                    help="a folder of audio (scanned recursively; speaker = folder), a manifest.jsonl, or a folder "
-                        "holding one (default: the embedded eSpeak corpus)")
+                        "holding one (default: the embedded eSpeak corpus); with --phase ssl, a phone-aligned voice "
+                        "corpus's manifest or folder, or a subset of its manifest's lines (default: ssl.corpus)")
     p.add_argument("--out", default=None, help="output folder (default: the config's, e.g. runs/teacher-tiny)")
     p.add_argument("--steps", type=int, default=None, help="training steps of each phase run (default: the config's)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size, split over torchrun processes")
@@ -113,6 +114,8 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
                         ("num_workers", args.num_workers)):
         if value is not None:
             setattr(data, attr, value)
+    if args.data is not None and "ssl" in phases:
+        settings.ssl.manifest = args.data  # the SSL phase reads a phone-aligned voice corpus, not data.path
     if args.speed_perturbation is not None:
         data.speed_perturbation = args.speed_perturbation
         settings.ssl.speed_perturbation = args.speed_perturbation

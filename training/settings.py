@@ -206,6 +206,9 @@ class SSLSettings(PhaseSettings):
     # kanade_stream.voices.builder recipe, or "prebuilt": the voice corpus already in corpus_dir, as it is
     corpus: Literal["tiny", "small", "full", "prebuilt"] = "tiny"
     corpus_dir: str | None = None  # default: <cache>/ssl-corpus-<corpus>
+    # a voice corpus's manifest.jsonl (or its folder), or a subset of its lines (some voices), read instead of
+    # the corpus above; --data sets it with --phase ssl
+    manifest: str | None = None
     corpus_jobs: int = 1  # synthesis processes
     num_workers: int = 0  # loader processes making batches ahead (GPU runs); --num-workers sets it too
     val_clips: int = 16  # from the corpus's held-out voices

@@ -523,6 +523,25 @@ def corpus_dir(settings: SSLSettings) -> Path:
     return default_corpus_dir().parent / f"ssl-corpus-{settings.corpus}"
 
 
+def read_ssl_manifest(manifest: str | Path) -> tuple[Path, list[dict]]:
+    """(folder the paths are relative to, entries) of a voice corpus's manifest, its folder, or a subset of its
+    lines kept beside it; refused when the clips have no phone alignments."""
+    from kanade_stream.corpus import load_manifest
+
+    path = Path(manifest).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"ssl manifest {path} does not exist")
+    entries = load_manifest(path)
+    if not entries:
+        raise ValueError(f"ssl manifest {path} has no clips")
+    unaligned = sum(1 for e in entries if not e.get("phones"))
+    if unaligned:
+        raise ValueError(f"ssl manifest {path}: {unaligned} of {len(entries)} clips have no phone alignment "
+                         "(\"phones\"); the SSL phase learns from a voice corpus (python -m kanade_stream.voices.builder) "
+                         "or a subset of its manifest's lines")
+    return (path if path.is_dir() else path.parent), entries
+
+
 def make_ssl_task(run, runtime: Runtime):
     """The task, its batch stream and validation batches (building the corpus first when needed) of the
     recipe `run` (RunSettings)."""
@@ -533,26 +552,30 @@ def make_ssl_task(run, runtime: Runtime):
     from kanade_stream.corpus import load_manifest
     from kanade_stream.voices.builder import load_voice_corpus
 
-    if settings.corpus == "prebuilt":
-        info = load_voice_corpus(corpus_dir(settings))
+    if settings.manifest:
+        root, entries = read_ssl_manifest(settings.manifest)
     else:
-        info = build_voice_corpus(corpus_dir(settings), settings.corpus, jobs=settings.corpus_jobs,
-                                  progress=runtime.is_main)
-    entries = load_manifest(info.manifest)
+        if settings.corpus == "prebuilt":
+            info = load_voice_corpus(corpus_dir(settings))
+        else:
+            info = build_voice_corpus(corpus_dir(settings), settings.corpus, jobs=settings.corpus_jobs,
+                                      progress=runtime.is_main)
+        root, entries = info.out_dir, load_manifest(info.manifest)
     if not any(e["split"] == "heldout" for e in entries):
-        raise ValueError(f"the voice corpus {info.out_dir} has no heldout voices to validate on")
+        raise ValueError(f"the voice corpus {root} has no heldout voices to validate on")
     train = [e for e in entries if e["split"] == "train"]
     val = spread([e for e in entries if e["split"] == "heldout"], settings.val_clips)
     chunk = num_frames_to_samples(int(round(chunk_seconds * SAMPLE_RATE / HOP)))
-    log.info("ssl corpus %s: %d training clips (%d voices), %.2f h; %d validation clips from held-out voices",
-             info.out_dir, len(train), len(info.voices["train"]), info.hours, len(val))
     speakers = {name: i for i, name in enumerate(sorted({e["speaker"] for e in train}))}
-    stream = LabelledStream(LabelledClips(info.out_dir, train, chunk, speakers), batch_size, seed,
+    log.info("ssl corpus %s: %d training clips (%d voices), %.2f h; %d validation clips from held-out voices",
+             settings.manifest or root, len(train), len(speakers), sum(e["duration"] for e in train) / 3600,
+             len(val))
+    stream = LabelledStream(LabelledClips(root, train, chunk, speakers), batch_size, seed,
                             num_workers=settings.num_workers, speed_perturbation=settings.speed_perturbation,
                             view=(settings.losses.view_speed_spread, settings.losses.view_semitones)
                             if settings.losses.consistency_weight > 0 else None, noise_snr_db=settings.noise_snr_db,
                             equaliser_db=settings.equaliser_db, tilt_db=settings.tilt_db)
-    val_batches = fixed_batches(LabelledClips(info.out_dir, val, chunk, speakers), len(val), batch_size)
+    val_batches = fixed_batches(LabelledClips(root, val, chunk, speakers), len(val), batch_size)
     return SSLTask(runtime, settings, seed, num_speakers=len(speakers)), stream, val_batches
 
 
