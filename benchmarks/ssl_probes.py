@@ -330,39 +330,30 @@ MICROPHONES = {  # name: (bass dB, treble dB, bass Hz, treble Hz) for perturb.eq
 }
 
 
-def _load_phone_head(ssl_model: str):
+def phone_head_under_microphones(ssl_model: str, waves: dict, segments: dict) -> dict[str, float]:
+    """Frame accuracy of the SSL model's own phone head (phone_head.safetensors, from --phase ssl) on the
+    ARCTIC clips, each heard through the microphones of MICROPHONES (`perturb.equalise`)."""
     from safetensors.torch import load_file
     from transformers import WavLMModel
+
+    from kanade_stream.voices.perturb import equalise
 
     model = WavLMModel.from_pretrained(ssl_model).eval()
     head = torch.nn.Linear(model.config.hidden_size, len(PHONES))
     head.load_state_dict(load_file(str(Path(ssl_model) / "phone_head.safetensors")))
-    return model, head
-
-
-def _phone_head_accuracy(model, head, clips) -> float:
-    """Frame accuracy of the phone head on [(wave, segments)] (frames with a known phone)."""
-    right = total = 0
-    with torch.no_grad():
-        for wave, segments in clips:
-            wave = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32))[None]
-            guess = head(model(wave * (0.9 / wave.abs().max())).last_hidden_state[0]).argmax(-1)
-            labels = torch.from_numpy(frame_labels(segments, guess.shape[0]))
-            known = labels != UNKNOWN
-            right += int((guess == labels)[known].sum())
-            total += int(known.sum())
-    return right / total
-
-
-def phone_head_under_microphones(ssl_model: str, waves: dict, segments: dict) -> dict[str, float]:
-    """Frame accuracy of the SSL model's own phone head (phone_head.safetensors, from --phase ssl) on the
-    ARCTIC clips, each heard through the microphones of MICROPHONES (`perturb.equalise`)."""
-    from kanade_stream.voices.perturb import equalise
-
-    model, head = _load_phone_head(ssl_model)
-    return {name: _phone_head_accuracy(model, head, [
-        (equalise(torch.from_numpy(np.ascontiguousarray(wave))[None], RATE, *microphone)[0], segments[key])
-        for key, wave in waves.items()]) for name, microphone in MICROPHONES.items()}
+    out = {}
+    for name, microphone in MICROPHONES.items():
+        right = total = 0
+        with torch.no_grad():
+            for key, wave in waves.items():
+                heard = equalise(torch.from_numpy(np.ascontiguousarray(wave))[None], RATE, *microphone)
+                guess = head(model(heard * (0.9 / heard.abs().max())).last_hidden_state[0]).argmax(-1)
+                labels = torch.from_numpy(frame_labels(segments[key], guess.shape[0]))
+                known = labels != UNKNOWN
+                right += int((guess == labels)[known].sum())
+                total += int(known.sum())
+        out[name] = right / total
+    return out
 
 
 def main(argv=None) -> int:
