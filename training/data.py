@@ -435,12 +435,14 @@ def collate(items) -> tuple[torch.Tensor | LabelledBatch, int]:
     return torch.stack(chunks), int(sum(failures))
 
 
-def require_phones(records: list[dict]) -> None:
+def require_phones(records: list[dict], user: str = "the phone loss",
+                   otherwise: str = "or set its weight to 0") -> None:
+    """Refuse clips without a phone alignment: `user` needs a voices corpus, `otherwise` the other way out."""
     missing = [r["path"] for r in records if not r.get("phones")]
     if missing:
         raise DataError(f"{len(missing)} of {len(records)} clip(s) have no phone alignment (first: {missing[0]}): "
-                        "the phone loss needs a voices corpus (python -m kanade_stream.voices.builder; its "
-                        "manifest names a .phones file per clip), or set its weight to 0")
+                        f"{user} needs a voices corpus (python -m kanade_stream.voices.builder; its "
+                        f"manifest names a .phones file per clip), {otherwise}")
 
 
 class ShardedSampler(DistributedSampler):

@@ -50,7 +50,7 @@ from kanade_stream.ssl import WAVLM_CONV, conv_frames
 from kanade_stream.voices.perturb import equalise, microphone_draws, pitch_shift, random_microphone
 from kanade_stream.voices.phones import FRAME_RATE, LABEL_OFFSET, PHONES, UNKNOWN
 
-from .data import EpochCursor, LabelledBatch, clip_phones, perturbed_rate, phone_labels_at
+from .data import EpochCursor, LabelledBatch, clip_phones, perturbed_rate, phone_labels_at, require_phones
 from .runtime import Runtime
 from .settings import SSLModelSettings, SSLSettings
 from .trainer import Task
@@ -534,11 +534,7 @@ def read_ssl_manifest(manifest: str | Path) -> tuple[Path, list[dict]]:
     entries = load_manifest(path)
     if not entries:
         raise ValueError(f"ssl manifest {path} has no clips")
-    unaligned = sum(1 for e in entries if not e.get("phones"))
-    if unaligned:
-        raise ValueError(f"ssl manifest {path}: {unaligned} of {len(entries)} clips have no phone alignment "
-                         "(\"phones\"); the SSL phase learns from a voice corpus (python -m kanade_stream.voices.builder) "
-                         "or a subset of its manifest's lines")
+    require_phones(entries, f"the SSL phase (ssl manifest {path})", "or a subset of its manifest's lines")
     return (path if path.is_dir() else path.parent), entries
 
 
