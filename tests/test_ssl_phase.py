@@ -5,6 +5,7 @@ import json
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,6 +115,46 @@ def test_ssl_phase_reads_a_subset_of_a_voice_corpus_and_refuses_unaligned_audio(
     settings.ssl.manifest = str(tmp_path / "missing.jsonl")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         make_ssl_task(settings, Runtime())
+
+
+def test_voice_weights_set_how_often_each_voice_is_heard(voice_corpus, tmp_path):
+    """--voice-weight 'es-a=2' --voice-weight 'es-b=0.5': every epoch holds es-a's clips twice each and half
+    of es-b's (another half the next epoch); the batches resume where they were; typos are refused."""
+    import collections
+
+    from training.run import apply_overrides, main, parse_args
+
+    settings = tiny_ssl_settings(tmp_path, voice_corpus)
+    settings.ssl.batch_size = 2
+    args = parse_args(["--phase", "ssl", "--voice-weight", "es-a=2", "--voice-weight", "es-b=0.5"])
+    settings = apply_overrides(settings, args, ["ssl"])
+    _, stream, _ = make_ssl_task(settings, Runtime())
+    voice = [e["speaker"] for e in stream.clips.entries]
+    halves = []
+    for epoch in (0, 1):
+        order = stream.epoch_order(epoch)
+        picked = collections.Counter(int(i) for i in order)
+        assert collections.Counter(voice[i] for i in order) == {"es-a": 8, "es-b": 2}  # 4 clips each
+        assert all(picked[i] == 2 for i in range(8) if voice[i] == "es-a")
+        halves.append({i for i in picked if voice[i] == "es-b"})
+    assert stream.batches_per_epoch == 5 and np.array_equal(stream.epoch_order(0), stream.epoch_order(0))
+    assert halves[0] != halves[1]  # drawn again each epoch, so no clip of es-b is left out for good
+    expected = [next(stream)[0] for _ in range(7)]  # crosses into epoch 1
+    _, resumed, _ = make_ssl_task(settings, Runtime())
+    resumed.load_state_dict({"epoch": 0, "batch_in_epoch": 4})
+    for k in (4, 5, 6):
+        assert torch.equal(next(resumed)[0].wave, expected[k].wave)
+
+    settings.ssl.voice_weights = {"es-z*": 2.0}
+    with pytest.raises(ValueError, match="no training voice matches 'es-z\\*'.*es-a, es-b"):
+        make_ssl_task(settings, Runtime())
+    assert main(["--phase", "ssl", "--voice-weight", "es-a"]) == 2
+    assert main(["--phase", "1", "--voice-weight", "es-a=2"]) == 2
+    settings.ssl.voice_weights = {"es-a": -1}
+    from training.settings import check_settings
+
+    with pytest.raises(SettingsError, match="weight must be a number in \\[0, 100\\]"):
+        check_settings(settings)
 
 
 def test_ssl_settings_are_checked():

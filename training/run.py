@@ -80,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tilt", type=float, default=None, metavar="DB",
                    help="with --equaliser: each microphone also tilts the spectrum, bass up and treble down (or the "
                         "reverse) by one draw within +-DB dB (ssl.tilt_db, phase1.invariance.tilt_db)")
+    p.add_argument("--voice-weight", action="append", default=None, metavar="VOICES=W",
+                   help="--phase ssl: hear the training voices whose names match VOICES (shell pattern, 'pi-joe-*') "
+                        "W times as often as the others (0.5: half as often); repeatable, the last match wins "
+                        "(ssl.voice_weights)")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers per process")
     p.add_argument("--ssl-model", default=None,
                    help="WavLM: hub id (microsoft/wavlm-base-plus), local transformers folder, or 'embedded' (tiny)")
@@ -127,6 +131,16 @@ def apply_overrides(settings: RunSettings, args: argparse.Namespace, phases: lis
         settings.phase1.losses.phone_weight = args.phone_loss
     if args.consistency is not None:
         settings.ssl.losses.consistency_weight = args.consistency
+    if args.voice_weight and "ssl" not in phases:
+        raise SettingsError("--voice-weight weighs the SSL phase's voices: use it with --phase ssl")
+    for item in args.voice_weight or []:
+        pattern, _, weight = item.rpartition("=")
+        try:
+            settings.ssl.voice_weights[pattern] = float(weight)
+        except ValueError:
+            pattern = ""
+        if not pattern:
+            raise SettingsError(f"--voice-weight {item!r}: expected VOICES=WEIGHT, e.g. --voice-weight 'pi-joe-*=2'")
     if args.noise_snr is not None:
         settings.ssl.noise_snr_db = tuple(args.noise_snr)
     if args.equaliser is not None:

@@ -209,6 +209,9 @@ class SSLSettings(PhaseSettings):
     # a voice corpus's manifest.jsonl (or its folder), or a subset of its lines (some voices), read instead of
     # the corpus above; --data sets it with --phase ssl
     manifest: str | None = None
+    # voice (shell-style pattern over the training voices' names, 'pi-joe-*') -> how often its clips are heard
+    # against the others' (2: twice as often, 0.5: half as; a voice no pattern names: 1). --voice-weight sets it.
+    voice_weights: dict[str, float] = field(default_factory=dict)
     corpus_jobs: int = 1  # synthesis processes
     num_workers: int = 0  # loader processes making batches ahead (GPU runs); --num-workers sets it too
     val_clips: int = 16  # from the corpus's held-out voices
@@ -431,6 +434,10 @@ def check_settings(settings: RunSettings) -> None:
     if ssl.noise_snr_db and (len(ssl.noise_snr_db) != 2 or ssl.noise_snr_db[0] > ssl.noise_snr_db[1]):
         raise SettingsError(f"ssl.noise_snr_db must be [] (clean) or [low, high] in dB, got {list(ssl.noise_snr_db)}")
     check_microphone(ssl.equaliser_db, ssl.tilt_db, "ssl.")
+    for pattern, weight in ssl.voice_weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 100:
+            raise SettingsError(f"ssl.voice_weights: {pattern}'s weight must be a number in [0, 100] (2: its clips "
+                                f"heard twice as often as the others'), got {weight!r}")
     if not 0 <= ssl.speed_perturbation < 0.5 or not 0 <= settings.data.speed_perturbation < 0.5:
         raise SettingsError("speed_perturbation must be in [0, 0.5) (0.1: chunks played 0.9x to 1.1x as fast)")
     if not 0 <= settings.phase1.content_perturbation < 0.5:

@@ -33,6 +33,7 @@ head beside it (phone_head.safetensors, phones.json; not read by those loaders).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import logging
 import math
@@ -144,33 +145,59 @@ class LabelledClips:
         return np.pad(audio, (0, self.chunk - len(audio))) if len(audio) < self.chunk else audio
 
 
+def voice_weights(voices: list[str], patterns: dict[str, float]) -> dict[str, float]:
+    """Each voice's sampling weight: that of the last of `patterns` (shell-style, 'pi-joe-*') that names it, 1
+    when none does. A pattern that names no voice is refused (a typo would otherwise weigh nothing)."""
+    weights = dict.fromkeys(voices, 1.0)
+    for pattern, weight in patterns.items():
+        named = fnmatch.filter(voices, pattern)
+        if not named:
+            raise ValueError(f"voice weight {pattern}={weight}: no training voice matches {pattern!r} "
+                             f"(voices: {', '.join(sorted(voices)[:12])}{', ...' if len(voices) > 12 else ''})")
+        weights.update(dict.fromkeys(named, float(weight)))
+    if not any(weights.values()):
+        raise ValueError("the voice weights leave no training clip (every voice weighs 0)")
+    return weights
+
+
 class LabelledStream(EpochCursor):
     """Endless seeded batches over epochs; state (epoch, batch in epoch) for exact resumption. Batch k of an
     epoch depends only on (seed, epoch, k), so `num_workers` loader processes can make batches ahead (a GPU
-    step is faster than reading 64 clips in one process) and the batches are the same with or without them."""
+    step is faster than reading 64 clips in one process) and the batches are the same with or without them.
+    With `weights` (voice -> weight) an epoch holds each clip of a voice of weight w int(w) times, and a share
+    w - int(w) of its clips once more (another share each epoch): 2 hears a voice twice as often, 0.5 half as."""
 
     def __init__(self, clips: LabelledClips, batch_size: int, seed: int, gain: tuple[float, float] = (0.3, 1.0),
                  num_workers: int = 0, speed_perturbation: float = 0.0, view: tuple[float, float] | None = None,
-                 noise_snr_db: tuple[float, ...] = (), equaliser_db: float = 0.0, tilt_db: float = 0.0):
+                 noise_snr_db: tuple[float, ...] = (), equaliser_db: float = 0.0, tilt_db: float = 0.0,
+                 weights: dict[str, float] | None = None):
         """`view` = (speed spread, semitones): each clip is also heard as another voice, played at a speed in
         1 +- spread with its pitch then moved by up to +- semitones (LabelledClips.load_views).
         `noise_snr_db` = (low, high): white noise added to every chunk (and view) at an SNR in that range.
         `equaliser_db`: every chunk (and view, on its own) heard through another microphone, its bass and its
         treble each moved by up to +- that many dB (`perturb.equalise`, corner frequencies drawn too), and the
         whole spectrum tilted within +- `tilt_db` (`perturb.random_microphone`)."""
-        if len(clips) < batch_size:
-            raise ValueError(f"{len(clips)} training clips, fewer than the batch size {batch_size}")
         self.clips, self.batch_size, self.seed, self.gain = clips, batch_size, seed, gain
         self.speed_perturbation, self.view, self.noise_snr_db = speed_perturbation, view, tuple(noise_snr_db)
         self.equaliser_db, self.tilt_db = equaliser_db, tilt_db
-        self.batches_per_epoch = len(clips) // batch_size
+        self.weighted = None  # [(a voice's clip indices, its weight)]
+        epoch_clips = len(clips)
+        if weights is not None:
+            by_voice: dict[str, list[int]] = {}
+            for i, entry in enumerate(clips.entries):
+                by_voice.setdefault(entry["speaker"], []).append(i)
+            self.weighted = [(np.array(ix), weights.get(voice, 1.0)) for voice, ix in sorted(by_voice.items())]
+            epoch_clips = sum(int(w) * len(ix) + round((w - int(w)) * len(ix)) for ix, w in self.weighted)
+        if epoch_clips < batch_size:
+            raise ValueError(f"{epoch_clips} training clips an epoch, fewer than the batch size {batch_size}")
+        self.batches_per_epoch = epoch_clips // batch_size
         self.num_workers = num_workers
         super().__init__()
 
     def make_batch(self, position: tuple[int, int]) -> LabelledBatch:
         """Batch `index` of epoch `epoch` (position = (epoch, index))."""
         epoch, index = position
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.clips))
+        order = self.epoch_order(epoch)
         rng = np.random.default_rng([self.seed, epoch, index, 1])
         picks = order[index * self.batch_size:(index + 1) * self.batch_size]
         waves, labels, views, ratios = [], [], [], []
@@ -195,6 +222,19 @@ class LabelledStream(EpochCursor):
             batch.view = torch.from_numpy(np.stack(views)).float()
             batch.view_ratio = torch.tensor(ratios, dtype=torch.float32)
         return batch
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The clip indices of `epoch`, shuffled (seeded by (seed, epoch); weighted as the class says)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.weighted is None:
+            return rng.permutation(len(self.clips))
+        parts = []
+        for indices, weight in self.weighted:
+            parts += [indices] * int(weight)
+            share = round((weight - int(weight)) * len(indices))
+            if share:
+                parts.append(rng.choice(indices, share, replace=False))
+        return rng.permutation(np.concatenate(parts))
 
     def equalised(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """`audio` through a microphone drawn from `equaliser_db` (as it is when that is 0): bass shelf at
@@ -566,11 +606,17 @@ def make_ssl_task(run, runtime: Runtime):
     log.info("ssl corpus %s: %d training clips (%d voices), %.2f h; %d validation clips from held-out voices",
              settings.manifest or root, len(train), len(speakers), sum(e["duration"] for e in train) / 3600,
              len(val))
+    weights = None
+    if settings.voice_weights:
+        weights = voice_weights(list(speakers), settings.voice_weights)
+        for pattern, weight in settings.voice_weights.items():
+            log.info("ssl voice weight %s: %g (%d voices)", pattern, weight,
+                     len(fnmatch.filter(list(speakers), pattern)))
     stream = LabelledStream(LabelledClips(root, train, chunk, speakers), batch_size, seed,
                             num_workers=settings.num_workers, speed_perturbation=settings.speed_perturbation,
                             view=(settings.losses.view_speed_spread, settings.losses.view_semitones)
                             if settings.losses.consistency_weight > 0 else None, noise_snr_db=settings.noise_snr_db,
-                            equaliser_db=settings.equaliser_db, tilt_db=settings.tilt_db)
+                            equaliser_db=settings.equaliser_db, tilt_db=settings.tilt_db, weights=weights)
     val_batches = fixed_batches(LabelledClips(root, val, chunk, speakers), len(val), batch_size)
     return SSLTask(runtime, settings, seed, num_speakers=len(speakers)), stream, val_batches
 
