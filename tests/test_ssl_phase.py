@@ -153,7 +153,7 @@ def test_voice_weights_set_how_often_each_voice_is_heard(voice_corpus, tmp_path)
     settings.ssl.voice_weights = {"es-a": -1}
     from training.settings import check_settings
 
-    with pytest.raises(SettingsError, match="weight must be a number in \\[0, 100\\]"):
+    with pytest.raises(SettingsError, match="a voice pattern and a weight in \\[0, 100\\].*'es-a': -1"):
         check_settings(settings)
 
 

@@ -435,9 +435,10 @@ def check_settings(settings: RunSettings) -> None:
         raise SettingsError(f"ssl.noise_snr_db must be [] (clean) or [low, high] in dB, got {list(ssl.noise_snr_db)}")
     check_microphone(ssl.equaliser_db, ssl.tilt_db, "ssl.")
     for pattern, weight in ssl.voice_weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 100:
-            raise SettingsError(f"ssl.voice_weights: {pattern}'s weight must be a number in [0, 100] (2: its clips "
-                                f"heard twice as often as the others'), got {weight!r}")
+        if not isinstance(pattern, str) or isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                or not 0 <= weight <= 100:
+            raise SettingsError(f"ssl.voice_weights: each entry is a voice pattern and a weight in [0, 100] ('pi-joe-*': "
+                                f"2 hears those voices twice as often as the others), got {pattern!r}: {weight!r}")
     if not 0 <= ssl.speed_perturbation < 0.5 or not 0 <= settings.data.speed_perturbation < 0.5:
         raise SettingsError("speed_perturbation must be in [0, 0.5) (0.1: chunks played 0.9x to 1.1x as fast)")
     if not 0 <= settings.phase1.content_perturbation < 0.5:
