@@ -155,6 +155,7 @@ def voice_weights(voices: list[str], patterns: dict[str, float]) -> dict[str, fl
             raise ValueError(f"voice weight {pattern}={weight}: no training voice matches {pattern!r} "
                              f"(voices: {', '.join(sorted(voices)[:12])}{', ...' if len(voices) > 12 else ''})")
         weights.update(dict.fromkeys(named, float(weight)))
+        log.info("ssl voice weight %s: %g (%d voices)", pattern, weight, len(named))
     if not any(weights.values()):
         raise ValueError("the voice weights leave no training clip (every voice weighs 0)")
     return weights
@@ -180,14 +181,17 @@ class LabelledStream(EpochCursor):
         self.clips, self.batch_size, self.seed, self.gain = clips, batch_size, seed, gain
         self.speed_perturbation, self.view, self.noise_snr_db = speed_perturbation, view, tuple(noise_snr_db)
         self.equaliser_db, self.tilt_db = equaliser_db, tilt_db
-        self.weighted = None  # [(a voice's clip indices, its weight)]
+        self.weighted = None  # [(a voice's clip indices, whole copies an epoch, clips drawn once more)]
         epoch_clips = len(clips)
         if weights is not None:
             by_voice: dict[str, list[int]] = {}
             for i, entry in enumerate(clips.entries):
                 by_voice.setdefault(entry["speaker"], []).append(i)
-            self.weighted = [(np.array(ix), weights.get(voice, 1.0)) for voice, ix in sorted(by_voice.items())]
-            epoch_clips = sum(int(w) * len(ix) + round((w - int(w)) * len(ix)) for ix, w in self.weighted)
+            self.weighted = []
+            for voice, indices in sorted(by_voice.items()):
+                weight = weights.get(voice, 1.0)
+                self.weighted.append((np.array(indices), int(weight), round((weight - int(weight)) * len(indices))))
+            epoch_clips = sum(copies * len(ix) + share for ix, copies, share in self.weighted)
         if epoch_clips < batch_size:
             raise ValueError(f"{epoch_clips} training clips an epoch, fewer than the batch size {batch_size}")
         self.batches_per_epoch = epoch_clips // batch_size
@@ -229,9 +233,8 @@ class LabelledStream(EpochCursor):
         if self.weighted is None:
             return rng.permutation(len(self.clips))
         parts = []
-        for indices, weight in self.weighted:
-            parts += [indices] * int(weight)
-            share = round((weight - int(weight)) * len(indices))
+        for indices, copies, share in self.weighted:
+            parts += [indices] * copies
             if share:
                 parts.append(rng.choice(indices, share, replace=False))
         return rng.permutation(np.concatenate(parts))
@@ -609,9 +612,6 @@ def make_ssl_task(run, runtime: Runtime):
     weights = None
     if settings.voice_weights:
         weights = voice_weights(list(speakers), settings.voice_weights)
-        for pattern, weight in settings.voice_weights.items():
-            log.info("ssl voice weight %s: %g (%d voices)", pattern, weight,
-                     len(fnmatch.filter(list(speakers), pattern)))
     stream = LabelledStream(LabelledClips(root, train, chunk, speakers), batch_size, seed,
                             num_workers=settings.num_workers, speed_perturbation=settings.speed_perturbation,
                             view=(settings.losses.view_speed_spread, settings.losses.view_semitones)
